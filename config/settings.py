@@ -1,0 +1,298 @@
+"""Typed, validated configuration.
+
+`load_settings(path)` reads a YAML file, expands `${VAR}` / `${VAR:-default}` from the environment
+and validates the result. Every failure is a `ConfigError` whose message is one line naming the file
+and the key; values are never echoed, so a secret cannot leak into a log or an error.
+"""
+from __future__ import annotations
+
+import os
+import re
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+
+CONFIG_ENV_VAR = "CONFIG_PATH"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def _blank_is_none(value: Any) -> Any:
+    return None if value == "" else value
+
+
+# `${VAR:-}` expands to "": an optional secret or URL left empty means "not set".
+OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_is_none)]
+OptionalStr = Annotated[str | None, BeforeValidator(_blank_is_none)]
+
+
+class ConfigError(Exception):
+    """A configuration problem, described in one line (file, key, what is wrong)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+
+class ServiceSettings(_Strict):
+    host: str = "localhost"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8004
+
+
+class DatabaseSettings(_Strict):
+    type: Literal["duckdb", "bigquery"] = "duckdb"
+    path: str = "./data/order_management.duckdb"  # duckdb
+    project: str | None = None  # bigquery
+    dataset: str | None = None  # bigquery
+
+    @model_validator(mode="after")
+    def _complete(self) -> "DatabaseSettings":
+        if self.type == "bigquery" and not (self.project and self.dataset):
+            raise ValueError("bigquery needs project and dataset")
+        return self
+
+
+class MessagingSettings(_Strict):
+    type: Literal["redis", "pubsub"] = "redis"
+    host: str = "localhost"  # redis
+    port: Annotated[int, Field(ge=1, le=65535)] = 6379  # redis
+    db: Annotated[int, Field(ge=0)] = 0
+    password: OptionalSecret = None
+    project: str | None = None  # pubsub
+    topic_prefix: str = ""  # pubsub
+    signals_stream: str = "signals"
+    consumer_group: str = "order-management"
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 100
+    claim_idle_ms: Annotated[int, Field(ge=100)] = 30_000
+
+    @property
+    def redis_url(self) -> str:
+        auth = f":{self.password.get_secret_value()}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/{self.db}"
+
+
+class FaultSettings(_Strict):
+    """Fault injection for the simulated venue (tests and chaos runs). Probabilities 0..1."""
+
+    reject_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    timeout_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    lost_ack_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
+class SimulationSettings(_Strict):
+    slippage: Annotated[float, Field(ge=0, le=0.1)] = 0.0005  # 5 bps base slippage
+    delay_ms: Annotated[int, Field(ge=0, le=60_000)] = 100
+    maker_fee: Annotated[float, Field(ge=0, le=0.01)] = 0.0002
+    taker_fee: Annotated[float, Field(ge=0, le=0.01)] = 0.0005
+    volatility_bps: Annotated[float, Field(ge=0, le=1000)] = 20.0  # price path amplitude
+    depth_levels: Annotated[int, Field(ge=1, le=100)] = 10
+    faults: FaultSettings = FaultSettings()
+
+
+class QuantConnectSettings(_Strict):
+    api_key: OptionalSecret = None
+    project_id: OptionalStr = None
+    base_url: str = "https://www.quantconnect.com/api/v2"
+
+
+class ExchangeSettings(_Strict):
+    """One direct venue account. Keys come only from the environment (`${VAR}`)."""
+
+    api_key: OptionalSecret = None
+    secret: OptionalSecret = None
+    sandbox: bool = False
+    base_url: OptionalStr = None  # point the real ccxt client at another host (emulator, staging)
+    account: str = "default"
+    timeout_ms: Annotated[int, Field(ge=100, le=120_000)] = 10_000
+
+
+class CircuitBreakerSettings(_Strict):
+    failure_threshold: Annotated[int, Field(ge=1)] = 5
+    open_seconds: Annotated[float, Field(gt=0)] = 30.0
+    on_open: Literal["wait", "reroute"] = "wait"
+
+
+class DirectSettings(_Strict):
+    exchanges: list[Literal["binance", "bybit"]] = Field(default_factory=list)
+    accounts: dict[str, ExchangeSettings] = Field(default_factory=dict)
+    circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+
+
+class ExecutionSettings(_Strict):
+    mode: Literal["simulation", "quantconnect", "direct"] = "simulation"
+    simulation: SimulationSettings = SimulationSettings()
+    quantconnect: QuantConnectSettings = QuantConnectSettings()
+    direct: DirectSettings = DirectSettings()
+
+    @model_validator(mode="after")
+    def _mode_configured(self) -> "ExecutionSettings":
+        if self.mode == "quantconnect" and not (
+            self.quantconnect.api_key and self.quantconnect.project_id
+        ):
+            raise ValueError("mode quantconnect needs quantconnect.api_key and project_id")
+        if self.mode == "direct" and not self.direct.exchanges:
+            raise ValueError("mode direct needs direct.exchanges")
+        return self
+
+
+class AccountLimits(_Strict):
+    max_order_value: Annotated[float, Field(gt=0)] = 1000  # quote currency, per order
+    max_daily_orders: Annotated[int, Field(ge=1)] = 50  # per account, across all workers (Redis)
+    min_order_size: Annotated[float, Field(ge=0)] = 10  # minimum order value, quote currency
+
+
+class OrderCacheSettings(_Strict):
+    enabled: bool = True
+    ttl: Annotated[int, Field(ge=1)] = 3600  # seconds
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class OrderParams(_Strict):
+    """The brief's `order_params`."""
+
+    default_order_type: Literal["market", "limit"] = "market"
+    time_in_force: Literal["GTC", "IOC", "FOK", "GTD"] = "GTC"
+    max_slippage_bps: Annotated[float, Field(ge=0, le=10_000)] = 10
+    retry_attempts: Annotated[int, Field(ge=0, le=100)] = 3
+    retry_delay_ms: Annotated[int, Field(ge=0, le=600_000)] = 100
+    execution_timeout_ms: Annotated[int, Field(ge=1, le=3_600_000)] = 5000
+    rate_limit_orders: Annotated[int, Field(ge=1)] = 10
+    rate_limit_window_ms: Annotated[int, Field(ge=1)] = 1000
+    track_execution_metrics: bool = True
+    log_level: LogLevel = LogLevel.INFO
+
+
+class TemporalSettings(_Strict):
+    address: str = "localhost:7233"
+    namespace: str = "default"
+    task_queue: str = "orders"
+    tls: bool = False
+    api_key: OptionalSecret = None
+    ui_port: Annotated[int, Field(ge=1, le=65535)] = 8233
+    state_file: str = "./data/temporal.db"  # local dev server persistence
+
+
+class Settings(_Strict):
+    environment: str = "local"
+    service: ServiceSettings = ServiceSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    messaging: MessagingSettings = MessagingSettings()
+    execution: ExecutionSettings = ExecutionSettings()
+    account_limits: AccountLimits = AccountLimits()
+    order_cache: OrderCacheSettings = OrderCacheSettings()
+    orders: OrderParams = OrderParams()
+    temporal: TemporalSettings = TemporalSettings()
+    source: str = Field(default="<defaults>", exclude=True)
+
+    def with_overrides(self, **sections: Any) -> "Settings":
+        """A copy with some sections replaced (tests and benchmarks)."""
+        data = self.model_dump()
+        for key, value in sections.items():
+            data[key] = value.model_dump() if isinstance(value, BaseModel) else value
+        data = _reveal(data)
+        return Settings.model_validate(data)
+
+
+def _reveal(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: _reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_reveal(v) for v in value]
+    return value
+
+
+def default_config_path() -> Path:
+    """`config/local.yaml` of this checkout (or of the installed package)."""
+    return Path(str(resources.files("config").joinpath("local.yaml")))
+
+
+def resolve_config_path(cli_path: str | None = None) -> Path:
+    chosen = cli_path or os.environ.get(CONFIG_ENV_VAR)
+    return Path(chosen) if chosen else default_config_path()
+
+
+def _interpolate(node: Any, where: str, path: Path, env: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, f"{where}.{k}" if where else str(k), path, env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, f"{where}[{i}]", path, env) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{path}: {where}: environment variable {name} is not set")
+
+    expanded = _VAR.sub(substitute, node)
+    if expanded != node and _VAR.fullmatch(node):
+        # A whole-value reference takes the YAML type of what it expands to (port: ${PORT:-8004}).
+        try:
+            typed = yaml.safe_load(expanded)
+        except yaml.YAMLError:
+            return expanded
+        return typed if isinstance(typed, (int, float, bool)) else expanded
+    return expanded
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in error["loc"]) or "<root>"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message}"  # pydantic's msg names the expected type, never the value
+
+
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    path = Path(path) if path is not None else resolve_config_path()
+    env = dict(os.environ) if env is None else env
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: YAML error{at}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: <root>: expected a mapping of sections")
+    data = _interpolate(raw, "", path, env)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False)
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{path}: {_describe(errors[0])}{more}") from None
+    return settings.model_copy(update={"source": str(path)})

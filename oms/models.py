@@ -1,0 +1,249 @@
+"""Typed domain models shared by the consumer, the API, the workflow and the activities.
+
+Quantities and prices are `Decimal` (exact; serialized as strings in JSON, as exchanges do), so
+partial fills add up to the order quantity without float drift.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SIGNAL_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+CLIENT_ORDER_ID_MAX = 36
+_CLIENT_ID_ALLOWED = re.compile(r"[^A-Za-z0-9_-]")
+
+PositiveDecimal = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+NonNegativeDecimal = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderType(StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+
+
+class TimeInForce(StrEnum):
+    GTC = "GTC"  # good till cancelled
+    IOC = "IOC"  # immediate or cancel: fill what you can now, cancel the rest
+    FOK = "FOK"  # fill or kill: all now or nothing
+    GTD = "GTD"  # good till date: expires at expire_at
+
+
+class Intent(StrEnum):
+    ENTRY = "entry"
+    EXIT = "exit"
+
+
+class ExecutionAlgo(StrEnum):
+    TWAP = "twap"
+    ICEBERG = "iceberg"
+
+
+class OrderState(StrEnum):
+    CREATED = "created"
+    VALIDATED = "validated"
+    DENIED = "denied"  # our validation refused it
+    SUBMITTED = "submitted"
+    ACCEPTED = "accepted"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    PENDING_CANCEL = "pending_cancel"
+    CANCELLED = "cancelled"
+    PENDING_AMEND = "pending_amend"
+    REJECTED = "rejected"  # the venue refused it
+    EXPIRED = "expired"
+    UNKNOWN = "unknown"  # outcome of a venue call not known: reconcile, never resubmit blindly
+    FAILED = "failed"
+
+
+TERMINAL_STATES = frozenset(
+    {
+        OrderState.FILLED,
+        OrderState.CANCELLED,
+        OrderState.DENIED,
+        OrderState.REJECTED,
+        OrderState.EXPIRED,
+        OrderState.FAILED,
+    }
+)
+
+
+_FILLABLE_STATES = frozenset(
+    {
+        OrderState.SUBMITTED,
+        OrderState.ACCEPTED,
+        OrderState.PARTIALLY_FILLED,
+        OrderState.PENDING_CANCEL,
+        OrderState.PENDING_AMEND,
+        OrderState.UNKNOWN,
+    }
+)
+
+
+class ExecutionTiming(BaseModel):
+    """When and how to work the order (the brief's 'configurable execution timing')."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start_at: datetime | None = None
+    algo: ExecutionAlgo | None = None
+    duration_s: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] | None = None
+    slices: Annotated[int, Field(ge=1, le=1000)] | None = None
+
+
+class Signal(BaseModel):
+    """A trading signal as strategies emit it (DESIGN.md section 3)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    signal_id: Annotated[str, Field(pattern=SIGNAL_ID_PATTERN)]
+    strategy_id: Annotated[str, Field(min_length=1, max_length=64)]
+    symbol: Annotated[str, Field(pattern=r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$")]
+    side: Side
+    quantity: PositiveDecimal
+    order_type: OrderType | None = None
+    limit_price: PositiveDecimal | None = None
+    time_in_force: TimeInForce | None = None
+    expire_at: datetime | None = None
+    exchange: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+    reference_price: PositiveDecimal | None = None
+    intent: Intent = Intent.ENTRY
+    execution: ExecutionTiming | None = None
+    created_at: datetime | None = None
+
+    @field_validator("expire_at", "created_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("timestamp must carry a timezone (e.g. 2026-01-01T00:00:00Z)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Signal":
+        if self.order_type == OrderType.LIMIT and self.limit_price is None:
+            raise ValueError("limit_price is required for a limit order")
+        if self.order_type == OrderType.MARKET and self.limit_price is not None:
+            raise ValueError("limit_price is not allowed on a market order")
+        if self.time_in_force == TimeInForce.GTD and self.expire_at is None:
+            raise ValueError("expire_at is required for time_in_force GTD")
+        if self.expire_at is not None and self.time_in_force not in (None, TimeInForce.GTD):
+            raise ValueError("expire_at only applies to time_in_force GTD")
+        return self
+
+    @property
+    def workflow_id(self) -> str:
+        return workflow_id_for(self.signal_id)
+
+
+def workflow_id_for(signal_id: str) -> str:
+    return f"order-{signal_id}"
+
+
+def client_order_id_for(workflow_id: str, generation: int = 0) -> str:
+    """The exchange client order id: deterministic, at most 36 chars of [A-Za-z0-9_-].
+
+    Derived from the workflow id so a retried submit finds the order it may already have placed.
+    `generation` distinguishes the replacement order of a cancel-and-replace amend.
+    Long or unusual ids are shortened with a stable hash so two signals never share an id.
+    """
+    import hashlib
+
+    suffix = f"-r{generation}" if generation else ""
+    base = _CLIENT_ID_ALLOWED.sub("_", workflow_id)
+    if len(base) + len(suffix) <= CLIENT_ORDER_ID_MAX and base == workflow_id:
+        return base + suffix
+    digest = hashlib.sha256(workflow_id.encode()).hexdigest()[:12]
+    keep = CLIENT_ORDER_ID_MAX - len(suffix) - len(digest) - 1
+    return f"{base[:keep]}_{digest}{suffix}"
+
+
+class Transition(BaseModel):
+    state: OrderState
+    at: datetime
+    reason: str | None = None
+
+
+class Fill(BaseModel):
+    """One execution, as position management receives it on the `executions` stream."""
+
+    fill_id: str  # unique: <client_order_id>:<venue trade id>
+    order_id: str
+    strategy_id: str
+    symbol: str
+    side: Side
+    quantity: PositiveDecimal
+    price: PositiveDecimal
+    fee: NonNegativeDecimal = Decimal(0)
+    fee_currency: str | None = None
+    liquidity: str | None = None  # maker | taker
+    venue: str
+    at: datetime
+
+
+class OrderSnapshot(BaseModel):
+    """The order as the `status` query, the API and the cache show it (DESIGN.md section 3)."""
+
+    order_id: str
+    signal_id: str
+    strategy_id: str
+    client_order_id: str
+    symbol: str
+    side: Side
+    order_type: OrderType
+    time_in_force: TimeInForce
+    quantity: PositiveDecimal
+    limit_price: PositiveDecimal | None = None
+    state: OrderState = OrderState.CREATED
+    filled_quantity: NonNegativeDecimal = Decimal(0)
+    average_fill_price: Decimal | None = None
+    fees: NonNegativeDecimal = Decimal(0)
+    exchange: str
+    reference_price: Decimal | None = None
+    slippage_bps: Decimal | None = None
+    reason: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    transitions: list[Transition] = Field(default_factory=list)
+    # Beyond the contract's fields: useful to operators and position management.
+    venue_order_id: str | None = None
+    expire_at: datetime | None = None
+    intent: Intent = Intent.ENTRY
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def state_allows_fill(self) -> bool:
+        return self.state in _FILLABLE_STATES
+
+    @property
+    def remaining_quantity(self) -> Decimal:
+        return max(self.quantity - self.filled_quantity, Decimal(0))
+
+
+class CancelRequest(BaseModel):
+    """Argument of the `cancel` signal and the `cancel_order` update."""
+
+    reason: str | None = None
+
+
+class AmendRequest(BaseModel):
+    """Argument of the `amend` signal and the `amend_order` update; either field may be omitted."""
+
+    quantity: PositiveDecimal | None = None
+    limit_price: PositiveDecimal | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> "AmendRequest":
+        if self.quantity is None and self.limit_price is None:
+            raise ValueError("amend needs quantity or limit_price")
+        return self

