@@ -1,0 +1,39 @@
+"""Connections every process shares: Temporal client, Redis client, logging.
+
+One place decides the data converter (pydantic, so every workflow input and output is a typed
+model) and how secrets reach the Temporal client.
+"""
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as aioredis
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from config.settings import Settings
+
+WORKFLOW_TYPE = "OrderWorkflow"
+SEARCH_ATTRIBUTES = ("OrderState", "Symbol", "Exchange", "StrategyId")
+
+
+async def connect_temporal(settings: Settings) -> Client:
+    t = settings.temporal
+    return await Client.connect(
+        t.address,
+        namespace=t.namespace,
+        tls=t.tls,
+        api_key=t.api_key.get_secret_value() if t.api_key else None,
+        data_converter=pydantic_data_converter,
+    )
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    return aioredis.from_url(settings.messaging.redis_url, decode_responses=True)
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.orders.log_level.value,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
