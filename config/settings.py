@@ -129,6 +129,11 @@ class DirectSettings(_Strict):
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
 
 
+    def accounts_in_use(self) -> bool:
+        """Whether any direct account has credentials or a base URL (signals may name it)."""
+        return any(a.api_key or a.base_url for a in self.accounts.values())
+
+
 class ExecutionSettings(_Strict):
     mode: Literal["simulation", "quantconnect", "direct"] = "simulation"
     simulation: SimulationSettings = SimulationSettings()

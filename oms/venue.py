@@ -47,6 +47,27 @@ class MarketInfo(BaseModel):
     min_amount: Decimal = Decimal(0)
     min_notional: Decimal = Decimal(0)
     active: bool = True
+    maker_fee: Decimal = Decimal("0.001")
+    taker_fee: Decimal = Decimal("0.001")
+
+
+class MarketQuote(BaseModel):
+    """A market's constraints with its current top of book (what validation and estimates need)."""
+
+    market: MarketInfo
+    bid: Decimal
+    ask: Decimal
+    at: datetime
+
+    @property
+    def mid(self) -> Decimal:
+        return (self.bid + self.ask) / 2
+
+
+class MarketQuery(BaseModel):
+    exchange: str
+    account: str = "default"
+    symbol: str
 
 
 class VenueOrderRequest(BaseModel):

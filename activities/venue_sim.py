@@ -1,0 +1,189 @@
+"""The simulated venue adapter: `oms.venue_model` matching with its orders kept in Redis.
+
+Orders live outside the worker's memory, so a worker killed mid-submit or mid-fill reconciles
+against the same venue state after restart. One key per client order id, created with SET NX:
+submitting the same client order id twice returns the first order (exactly one order per id).
+
+Fault injection for tests and chaos runs, read from the Redis hash `sim:faults` on every call (so a
+test can change it while workers run) on top of `execution.simulation.faults`:
+  reject_next / lost_ack_next / hang_next   one-shot counters, decremented as they fire
+  reject_rate / lost_ack_rate / timeout_rate   probabilities 0..1
+`lost_ack`: the order is placed and the answer lost (VenueUnknownOutcome). `hang`/`timeout`: the
+order is placed, then the call never answers (the activity's start-to-close timeout fires).
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from config.settings import SimulationSettings
+from oms import venue_model
+from oms.markets import simulated_market
+from oms.venue import (
+    MarketInfo,
+    MarketQuote,
+    VenueAmendRequest,
+    VenueErrorType,
+    VenueOrderRef,
+    VenueOrderReport,
+    VenueOrderRequest,
+    VenueOrderStatus,
+)
+from activities.venues import VenueError
+
+FAULTS_KEY = "sim:faults"
+REQUESTS_KEY = "sim:requests"
+HANG_SECONDS = 3600.0
+
+# Atomically take one from a one-shot counter: returns 1 if it fired.
+_TAKE_ONE = """
+local n = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if n > 0 then redis.call('HINCRBY', KEYS[1], ARGV[1], -1) return 1 end
+return 0
+"""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class SimulatedVenue:
+    name = "simulation"
+
+    def __init__(self, redis: aioredis.Redis, sim: SimulationSettings) -> None:
+        self._redis = redis
+        self._sim = sim
+        self._take_one = redis.register_script(_TAKE_ONE)
+
+    # --- keys -----------------------------------------------------------------------------------
+    def _order_key(self, client_order_id: str) -> str:
+        return f"sim:{self.name}:order:{client_order_id}"
+
+    def _open_key(self, account: str) -> str:
+        return f"sim:{self.name}:open:{account}"
+
+    # --- plumbing -------------------------------------------------------------------------------
+    async def _enter(self) -> None:
+        await self._redis.incr(REQUESTS_KEY)
+        if self._sim.delay_ms:
+            await asyncio.sleep(self._sim.delay_ms / 1000)
+
+    async def _fault(self, kind: str) -> bool:
+        """Whether fault `kind` (reject | lost_ack | hang) fires on this call."""
+        if await self._take_one(keys=[FAULTS_KEY], args=[f"{kind}_next"]):
+            return True
+        rate_name = "timeout_rate" if kind == "hang" else f"{kind}_rate"
+        override = await self._redis.hget(FAULTS_KEY, rate_name)
+        rate = float(override) if override is not None else getattr(self._sim.faults, rate_name)
+        return rate > 0 and random.random() < rate
+
+    async def _load(self, client_order_id: str) -> venue_model.SimOrder | None:
+        raw = await self._redis.get(self._order_key(client_order_id))
+        return venue_model.SimOrder.model_validate_json(raw) if raw else None
+
+    async def _update(self, client_order_id: str, change) -> venue_model.SimOrder:
+        """Read-modify-write one order under WATCH so concurrent workers never lose an update."""
+        key = self._order_key(client_order_id)
+        while True:
+            async with self._redis.pipeline() as pipe:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        raise VenueError(VenueErrorType.NOT_FOUND, f"no order {client_order_id}")
+                    order = change(venue_model.SimOrder.model_validate_json(raw))
+                    pipe.multi()
+                    pipe.set(key, order.model_dump_json())
+                    if not order.is_open:
+                        pipe.srem(self._open_key(order.account), client_order_id)
+                    await pipe.execute()
+                    return order
+                except WatchError:
+                    continue
+
+    # --- VenueAdapter ---------------------------------------------------------------------------
+    async def market(self, symbol: str) -> MarketInfo:
+        market = simulated_market(symbol)
+        if market is None:
+            raise VenueError(VenueErrorType.REJECTED, f"unknown symbol {symbol} on {self.name}")
+        return market.model_copy(
+            update={"maker_fee": Decimal(repr(self._sim.maker_fee)),
+                    "taker_fee": Decimal(repr(self._sim.taker_fee))}
+        )
+
+    async def quote(self, symbol: str) -> MarketQuote:
+        market = await self.market(symbol)
+        now = _now()
+        bid, ask = venue_model.top_of_book(symbol, now, self._sim)
+        return MarketQuote(market=market, bid=bid, ask=ask, at=now)
+
+    async def submit(self, request: VenueOrderRequest) -> VenueOrderReport:
+        await self._enter()
+        if await self._fault("reject"):
+            raise VenueError(VenueErrorType.REJECTED, "simulated rejection (fault injection)")
+        existing = await self._load(request.client_order_id)
+        if existing is None:
+            order = venue_model.submit(request, uuid.uuid4().hex[:16], _now(), self._sim)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._order_key(request.client_order_id), order.model_dump_json(), nx=True)
+                created, = await pipe.execute()
+            if created and order.is_open:
+                await self._redis.sadd(self._open_key(order.account), order.client_order_id)
+            if not created:  # another worker placed it between our read and write
+                order = await self._load(request.client_order_id)
+        else:
+            order = existing
+        if await self._fault("lost_ack"):
+            raise VenueError(VenueErrorType.UNKNOWN_OUTCOME, "simulated lost acknowledgement")
+        if await self._fault("hang"):
+            await asyncio.sleep(HANG_SECONDS)
+        return venue_model.to_report(order)
+
+    async def fetch(self, ref: VenueOrderRef) -> VenueOrderReport:
+        await self._enter()
+        if await self._load(ref.client_order_id) is None:
+            return VenueOrderReport(exchange=self.name, client_order_id=ref.client_order_id,
+                                    symbol=ref.symbol, status=VenueOrderStatus.NOT_FOUND)
+        now = _now()
+        order = await self._update(ref.client_order_id, lambda o: venue_model.advance(o, now, self._sim))
+        return venue_model.to_report(order)
+
+    async def cancel(self, ref: VenueOrderRef) -> VenueOrderReport:
+        await self._enter()
+        now = _now()
+        order = await self._update(ref.client_order_id, lambda o: venue_model.cancel(o, now, self._sim))
+        return venue_model.to_report(order)
+
+    async def amend(self, request: VenueAmendRequest) -> VenueOrderReport:
+        await self._enter()
+        now = _now()
+
+        def change(order: venue_model.SimOrder) -> venue_model.SimOrder:
+            try:
+                return venue_model.amend(order, request.quantity, request.limit_price, now, self._sim)
+            except ValueError as exc:
+                raise VenueError(VenueErrorType.REJECTED, f"amend refused: {exc}") from None
+
+        return venue_model.to_report(await self._update(request.client_order_id, change))
+
+    async def fetch_open(self, account: str, symbols: list[str] | None = None) -> list[VenueOrderReport]:
+        await self._enter()
+        now = _now()
+        reports = []
+        for client_order_id in await self._redis.smembers(self._open_key(account)):
+            try:
+                order = await self._update(client_order_id, lambda o: venue_model.advance(o, now, self._sim))
+            except VenueError:
+                continue
+            if symbols is None or order.symbol in symbols:
+                reports.append(venue_model.to_report(order))
+        return reports
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,101 @@
+"""Order generation: from a signal to an order instruction (pure, runs inside the workflow).
+
+Resolves what the signal leaves open from the order parameters (type, time in force, venue),
+adds a price collar for market orders (max_slippage_bps against the reference price) and a
+pre-trade estimate of fees and slippage, and plans slices for TWAP / iceberg execution.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import ROUND_DOWN, Decimal
+
+from pydantic import BaseModel
+
+from config.settings import OrderParams
+from oms.models import ExecutionAlgo, OrderType, Side, Signal, TimeInForce
+from oms.venue import MarketInfo
+
+BPS = Decimal(10_000)
+
+
+class OrderInstruction(BaseModel):
+    order_type: OrderType
+    time_in_force: TimeInForce
+    exchange: str
+    quantity: Decimal
+    limit_price: Decimal | None
+    expire_at: datetime | None
+    start_at: datetime | None
+    reference_price: Decimal | None
+    price_collar: Decimal | None  # worst acceptable average price of a market order
+    estimated_fee: Decimal | None
+    estimated_slippage_bps: Decimal | None
+
+
+class Slice(BaseModel):
+    index: int
+    quantity: Decimal
+    delay_s: float  # after the start of execution
+
+
+def route(signal: Signal, mode: str, direct_exchanges: list[str]) -> str:
+    """The venue for a signal: its own choice if it names one, else by execution mode."""
+    if signal.exchange:
+        return signal.exchange
+    if mode == "direct" and direct_exchanges:
+        return direct_exchanges[0]
+    if mode == "quantconnect":
+        return "quantconnect"
+    return "simulation"
+
+
+def price_collar(side: Side, reference_price: Decimal, max_slippage_bps: Decimal) -> Decimal:
+    factor = max_slippage_bps / BPS
+    return reference_price * (1 + factor) if side == Side.BUY else reference_price * (1 - factor)
+
+
+def generate_order(signal: Signal, params: OrderParams, exchange: str, market: MarketInfo | None,
+                   reference_price: Decimal | None, slippage_bps: Decimal | None) -> OrderInstruction:
+    order_type = signal.order_type or (
+        OrderType.LIMIT if signal.limit_price is not None else OrderType(params.default_order_type)
+    )
+    tif = signal.time_in_force or (
+        TimeInForce.GTD if signal.expire_at else TimeInForce(params.time_in_force)
+    )
+    reference = signal.reference_price or reference_price
+    collar = None
+    if order_type == OrderType.MARKET and reference is not None:
+        collar = price_collar(signal.side, reference, Decimal(repr(params.max_slippage_bps)))
+    fee = None
+    price_for_fee = signal.limit_price or reference
+    if market is not None and price_for_fee is not None:
+        rate = market.maker_fee if order_type == OrderType.LIMIT else market.taker_fee
+        fee = (signal.quantity * price_for_fee * rate).quantize(Decimal("0.00000001"))
+    return OrderInstruction(
+        order_type=order_type,
+        time_in_force=tif,
+        exchange=exchange,
+        quantity=signal.quantity,
+        limit_price=signal.limit_price,
+        expire_at=signal.expire_at,
+        start_at=signal.execution.start_at if signal.execution else None,
+        reference_price=reference,
+        price_collar=collar,
+        estimated_fee=fee,
+        estimated_slippage_bps=slippage_bps if order_type == OrderType.MARKET else Decimal(0),
+    )
+
+
+def plan_slices(signal: Signal, market: MarketInfo) -> list[Slice]:
+    """Child orders for TWAP / iceberg: lot-size multiples summing exactly to the quantity."""
+    execution = signal.execution
+    if execution is None or execution.algo is None:
+        return [Slice(index=0, quantity=signal.quantity, delay_s=0)]
+    count = execution.slices or 4
+    step = market.amount_step
+    unit = (signal.quantity / count / step).to_integral_value(rounding=ROUND_DOWN) * step
+    if unit <= 0:
+        return [Slice(index=0, quantity=signal.quantity, delay_s=0)]
+    quantities = [unit] * (count - 1) + [signal.quantity - unit * (count - 1)]
+    spacing = (execution.duration_s or 0) / count if execution.algo == ExecutionAlgo.TWAP else 0
+    return [Slice(index=i, quantity=q, delay_s=i * spacing) for i, q in enumerate(quantities)]

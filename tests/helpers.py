@@ -1,0 +1,43 @@
+"""Helpers shared by tests: signals, starting orders, reading the streams."""
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+
+from temporalio.client import Client, WorkflowHandle
+
+from oms.events import EVENT_FIELD, EXECUTION_FIELD, EXECUTIONS_STREAM, ORDER_EVENTS_STREAM
+from oms.models import OrderSnapshot, Signal
+
+
+def make_signal(**overrides) -> Signal:
+    data = {"signal_id": f"t-{uuid.uuid4().hex[:12]}", "strategy_id": "test", "symbol": "ETH/USDT",
+            "side": "buy", "quantity": "0.1"}
+    data.update(overrides)
+    return Signal.model_validate(data)
+
+
+async def start_order(client: Client, task_queue: str, signal: Signal) -> WorkflowHandle:
+    return await client.start_workflow("OrderWorkflow", signal, id=signal.workflow_id, task_queue=task_queue,
+                                       result_type=OrderSnapshot)
+
+
+async def run_order(client: Client, task_queue: str, signal: Signal) -> OrderSnapshot:
+    return await (await start_order(client, task_queue, signal)).result()
+
+
+async def stream_items(redis, stream: str, field: str) -> list[dict]:
+    return [json.loads(fields[field]) for _, fields in await redis.xrange(stream)]
+
+
+async def executions(redis) -> list[dict]:
+    return await stream_items(redis, EXECUTIONS_STREAM, EXECUTION_FIELD)
+
+
+async def order_events(redis) -> list[dict]:
+    return await stream_items(redis, ORDER_EVENTS_STREAM, EVENT_FIELD)
+
+
+def dec(value) -> Decimal:
+    return Decimal(str(value))

@@ -1,0 +1,91 @@
+"""`tom worker`: runs OrderWorkflow and its activities on the configured task queue.
+
+`build_worker` is what tests and benchmarks use; `run` adds signal handling for the CLI and for
+Kubernetes (SIGTERM drains: in-flight activities get `graceful_shutdown_timeout` to finish).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import AsyncExitStack
+from datetime import timedelta
+
+import redis.asyncio as aioredis
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.execution import ExecutionActivities
+from activities.limits import AccountLimitActivities
+from activities.publish import PublishActivities
+from activities.venue_sim import SimulatedVenue
+from activities.venues import VenueRegistry
+from config.settings import Settings
+from workers.runtime import configure_logging, connect_temporal, redis_client
+from workflows.order import OrderWorkflow
+
+log = logging.getLogger("tom.worker")
+GRACEFUL_SHUTDOWN = timedelta(seconds=20)  # k8s terminationGracePeriodSeconds must exceed this
+
+
+async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegistry:
+    registry = VenueRegistry()
+    registry.register(SimulatedVenue(redis, settings.execution.simulation))
+    if settings.execution.mode == "direct" or settings.execution.direct.accounts_in_use():
+        try:
+            from activities.venue_ccxt import build_ccxt_adapters
+        except ImportError:  # direct execution not installed in this build
+            build_ccxt_adapters = None
+        if build_ccxt_adapters is not None:
+            for adapter in build_ccxt_adapters(settings, redis):
+                registry.register(adapter)
+    if settings.execution.mode == "quantconnect":
+        from activities.venue_quantconnect import build_quantconnect_adapter
+
+        registry.register(build_quantconnect_adapter(settings))
+    return registry
+
+
+async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis,
+                       registry: VenueRegistry | None = None, max_concurrent: int | None = None) -> Worker:
+    registry = registry or await build_registry(settings, redis)
+    execution = ExecutionActivities(registry, settings)
+    limits = AccountLimitActivities(redis)
+    publish = PublishActivities(redis, settings)
+    concurrency = max_concurrent or 500
+    return Worker(
+        client,
+        task_queue=settings.temporal.task_queue,
+        workflows=[OrderWorkflow],
+        activities=[*execution.all(), limits.reserve_daily_order, publish.record_progress],
+        max_concurrent_workflow_tasks=concurrency,
+        max_concurrent_activities=concurrency,
+        max_concurrent_local_activities=concurrency,
+        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+    )
+
+
+async def serve(settings: Settings, max_concurrent: int | None = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        client = await connect_temporal(settings)
+        redis = redis_client(settings)
+        stack.push_async_callback(redis.aclose)
+        registry = await build_registry(settings, redis)
+        stack.push_async_callback(registry.close)
+        worker = await build_worker(client, settings, redis, registry, max_concurrent)
+        log.info("worker on task queue %r (namespace %s, venues %s)", settings.temporal.task_queue,
+                 settings.temporal.namespace, ", ".join(registry.names))
+        async with worker:
+            await stop.wait()
+            log.info("stopping: draining in-flight tasks (up to %s)", GRACEFUL_SHUTDOWN)
+    log.info("worker stopped")
+
+
+def run(settings: Settings, args) -> int:
+    configure_logging(settings)
+    asyncio.run(serve(settings, getattr(args, "max_concurrent", None)))
+    return 0
