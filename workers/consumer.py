@@ -1,0 +1,195 @@
+"""`tom consume`: the `signals` stream to OrderWorkflows.
+
+Reads in batches through the consumer group `order-management`, so several consumers share the
+stream and each entry goes to one of them. An entry is acknowledged only once its workflow is
+durably started (or already existed) or once it is dead-lettered, so a consumer killed between the
+two leaves it pending; XAUTOCLAIM hands entries idle longer than `messaging.claim_idle_ms` to a
+live consumer. When Temporal is slow or down the consumer stops reading and retries the batch with
+capped exponential backoff: nothing is dropped, nothing spins.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal as signals
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+from temporalio.client import Client
+
+from activities.streams import StreamPublisher
+from config.settings import Settings
+from oms.events import (
+    DEAD_LETTER_STREAM,
+    DEAD_PAYLOAD_FIELD,
+    DEAD_REASON_FIELD,
+    SIGNAL_FIELD,
+)
+from workers.intake import InvalidSignal, parse_signal, start_order
+from workers.runtime import configure_logging, connect_temporal, redis_client
+
+log = logging.getLogger("tom.consumer")
+BACKOFF_START_S = 0.2
+BACKOFF_MAX_S = 10.0
+READ_BLOCK_MS = 1000
+
+
+@dataclass
+class ConsumerStats:
+    started: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    reclaimed: int = 0
+    start_failures: int = 0
+    backoff_s: float = 0.0
+    last_error: str | None = field(default=None)
+
+
+async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
+    try:
+        # From the start of the stream: signals published before the first consumer are not lost.
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class SignalConsumer:
+    def __init__(self, client: Client, redis: aioredis.Redis, settings: Settings, name: str | None = None) -> None:
+        self._client = client
+        self._redis = redis
+        self._settings = settings
+        m = settings.messaging
+        self._stream, self._group = m.signals_stream, m.consumer_group
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self._dead = StreamPublisher(redis)
+        self.stats = ConsumerStats()
+        self._claim_cursor = "0-0"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await ensure_group(self._redis, self._stream, self._group)
+        log.info("consumer %s reading %r in group %r", self.name, self._stream, self._group)
+        next_claim = 0.0
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            if loop.time() >= next_claim:
+                await self._reclaim(stop)
+                next_claim = loop.time() + self._settings.messaging.claim_idle_ms / 2000
+            entries = await self._read()
+            if entries:
+                await self._process_until_done(entries, stop)
+
+    async def _read(self) -> list[tuple[str, dict]]:
+        response = await self._redis.xreadgroup(
+            self._group, self.name, {self._stream: ">"}, count=self._settings.messaging.batch_size,
+            block=READ_BLOCK_MS)
+        return [entry for _, batch in response for entry in batch] if response else []
+
+    async def _reclaim(self, stop: asyncio.Event) -> None:
+        """Take over entries a dead consumer left pending for longer than claim_idle_ms."""
+        while not stop.is_set():
+            cursor, claimed, *_ = await self._redis.xautoclaim(
+                self._stream, self._group, self.name, min_idle_time=self._settings.messaging.claim_idle_ms,
+                start_id=self._claim_cursor, count=self._settings.messaging.batch_size)
+            self._claim_cursor = cursor
+            claimed = [(entry_id, fields) for entry_id, fields in claimed if fields is not None]
+            if claimed:
+                self.stats.reclaimed += len(claimed)
+                log.info("reclaimed %d pending signals", len(claimed))
+                await self._process_until_done(claimed, stop)
+            if cursor == "0-0":
+                return
+
+    async def _process_until_done(self, entries: list[tuple[str, dict]], stop: asyncio.Event) -> None:
+        """Process a batch; entries whose workflow could not be started are retried with backoff."""
+        backoff = BACKOFF_START_S
+        while entries and not stop.is_set():
+            entries = await self._process(entries)
+            if entries:
+                self.stats.backoff_s = backoff
+                log.warning("Temporal unavailable (%s); %d signals wait, retrying in %.1fs",
+                            self.stats.last_error, len(entries), backoff)
+                try:
+                    await asyncio.wait_for(stop.wait(), backoff)
+                except asyncio.TimeoutError:
+                    pass
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+        self.stats.backoff_s = 0.0
+
+    async def _process(self, entries: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+        """Start or dead-letter each entry; ack what is done; return what must be retried."""
+        done: list[str] = []
+        retry: list[tuple[str, dict]] = []
+        starts = []
+        for entry_id, fields in entries:
+            payload = fields.get(SIGNAL_FIELD)
+            if payload is None:
+                await self._dead_letter(entry_id, repr(fields), f"stream entry has no {SIGNAL_FIELD!r} field")
+                done.append(entry_id)
+                continue
+            try:
+                signal = parse_signal(payload, self._settings)
+            except InvalidSignal as exc:
+                await self._dead_letter(entry_id, payload, str(exc))
+                done.append(entry_id)
+                continue
+            starts.append((entry_id, fields, start_order(self._client, self._settings, signal)))
+        results = await asyncio.gather(*(s[2] for s in starts), return_exceptions=True)
+        for (entry_id, fields, _), result in zip(starts, results):
+            if isinstance(result, BaseException):
+                self.stats.start_failures += 1
+                self.stats.last_error = f"{type(result).__name__}: {result}"
+                retry.append((entry_id, fields))
+            else:
+                done.append(entry_id)
+                if result.created:
+                    self.stats.started += 1
+                else:
+                    self.stats.duplicates += 1
+        if done:
+            await self._redis.xack(self._stream, self._group, *done)
+        return retry
+
+    async def _dead_letter(self, entry_id: str, payload: str, reason: str) -> None:
+        self.stats.dead_lettered += 1
+        log.warning("dead letter %s: %s", entry_id, reason)
+        await self._dead.publish_once(DEAD_LETTER_STREAM, f"{self._stream}:{entry_id}", {
+            DEAD_PAYLOAD_FIELD: payload, DEAD_REASON_FIELD: reason, "source": self._stream,
+            "message_id": entry_id, "at": datetime.now(timezone.utc).isoformat(),
+        })
+
+
+async def consumer_lag(redis: aioredis.Redis, settings: Settings) -> dict[str, int]:
+    """Entries not yet delivered (lag) and delivered but unacknowledged (pending)."""
+    try:
+        groups = await redis.xinfo_groups(settings.messaging.signals_stream)
+    except ResponseError:
+        return {"lag": 0, "pending": 0}
+    for group in groups:
+        if group["name"] == settings.messaging.consumer_group:
+            return {"lag": int(group.get("lag") or 0), "pending": int(group.get("pending") or 0)}
+    return {"lag": 0, "pending": 0}
+
+
+async def serve(settings: Settings, name: str | None = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signals.SIGINT, signals.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    client = await connect_temporal(settings)
+    redis = redis_client(settings)
+    try:
+        await SignalConsumer(client, redis, settings, name).run(stop)
+    finally:
+        await redis.aclose()
+    log.info("consumer stopped")
+
+
+def run(settings: Settings, args) -> int:
+    configure_logging(settings)
+    asyncio.run(serve(settings, getattr(args, "name", None)))
+    return 0
