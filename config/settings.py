@@ -215,6 +215,11 @@ class Settings(_Strict):
         return Settings.model_validate(data)
 
 
+    def to_yaml(self) -> str:
+        """The settings as a config file (secrets included: write it only where it is safe)."""
+        return yaml.safe_dump(_reveal(self.model_dump(mode="python", exclude={"source"})), sort_keys=False)
+
+
 def _reveal(value: Any) -> Any:
     if isinstance(value, SecretStr):
         return value.get_secret_value()
@@ -222,6 +227,8 @@ def _reveal(value: Any) -> Any:
         return {k: _reveal(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_reveal(v) for v in value]
+    if isinstance(value, StrEnum):
+        return value.value
     return value
 
 

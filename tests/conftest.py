@@ -148,3 +148,57 @@ async def order_worker(temporal_env, fast_settings, redis):
     worker = await build_worker(temporal_env.client, fast_settings, redis)
     async with worker:
         yield worker
+
+
+def wait_for_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def tom_process(config_path: Path, *args: str, log_path: Path | None = None) -> subprocess.Popen:
+    """`tom --config <file> <args>` as a child process in its own process group."""
+    import sys
+
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "workers.cli", "--config", str(config_path), *args],
+                            stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    import signal as signals
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signals.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signals.SIGKILL)
+            proc.wait(5)
+
+
+@pytest.fixture
+def stack_settings(fast_settings, temporal_env) -> Settings:
+    """fast_settings pointed at the session's Temporal dev server, with a free API port."""
+    target = temporal_env.client.service_client.config.target_host
+    return fast_settings.with_overrides(
+        temporal={**fast_settings.temporal.model_dump(mode="json"), "address": target},
+        service={"host": "127.0.0.1", "port": free_port()},
+    )
+
+
+@pytest.fixture
+def config_file(stack_settings, tmp_path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(stack_settings.to_yaml())
+    return path

@@ -1,0 +1,332 @@
+"""`tom api`: the HTTP API on service.port, and the recorder (the database's one writer).
+
+Reads come from the database the recorder keeps (lists, positions, report), the Redis order cache
+(one order) and Temporal (the `status` query when the cache has nothing). Cancel and amend go
+through the workflow's updates, so the validator's refusal comes back as 409 with its reason.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Annotated, Any
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from config.settings import Settings
+from oms.events import order_cache_key
+from oms.models import AmendRequest, CancelRequest, OrderSnapshot, OrderState, Signal
+from workers import metrics
+from workers.consumer import consumer_lag
+from workers.intake import InvalidSignal, parse_signal, start_order
+from workers.recorder import Recorder
+from workers.runtime import configure_logging, connect_temporal, redis_client
+from workers.storage import DuckDBStore
+
+log = logging.getLogger("tom.api")
+ORDER_ID = Annotated[str, Path(pattern=r"^order-[A-Za-z0-9_.:-]{1,64}$", description="order-<signal_id>")]
+
+
+class SignalAccepted(BaseModel):
+    order_id: str
+    created: bool  # false: this signal was already received (idempotent)
+
+
+class OrderPage(BaseModel):
+    orders: list[OrderSnapshot]
+    total: int
+    limit: int
+    offset: int
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class CheckResult(BaseModel):
+    ok: bool
+    detail: str | None = None
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, CheckResult]
+
+
+class Position(BaseModel):
+    strategy_id: str
+    symbol: str
+    net_quantity: Decimal
+    average_buy_price: float | None = None
+    average_sell_price: float | None = None
+    fees: Decimal
+    fills: int
+
+
+class Services:
+    """What the API talks to; built in the lifespan, or handed in by tests."""
+
+    def __init__(self, settings: Settings, client: Client | None, redis: aioredis.Redis,
+                 store: DuckDBStore | None) -> None:
+        self.settings, self.client, self.redis, self.store = settings, client, redis, store
+
+
+def _problem(status: int, detail: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": detail})
+
+
+def create_app(settings: Settings, services: Services | None = None, run_recorder: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        stop = asyncio.Event()
+        tasks: list[asyncio.Task] = []
+        own = services is None
+        svc = services or Services(settings, None, redis_client(settings), _open_store(settings))
+        app.state.services = svc
+        if own:
+            tasks.append(asyncio.create_task(_connect_temporal_forever(svc, stop)))
+        if run_recorder and svc.store is not None:
+            tasks.append(asyncio.create_task(Recorder(svc.redis, svc.store).run(stop)))
+        try:
+            yield
+        finally:
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if own:
+                await svc.redis.aclose()
+                if svc.store is not None:
+                    svc.store.close()
+
+    app = FastAPI(title="trading-order-management", version="0.1.0", lifespan=lifespan,
+                  description="Signals in, orders out: each order is a durable Temporal workflow.")
+    if services is not None:
+        app.state.services = services
+
+    @app.exception_handler(RequestValidationError)
+    async def readable_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """One readable line, the same shape as every other error: {"detail": "..."}."""
+        parts = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"] if p != "body") or "body"
+            parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+        return _problem(422, "; ".join(parts))
+    responses = {404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem},
+                 503: {"model": Problem}}
+
+    def svc(request: Request) -> Services:
+        return request.app.state.services
+
+    def temporal(request: Request) -> Client:
+        client = svc(request).client
+        if client is None:
+            raise HTTPException(503, "Temporal is not reachable yet")
+        return client
+
+    def store(request: Request) -> DuckDBStore:
+        db = svc(request).store
+        if db is None:
+            raise HTTPException(503, "the database is not available in this process")
+        return db
+
+    # The body is documented as a Signal but parsed by workers.intake, so the API and the stream
+    # give the same reasons for the same bad input.
+    signal_schema = Signal.model_json_schema(ref_template="#/components/schemas/{model}")
+    signal_body = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+        k: v for k, v in signal_schema.items() if k != "$defs"}}}}}
+
+    @app.post("/signals", status_code=202, response_model=SignalAccepted, responses=responses,
+              openapi_extra=signal_body)
+    async def post_signal(request: Request) -> Any:
+        """Start the order for a signal; the same signal twice makes one order."""
+        try:
+            parsed = parse_signal(await request.body(), settings)
+        except InvalidSignal as exc:
+            metrics.SIGNALS_REJECTED.inc()
+            return _problem(422, str(exc))
+        try:
+            result = await start_order(temporal(request), settings, parsed)
+        except RPCError as exc:
+            raise HTTPException(503, f"Temporal unavailable: {exc.message}") from None
+        return SignalAccepted(order_id=result.order_id, created=result.created)
+
+    @app.get("/orders", response_model=OrderPage, responses=responses)
+    async def list_orders(request: Request, state: OrderState | None = None,
+                          symbol: Annotated[str | None, Query(max_length=41)] = None,
+                          strategy: Annotated[str | None, Query(max_length=64)] = None,
+                          exchange: Annotated[str | None, Query(max_length=32)] = None,
+                          limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                          offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> OrderPage:
+        filters = {"state": state.value if state else None, "symbol": symbol, "strategy_id": strategy,
+                   "exchange": exchange}
+        orders, total = await asyncio.to_thread(store(request).list_orders, filters, limit, offset)
+        return OrderPage(orders=orders, total=total, limit=limit, offset=offset)
+
+    @app.get("/orders/{order_id}", response_model=OrderSnapshot, responses=responses)
+    async def get_order(request: Request, order_id: ORDER_ID) -> Any:
+        cached = await svc(request).redis.get(order_cache_key(order_id))
+        if cached:
+            return OrderSnapshot.model_validate_json(cached)
+        try:
+            return await temporal(request).get_workflow_handle(order_id).query("status", result_type=OrderSnapshot)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return _problem(404, f"no order {order_id}")
+            raise HTTPException(503, f"Temporal unavailable: {exc.message}") from None
+
+    async def _update(request: Request, order_id: str, name: str, arg: BaseModel) -> Any:
+        handle = temporal(request).get_workflow_handle(order_id)
+        try:
+            return await handle.execute_update(name, arg, result_type=OrderSnapshot)
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            detail = cause.message if isinstance(cause, ApplicationError) else str(cause or exc)
+            return _problem(409, detail)
+        except RPCError as exc:
+            if exc.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+                raise HTTPException(503, f"Temporal unavailable: {exc.message}") from None
+        # The workflow is not running: a finished order (409) or no such order (404).
+        try:
+            final = await handle.query("status", result_type=OrderSnapshot)
+        except RPCError:
+            return _problem(404, f"no order {order_id}")
+        return _problem(409, f"order is already {final.state.value}")
+
+    @app.post("/orders/{order_id}/cancel", response_model=OrderSnapshot, responses=responses)
+    async def cancel_order(request: Request, order_id: ORDER_ID, body: CancelRequest | None = None) -> Any:
+        """Cancel through the `cancel_order` update; returns the order once the venue confirmed."""
+        return await _update(request, order_id, "cancel_order", body or CancelRequest())
+
+    @app.patch("/orders/{order_id}", response_model=OrderSnapshot, responses=responses)
+    async def amend_order(request: Request, order_id: ORDER_ID, body: AmendRequest) -> Any:
+        """Amend quantity and/or limit price through the `amend_order` update."""
+        return await _update(request, order_id, "amend_order", body)
+
+    @app.get("/positions", response_model=list[Position], responses=responses)
+    async def positions(request: Request) -> Any:
+        return await asyncio.to_thread(store(request).positions)
+
+    @app.get("/report", responses=responses)
+    async def report(request: Request) -> dict[str, Any]:
+        """Execution quality: fill and success rates, latency, slippage, fees, per exchange."""
+        return await asyncio.to_thread(store(request).report)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+    async def readyz(request: Request) -> Any:
+        s = svc(request)
+        checks = {
+            "temporal": await _check(_temporal_ok(s)),
+            "redis": await _check(s.redis.ping()),
+            "database": await _check(_database_ok(s)),
+        }
+        checks.update(await _venue_checks(s))
+        ready = all(c.ok for c in checks.values())
+        body = Readiness(ready=ready, checks=checks)
+        return JSONResponse(status_code=200 if ready else 503, content=body.model_dump())
+
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {metrics.CONTENT_TYPE: {"schema": {"type": "string"}}}}})
+    async def prometheus(request: Request) -> Response:
+        s = svc(request)
+        try:
+            lag = await consumer_lag(s.redis, settings)
+            metrics.CONSUMER_LAG.set(lag["lag"])
+            metrics.CONSUMER_PENDING.set(lag["pending"])
+            if s.store is not None:
+                metrics.observe_store(await asyncio.to_thread(s.store.report))
+        except Exception as exc:  # metrics must render even when a dependency is down
+            log.warning("metrics collection: %s", exc)
+        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
+
+    _register_schemas(app, signal_schema.get("$defs", {}))
+    return app
+
+
+def _register_schemas(app: FastAPI, definitions: dict[str, Any]) -> None:
+    """Add the Signal's nested models to the generated OpenAPI components."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = generate()
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(definitions)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
+async def _check(awaitable) -> CheckResult:
+    try:
+        ok = await asyncio.wait_for(awaitable, 2.0)
+        return CheckResult(ok=bool(ok))
+    except Exception as exc:
+        return CheckResult(ok=False, detail=f"{type(exc).__name__}: {exc}"[:200])
+
+
+async def _temporal_ok(s: Services) -> bool:
+    if s.client is None:
+        raise RuntimeError("not connected")
+    await s.client.workflow_service.get_system_info(GetSystemInfoRequest())
+    return True
+
+
+async def _database_ok(s: Services) -> bool:
+    if s.store is None:
+        raise RuntimeError(f"{s.settings.database.type} is written by another process")
+    return await asyncio.to_thread(s.store.ping)
+
+
+async def _venue_checks(s: Services) -> dict[str, CheckResult]:
+    """Circuit breaker and rate-limit pause of each configured direct venue, where present."""
+    try:
+        from activities.breaker import breaker_states
+    except ImportError:
+        return {}
+    venues = list(s.settings.execution.direct.exchanges) if s.settings.execution.mode == "direct" else []
+    if not venues:
+        return {}
+    states = await breaker_states(s.redis, venues)
+    return {f"exchange:{name}": CheckResult(ok=state.get("state") != "open", detail=str(state))
+            for name, state in states.items()}
+
+
+def _open_store(settings: Settings) -> DuckDBStore | None:
+    if settings.database.type != "duckdb":
+        return None
+    return DuckDBStore(settings.database.path)
+
+
+async def _connect_temporal_forever(svc: Services, stop: asyncio.Event) -> None:
+    """Keep trying: the API serves health and cached reads while Temporal starts."""
+    delay = 0.2
+    while not stop.is_set() and svc.client is None:
+        try:
+            svc.client = await connect_temporal(svc.settings)
+        except Exception as exc:
+            log.warning("Temporal not reachable (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5)
+
+
+def run(settings: Settings, args) -> int:
+    import uvicorn
+
+    configure_logging(settings)
+    uvicorn.run(create_app(settings), host=settings.service.host, port=settings.service.port,
+                log_level=settings.orders.log_level.value.lower(), access_log=False)
+    return 0
