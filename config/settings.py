@@ -191,7 +191,6 @@ class TemporalSettings(_Strict):
     tls: bool = False
     api_key: OptionalSecret = None
     ui_port: Annotated[int, Field(ge=1, le=65535)] = 8233
-    state_file: str = "./data/temporal.db"  # local dev server persistence
 
 
 class Settings(_Strict):

