@@ -1,0 +1,20 @@
+# trading-order-management: one image, one role per container (tom worker | consume | api).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+
+COPY pyproject.toml README.md ./
+COPY config ./config
+COPY oms ./oms
+COPY activities ./activities
+COPY workflows ./workflows
+COPY workers ./workers
+COPY bench ./bench
+RUN pip install . && useradd --create-home --uid 10001 tom && mkdir -p /app/data && chown tom /app/data
+
+USER tom
+EXPOSE 8004
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8004/healthz', timeout=2)" || exit 1
+ENTRYPOINT ["tom"]
+CMD ["worker"]

@@ -1,0 +1,98 @@
+"""Configuration: both shipped files load; every bad file fails in one line naming file and key."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config.settings import ConfigError, load_settings, resolve_config_path
+
+REPO = Path(__file__).resolve().parent.parent
+DEV_ENV = {"QC_API_KEY": "qc-secret-123", "QC_PROJECT_ID": "42"}
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_configs_load_with_every_brief_key():
+    local = load_settings(REPO / "config" / "local.yaml", env={})
+    assert local.environment == "local" and local.service.port == 8004
+    assert local.database.type == "duckdb" and local.messaging.type == "redis"
+    assert local.execution.mode == "simulation" and local.execution.simulation.slippage == 0.0005
+    assert local.account_limits.max_daily_orders == 50 and local.order_cache.ttl == 3600
+    assert local.orders.retry_attempts == 3 and local.orders.execution_timeout_ms == 5000
+    assert local.temporal.task_queue == "orders"
+    dev = load_settings(REPO / "config" / "dev.yaml", env=DEV_ENV)
+    assert dev.environment == "development" and dev.database.type == "bigquery"
+    assert dev.execution.mode == "quantconnect" and dev.execution.quantconnect.project_id == "42"
+    assert dev.execution.quantconnect.api_key.get_secret_value() == "qc-secret-123"
+    assert dev.account_limits.max_order_value == 5000
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("service:\n  port: [1\n", "YAML error at line"),
+    ("orders:\n  retry_attempt: 3\n", "orders.retry_attempt: unknown key"),
+    ("surprise: 1\n", "surprise: unknown key"),
+    ("service:\n  port: lots\n", "service.port: Input should be a valid integer"),
+    ("service:\n  port: 70000\n", "service.port: Input should be less than or equal to 65535"),
+    ("execution:\n  mode: teleport\n", "execution.mode: Input should be 'simulation', 'quantconnect' or 'direct'"),
+    ("account_limits:\n  max_daily_orders: 0\n", "account_limits.max_daily_orders: Input should be greater than or equal to 1"),
+    ("orders:\n  log_level: LOUD\n", "orders.log_level"),
+    ("execution:\n  mode: quantconnect\n", "quantconnect.api_key and project_id"),
+    ("- just\n- a list\n", "expected a mapping"),
+])
+def test_bad_files_fail_with_one_line_naming_file_and_key(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    message = str(info.value)
+    assert message.startswith(str(path)) and expected in message and "\n" not in message
+
+
+def test_missing_file_and_unset_variable(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found"):
+        load_settings(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"execution\.quantconnect\.api_key: environment variable QC_API_KEY is not set"):
+        load_settings(REPO / "config" / "dev.yaml", env={})
+
+
+def test_interpolation_defaults_and_types(tmp_path):
+    path = write(tmp_path, "service:\n  host: ${HOST:-0.0.0.0}\n  port: ${PORT:-9000}\n"
+                           "temporal:\n  address: ${T_HOST}:${T_PORT:-7233}\n")
+    settings = load_settings(path, env={"T_HOST": "temporal.svc"})
+    assert settings.service.host == "0.0.0.0" and settings.service.port == 9000
+    assert settings.temporal.address == "temporal.svc:7233"
+    assert load_settings(path, env={"T_HOST": "x", "PORT": "9100"}).service.port == 9100
+
+
+def test_config_path_selection(monkeypatch, tmp_path):
+    monkeypatch.delenv("CONFIG_PATH", raising=False)
+    assert resolve_config_path(None).name == "local.yaml"
+    monkeypatch.setenv("CONFIG_PATH", "/from/env.yaml")
+    assert str(resolve_config_path(None)) == "/from/env.yaml"
+    assert str(resolve_config_path("/from/flag.yaml")) == "/from/flag.yaml"  # --config wins
+
+
+def run_tom(*args, env=None):
+    import os
+
+    return subprocess.run([sys.executable, "-m", "workers.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=60)
+
+
+def test_cli_reports_config_errors_in_one_line_without_traceback_or_secrets(tmp_path):
+    path = write(tmp_path, "execution:\n  quantconnect:\n    api_key: ${QC_API_KEY}\n    project_id: 7\n"
+                           "service:\n  port: nope\n")
+    result = run_tom("--config", str(path), "worker", env={"QC_API_KEY": "super-secret-value"})
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "service.port" in result.stderr and str(path) in result.stderr
+    assert "Traceback" not in result.stderr and "super-secret-value" not in result.stderr + result.stdout
+
+
+def test_secrets_are_masked_in_settings_repr():
+    settings = load_settings(REPO / "config" / "dev.yaml", env=DEV_ENV)
+    assert "qc-secret-123" not in repr(settings) and "qc-secret-123" not in str(settings.model_dump())
