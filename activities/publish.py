@@ -14,8 +14,11 @@ from oms.events import (
     EXECUTIONS_STREAM,
     ORDER_EVENTS_STREAM,
     OrderEvent,
+    client_order_key,
     order_cache_key,
 )
+
+CLIENT_ID_TTL_S = 90 * 86400
 from oms.models import Fill, OrderSnapshot
 
 
@@ -41,6 +44,9 @@ class PublishActivities:
             for fill in progress.fills:
                 await self._streams.publish_once(EXECUTIONS_STREAM, fill.fill_id,
                                                  {EXECUTION_FIELD: fill.model_dump_json()}, client=pipe)
+            # The batched poller finds an order's workflow from the venue's client order id.
+            pipe.set(client_order_key(progress.snapshot.client_order_id), progress.snapshot.order_id,
+                     ex=CLIENT_ID_TTL_S)
             if self._cache.enabled:
                 pipe.set(order_cache_key(progress.snapshot.order_id), progress.snapshot.model_dump_json(),
                          ex=self._cache.ttl)

@@ -33,6 +33,11 @@ def order_cache_key(order_id: str) -> str:
     return f"order:{order_id}"
 
 
+def client_order_key(client_order_id: str) -> str:
+    """client order id -> order id (workflow id), for the batched fill poller."""
+    return f"cid:{client_order_id}"
+
+
 def published_marker_key(stream: str, item_id: str) -> str:
     """Marks an item as published so a retried activity never appends it twice."""
     return f"published:{stream}:{item_id}"

@@ -21,6 +21,7 @@ from activities.publish import PublishActivities
 from activities.venue_sim import SimulatedVenue
 from activities.venues import VenueRegistry
 from config.settings import Settings
+from workers.poller import run_pollers
 from workers.runtime import configure_logging, connect_temporal, redis_client
 from workflows.order import OrderWorkflow
 
@@ -79,8 +80,11 @@ async def serve(settings: Settings, max_concurrent: int | None = None) -> None:
         worker = await build_worker(client, settings, redis, registry, max_concurrent)
         log.info("worker on task queue %r (namespace %s, venues %s)", settings.temporal.task_queue,
                  settings.temporal.namespace, ", ".join(registry.names))
+        accounts = [(name, "default") for name in registry.names]
+        pollers = asyncio.create_task(run_pollers(client, redis, registry, accounts, stop))
         async with worker:
             await stop.wait()
+            await pollers
             log.info("stopping: draining in-flight tasks (up to %s)", GRACEFUL_SHUTDOWN)
     log.info("worker stopped")
 

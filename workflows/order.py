@@ -63,7 +63,9 @@ STRATEGY_ID = SearchAttributeKey.for_keyword("StrategyId")
 
 HISTORY_BOUND = 2_000  # events; continue-as-new before this (or when the server suggests it)
 POLL_MIN = timedelta(milliseconds=250)
-POLL_MAX = timedelta(seconds=60)
+# The per-account poller (workers/poller.py) pushes venue changes as `venue_update` signals; the
+# order's own polling is the fallback, backing off to this.
+POLL_MAX = timedelta(minutes=5)
 RECONCILE_ATTEMPTS = 20
 LOCAL_TASK_TIMEOUT = timedelta(seconds=30)
 
@@ -87,6 +89,7 @@ class OrderWorkflowState(BaseModel):
     amend_requests: list[PendingAmend] = Field(default_factory=list)
     amend_results: dict[str, str | None] = Field(default_factory=dict)  # id -> refusal or None
     native_amend: bool = True
+    venue_updates: list[VenueOrderReport] = Field(default_factory=list)
     price_collar: Decimal | None = None  # market orders go out as IOC limits at this price
 
 
@@ -156,6 +159,12 @@ class OrderWorkflow:
     def amend(self, request: AmendRequest) -> None:
         if self._amend_refusal(request) is None:
             self._state.amend_requests.append(PendingAmend(request=request, id=str(workflow.uuid4())))
+
+    @workflow.signal(name="venue_update")
+    def venue_update(self, report: VenueOrderReport) -> None:
+        """A change seen by the batched per-account poller; applied by the main loop."""
+        if report.client_order_id == self._state.snapshot.client_order_id and not self._state.snapshot.is_terminal:
+            self._state.venue_updates.append(report)
 
     @workflow.update(name="cancel_order")
     async def cancel_order(self, request: CancelRequest) -> OrderSnapshot:
@@ -385,16 +394,22 @@ class OrderWorkflow:
         if snap.expire_at is not None:
             interval = min(interval, snap.expire_at - workflow.now())
         woke = await self._wait(
-            lambda: self._state.cancel_request is not None or bool(self._state.amend_requests), interval)
-        if woke:
+            lambda: self._state.cancel_request is not None or bool(self._state.amend_requests)
+            or bool(self._state.venue_updates), interval)
+        if self._state.venue_updates:
+            # Pushed by the account poller; reports are complete, so the latest one wins.
+            report, self._state.venue_updates = self._state.venue_updates[-1], []
+            await self._apply_report(report)
             return
+        if woke:
+            return  # a cancel or amend request: handled on the next turn
         report = await self._fetch_quietly()
         if report is not None:
             before = snap.filled_quantity
             await self._apply_report(report)
-            changed = snap.filled_quantity != before
+            # Back off while nothing happens; look again soon after a fill.
             self._state.poll_interval_ms = (
-                int(POLL_MIN.total_seconds() * 1000) if changed
+                int(POLL_MIN.total_seconds() * 1000) if snap.filled_quantity != before
                 else min(self._state.poll_interval_ms * 2, int(POLL_MAX.total_seconds() * 1000)))
 
     async def _fetch_quietly(self) -> VenueOrderReport | None:
