@@ -61,6 +61,8 @@ SYMBOL = SearchAttributeKey.for_keyword("Symbol")
 EXCHANGE = SearchAttributeKey.for_keyword("Exchange")
 STRATEGY_ID = SearchAttributeKey.for_keyword("StrategyId")
 
+# A failed local activity surfaces as ActivityError, or as its ApplicationError / TimeoutError itself.
+VENUE_ERRORS = (ActivityError, ApplicationError, TemporalTimeoutError)
 HISTORY_BOUND = 2_000  # events; continue-as-new before this (or when the server suggests it)
 POLL_MIN = timedelta(milliseconds=250)
 # The per-account poller (workers/poller.py) pushes venue changes as `venue_update` signals; the
@@ -303,7 +305,7 @@ class OrderWorkflow:
                     retry_policy=RetryPolicy(maximum_attempts=1),
                     local_retry_threshold=LOCAL_TASK_TIMEOUT,
                 )
-            except ActivityError as error:
+            except VENUE_ERRORS as error:
                 kind = _error_type(error)
                 retryable = kind in (VenueErrorType.TRANSIENT.value, VenueErrorType.RATE_LIMITED.value,
                                      VenueErrorType.CIRCUIT_OPEN.value)
@@ -318,7 +320,7 @@ class OrderWorkflow:
         await self._transition(S.SUBMITTED, None)
         try:
             report = await self._venue("venue_submit", self._submission())
-        except ActivityError as error:
+        except VENUE_ERRORS as error:
             await self._on_submit_error(error)
             return
         await self._apply_report(report)
@@ -343,7 +345,7 @@ class OrderWorkflow:
             quantity=snap.quantity - snap.filled_quantity, limit_price=price, time_in_force=tif,
         )
 
-    async def _on_submit_error(self, error: ActivityError) -> None:
+    async def _on_submit_error(self, error: BaseException) -> None:
         kind = _error_type(error)
         if kind == VenueErrorType.REJECTED.value:
             await self._transition(S.REJECTED, _error_message(error))
@@ -359,7 +361,7 @@ class OrderWorkflow:
         for _ in range(RECONCILE_ATTEMPTS):
             try:
                 report = await self._venue("venue_fetch", self._ref())
-            except ActivityError as error:
+            except VENUE_ERRORS as error:
                 workflow.logger.warning("reconcile fetch failed: %s", _error_message(error))
                 await workflow.sleep(delay)
                 delay = min(delay * 2, POLL_MAX)
@@ -415,7 +417,7 @@ class OrderWorkflow:
     async def _fetch_quietly(self) -> VenueOrderReport | None:
         try:
             return await self._venue("venue_fetch", self._ref())
-        except ActivityError as error:
+        except VENUE_ERRORS as error:
             workflow.logger.warning("fill poll failed: %s", _error_message(error))
             return None
 
@@ -423,7 +425,7 @@ class OrderWorkflow:
         await self._transition(S.PENDING_CANCEL, reason)
         try:
             report = await self._venue("venue_cancel", self._ref())
-        except ActivityError as error:
+        except VENUE_ERRORS as error:
             if _error_type(error) == VenueErrorType.NOT_FOUND.value:
                 await self._transition(final, reason)
                 return
@@ -446,7 +448,7 @@ class OrderWorkflow:
                                         limit_price=pending.request.limit_price)
             try:
                 report = await self._venue("venue_amend", request)
-            except ActivityError as error:
+            except VENUE_ERRORS as error:
                 kind = _error_type(error)
                 if kind == VenueErrorType.UNSUPPORTED.value:
                     self._state.native_amend = False
@@ -462,7 +464,7 @@ class OrderWorkflow:
                 return
         await self._cancel_and_replace(pending, new_qty, new_price, back_to)
 
-    async def _amend_failed(self, pending: PendingAmend, back_to: OrderState, kind: str, error: ActivityError) -> None:
+    async def _amend_failed(self, pending: PendingAmend, back_to: OrderState, kind: str, error: BaseException) -> None:
         message = f"venue refused the amend: {_error_message(error)}"
         if kind in ("timeout", VenueErrorType.UNKNOWN_OUTCOME.value):
             await self._transition(S.UNKNOWN, f"amend outcome unknown: {_error_message(error)}")
@@ -484,7 +486,7 @@ class OrderWorkflow:
         is placed, so there are never two live orders."""
         try:
             report = await self._venue("venue_cancel", self._ref())
-        except ActivityError as error:
+        except VENUE_ERRORS as error:
             await self._amend_failed(pending, back_to, _error_type(error), error)
             return
         snap = self._state.snapshot
@@ -507,7 +509,7 @@ class OrderWorkflow:
             quantity=new_qty - snap.filled_quantity, limit_price=new_price, time_in_force=TimeInForce.GTC)
         try:
             report = await self._venue("venue_submit", request)
-        except ActivityError as error:
+        except VENUE_ERRORS as error:
             self._state.amend_results[pending.id] = f"replacement order: {_error_message(error)}"
             await self._on_submit_error(error)
             return

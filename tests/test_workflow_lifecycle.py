@@ -1,0 +1,178 @@
+"""Order lifecycle against the simulated venue in Redis: faults, unknown outcomes, time in force,
+cancel and amend by signal and by update, races with fills. Real Temporal dev server."""
+import asyncio
+import json
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from temporalio.client import WorkflowUpdateFailedError
+
+from activities.venue_sim import FAULTS_KEY
+from config.settings import SimulationSettings
+from oms import venue_model
+from oms.models import OrderSnapshot, OrderState
+from tests.helpers import executions, make_signal, run_order, start_order
+
+S = OrderState
+
+
+def states(snap: OrderSnapshot) -> list[str]:
+    return [t.state.value for t in snap.transitions]
+
+
+async def venue_orders(redis, client_order_id: str) -> list[dict]:
+    keys = [k async for k in redis.scan_iter(f"sim:simulation:order:{client_order_id}*")]
+    return [json.loads(await redis.get(k)) for k in keys]
+
+
+async def wait_for_state(handle, wanted: set[OrderState], timeout: float = 20) -> OrderSnapshot:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        snap = await handle.query("status", result_type=OrderSnapshot)
+        if snap.state in wanted:
+            return snap
+        assert asyncio.get_running_loop().time() < deadline, f"stuck in {snap.state}: {states(snap)}"
+        await asyncio.sleep(0.05)
+
+
+def touch(symbol: str, side: str) -> Decimal:
+    bid, ask = venue_model.top_of_book(symbol, datetime.now(timezone.utc), SimulationSettings())
+    return ask if side == "buy" else bid
+
+
+async def test_venue_rejection_is_final_and_not_retried(temporal_env, order_worker, task_queue, redis):
+    await redis.hset(FAULTS_KEY, "reject_next", 1)
+    snap = await run_order(temporal_env.client, task_queue, make_signal())
+    assert snap.state == S.REJECTED and "simulated rejection" in snap.reason
+    assert states(snap) == ["created", "validated", "submitted", "rejected"]
+    assert int(await redis.get("sim:requests")) == 1  # one submit, no retry
+    assert await venue_orders(redis, snap.client_order_id) == []
+
+
+async def test_lost_acknowledgement_is_reconciled_to_the_one_order_placed(temporal_env, order_worker, task_queue, redis):
+    await redis.hset(FAULTS_KEY, "lost_ack_next", 1)
+    snap = await run_order(temporal_env.client, task_queue, make_signal(quantity="0.2"))
+    assert snap.state == S.FILLED
+    assert states(snap) == ["created", "validated", "submitted", "unknown", "filled"]
+    assert len(await venue_orders(redis, snap.client_order_id)) == 1
+    fills = await executions(redis)
+    assert sum(Decimal(f["quantity"]) for f in fills) == Decimal("0.2")
+
+
+async def test_venue_that_never_answers_times_out_to_unknown_not_to_a_second_order(
+        temporal_env, order_worker, task_queue, redis):
+    await redis.hset(FAULTS_KEY, "hang_next", 1)  # the order is placed, then the call hangs
+    snap = await run_order(temporal_env.client, task_queue, make_signal(quantity="0.2"))
+    assert "unknown" in states(snap) and snap.state == S.FILLED
+    assert "submit outcome unknown" in next(t.reason for t in snap.transitions if t.state == S.UNKNOWN)
+    assert len(await venue_orders(redis, snap.client_order_id)) == 1
+
+
+async def test_ioc_fills_what_is_there_and_expires_the_rest(temporal_env, order_worker, task_queue, fast_settings):
+    # 60 ETH at the touch: the first book level holds ~50 ETH, the rest is beyond the limit.
+    price = touch("ETH/USDT", "buy") * Decimal("1.00002")
+    price = price.quantize(Decimal("0.01"))
+    snap = await run_order(temporal_env.client, task_queue, make_signal(
+        quantity="60", order_type="limit", limit_price=str(price), time_in_force="IOC"))
+    assert snap.state == S.EXPIRED, states(snap)
+    assert Decimal(0) < snap.filled_quantity < Decimal(60)
+
+
+async def test_fok_without_enough_liquidity_expires_without_any_fill(temporal_env, order_worker, task_queue):
+    # ETH/BTC: 10 levels of ~60 ETH; 700 ETH cannot fill at once.
+    snap = await run_order(temporal_env.client, task_queue, make_signal(
+        symbol="ETH/BTC", quantity="700", time_in_force="FOK", reference_price="0.05"))
+    assert snap.state == S.EXPIRED and snap.filled_quantity == 0
+    assert "FOK" in snap.reason
+
+
+async def test_market_order_is_collared_by_max_slippage(temporal_env, order_worker, task_queue):
+    # A reference price far below the market: nothing may execute beyond max_slippage_bps of it.
+    mid = touch("ETH/USDT", "buy")
+    snap = await run_order(temporal_env.client, task_queue, make_signal(
+        quantity="0.1", reference_price=str((mid * Decimal("0.98")).quantize(Decimal("0.01")))))
+    assert snap.state == S.EXPIRED and snap.filled_quantity == 0
+
+
+async def test_cancel_by_signal_while_resting(temporal_env, order_worker, task_queue):
+    handle = await start_order(temporal_env.client, task_queue,
+                               make_signal(order_type="limit", limit_price="1000.00", quantity="0.1"))
+    await wait_for_state(handle, {S.ACCEPTED})
+    await handle.signal("cancel", {"reason": "strategy flat"})
+    await handle.signal("cancel", {"reason": "delivered twice"})  # idempotent
+    snap = await handle.result()
+    assert snap.state == S.CANCELLED and snap.reason == "strategy flat"
+    assert states(snap).count("pending_cancel") == 1
+
+
+async def test_cancel_before_submission_needs_no_venue(temporal_env, order_worker, task_queue, redis):
+    start_at = datetime.now(timezone.utc) + timedelta(hours=1)
+    signal = make_signal(execution={"start_at": start_at.isoformat()})
+    handle = await start_order(temporal_env.client, task_queue, signal)
+    await wait_for_state(handle, {S.VALIDATED})
+    snap = await handle.execute_update("cancel_order", {"reason": "changed my mind"}, result_type=OrderSnapshot)
+    assert snap.state == S.CANCELLED and "submitted" not in states(snap)
+    assert await redis.get("sim:requests") is None
+
+
+async def test_amend_by_signal_and_by_update_with_refusals(temporal_env, order_worker, task_queue):
+    handle = await start_order(temporal_env.client, task_queue,
+                               make_signal(order_type="limit", limit_price="1000.00", quantity="0.1"))
+    await wait_for_state(handle, {S.ACCEPTED})
+    await handle.signal("amend", {"limit_price": "1001.00"})
+    for _ in range(100):
+        snap = await handle.query("status", result_type=OrderSnapshot)
+        if snap.limit_price == Decimal("1001.00") and snap.state == S.ACCEPTED:
+            break
+        await asyncio.sleep(0.05)
+    assert snap.limit_price == Decimal("1001.00") and "pending_amend" in states(snap)
+    snap = await handle.execute_update("amend_order", {"quantity": "0.3"}, result_type=OrderSnapshot)
+    assert snap.quantity == Decimal("0.3") and snap.state == S.ACCEPTED
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update("amend_order", {"limit_price": "1000.001"}, result_type=OrderSnapshot)
+    assert "tick size" in str(refused.value.cause)
+    await handle.execute_update("cancel_order", {}, result_type=OrderSnapshot)
+    with pytest.raises(Exception):  # terminal: the validator refuses, or the workflow is closed
+        await handle.execute_update("amend_order", {"quantity": "1"}, result_type=OrderSnapshot)
+
+
+async def test_amend_below_filled_quantity_is_refused(temporal_env, order_worker, task_queue):
+    # 60 ETH GTC at the touch: ~50 fill at once, the rest rests.
+    price = (touch("ETH/USDT", "buy") * Decimal("1.00002")).quantize(Decimal("0.01"))
+    handle = await start_order(temporal_env.client, task_queue, make_signal(
+        quantity="60", order_type="limit", limit_price=str(price)))
+    snap = await wait_for_state(handle, {S.PARTIALLY_FILLED, S.FILLED})
+    if snap.state == S.FILLED:
+        pytest.skip("the price path filled the whole order at once")
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update("amend_order", {"quantity": str(snap.filled_quantity)}, result_type=OrderSnapshot)
+    assert "not above the filled quantity" in str(refused.value.cause)
+    final = await handle.execute_update("cancel_order", {}, result_type=OrderSnapshot)
+    assert final.state == S.CANCELLED and final.filled_quantity >= snap.filled_quantity
+
+
+async def test_cancel_racing_a_fill_ends_filled_and_counts_every_fill(temporal_env, order_worker, task_queue, redis):
+    # A market order fills on submission; a cancel sent at once loses the race.
+    signal = make_signal(quantity="0.1")
+    handle = await start_order(temporal_env.client, task_queue, signal)
+    await handle.signal("cancel", {"reason": "too late"})
+    snap = await handle.result()
+    assert snap.state in (S.FILLED, S.CANCELLED)
+    if snap.state == S.CANCELLED:  # the cancel won before submission: nothing reached the venue
+        assert snap.filled_quantity == 0 and "submitted" not in states(snap)
+    else:
+        assert snap.filled_quantity == Decimal("0.1")
+    fills = [f for f in await executions(redis) if f["order_id"] == snap.order_id]
+    assert sum((Decimal(f["quantity"]) for f in fills), Decimal(0)) == snap.filled_quantity
+
+
+async def test_daily_order_limit_holds_across_concurrent_orders(temporal_env, redis, task_queue, fast_settings):
+    from workers.worker import build_worker
+
+    limits = fast_settings.account_limits.model_dump(mode="json")
+    capped = fast_settings.with_overrides(account_limits={**limits, "max_daily_orders": 5})
+    async with await build_worker(temporal_env.client, capped, redis):
+        snaps = await asyncio.gather(*(run_order(temporal_env.client, task_queue, make_signal()) for _ in range(8)))
+    denied = [s for s in snaps if s.state == S.DENIED]
+    assert len(denied) == 3 and all("daily_order_limit" in s.reason for s in denied)
