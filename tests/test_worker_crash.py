@@ -1,0 +1,68 @@
+"""A worker killed with SIGKILL in the middle of submitting and of filling, then restarted: every
+order reaches its terminal state, one venue order per client order id, no fill published twice."""
+import asyncio
+import json
+import os
+import signal
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+from activities.venue_sim import FAULTS_KEY
+from oms.models import OrderSnapshot, OrderState
+from tests.conftest import stop_process, tom_process
+from tests.helpers import executions, make_signal, start_order
+
+
+async def test_sigkill_mid_submission_and_mid_fill(temporal_env, stack_settings, redis, tmp_path):
+    sim = stack_settings.execution.simulation.model_dump(mode="json")
+    orders = stack_settings.orders.model_dump(mode="json")
+    settings = stack_settings.with_overrides(
+        execution={**stack_settings.execution.model_dump(mode="json"), "simulation": {**sim, "delay_ms": 800}},
+        orders={**orders, "execution_timeout_ms": 4000})
+    config = Path(tmp_path / "crash.yaml")
+    config.write_text(settings.to_yaml())
+    queue = settings.temporal.task_queue
+    await redis.hset(FAULTS_KEY, "hang_next", 2)  # two orders get placed, then their answer never comes
+
+    worker = tom_process(config, "worker", log_path=tmp_path / "worker-1.log")
+    signals = [make_signal(quantity="0.1") for _ in range(5)]
+    signals += [make_signal(quantity="0.5", order_type="limit", limit_price="1000.00") for _ in range(2)]
+    handles = [await start_order(temporal_env.client, queue, s) for s in signals]
+    await asyncio.sleep(2.0)  # submissions are in flight: some waiting, some placed and hanging
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait(10)
+    states_at_kill = Counter()  # from the order cache: a query needs a live worker
+    for s in signals:
+        cached = await redis.get(f"order:{s.workflow_id}")
+        states_at_kill[OrderSnapshot.model_validate_json(cached).state.value if cached else "none"] += 1
+    assert states_at_kill["submitted"] >= 1, states_at_kill  # the kill did land mid-submission
+
+    worker = tom_process(config, "worker", log_path=tmp_path / "worker-2.log")
+    try:
+        # Resting limits: wait until accepted, then kill again while they are tracked.
+        for h in handles[5:]:
+            for _ in range(200):
+                if (await h.query("status", result_type=OrderSnapshot)).state == OrderState.ACCEPTED:
+                    break
+                await asyncio.sleep(0.1)
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        worker = tom_process(config, "worker", log_path=tmp_path / "worker-3.log")
+        for h in handles[5:]:
+            await h.signal("cancel", {"reason": "end of test"})
+        finals = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 90)
+    finally:
+        stop_process(worker)
+
+    assert [f.state for f in finals[:5]] == [OrderState.FILLED] * 5
+    assert [f.state for f in finals[5:]] == [OrderState.CANCELLED] * 2
+    venue_keys = [k async for k in redis.scan_iter("sim:simulation:order:*")]
+    assert sorted(k.rsplit(":", 1)[1] for k in venue_keys) == sorted(f.client_order_id for f in finals)
+    fills = [f for f in await executions(redis)]
+    assert len({f["fill_id"] for f in fills}) == len(fills)
+    for final in finals:
+        mine = sum((Decimal(f["quantity"]) for f in fills if f["order_id"] == final.order_id), Decimal(0))
+        assert mine == final.filled_quantity
+        venue = json.loads(await redis.get(f"sim:simulation:order:{final.client_order_id}"))
+        assert Decimal(str(sum(Decimal(f["quantity"]) for f in venue["fills"]))) == final.filled_quantity
