@@ -64,10 +64,14 @@ STRATEGY_ID = SearchAttributeKey.for_keyword("StrategyId")
 # A failed local activity surfaces as ActivityError, or as its ApplicationError / TimeoutError itself.
 VENUE_ERRORS = (ActivityError, ApplicationError, TemporalTimeoutError)
 HISTORY_BOUND = 2_000  # events; continue-as-new before this (or when the server suggests it)
-POLL_MIN = timedelta(milliseconds=250)
-# The per-account poller (workers/poller.py) pushes venue changes as `venue_update` signals; the
-# order's own polling is the fallback, backing off to this.
-POLL_MAX = timedelta(minutes=5)
+# Fill tracking: the per-account poller (workers/poller.py) pushes venue changes as `venue_update`
+# signals, one venue call per account per second however many orders are open. The order's own
+# polling is only the fallback (poller down): first after about POLL_FIRST (jittered so 10,000
+# orders placed together do not poll together), then backing off to POLL_MAX. At 10,000 open
+# orders that is ~5.6 requests/s in steady state, inside a 10/s exchange limit.
+POLL_FIRST = timedelta(minutes=5)
+POLL_AFTER_FILL = timedelta(seconds=5)
+POLL_MAX = timedelta(minutes=30)
 RECONCILE_ATTEMPTS = 20
 LOCAL_TASK_TIMEOUT = timedelta(seconds=30)
 
@@ -86,7 +90,7 @@ class OrderWorkflowState(BaseModel):
     seen_fill_ids: list[str] = Field(default_factory=list)
     published_transitions: int = 0
     generation: int = 0  # bumps on cancel-and-replace: the replacement gets a new client order id
-    poll_interval_ms: int = int(POLL_MIN.total_seconds() * 1000)
+    poll_interval_ms: int | None = None  # set on the first wait (jittered POLL_FIRST)
     cancel_request: CancelRequest | None = None
     amend_requests: list[PendingAmend] = Field(default_factory=list)
     amend_results: dict[str, str | None] = Field(default_factory=dict)  # id -> refusal or None
@@ -392,6 +396,9 @@ class OrderWorkflow:
         if snap.expire_at is not None and workflow.now() >= snap.expire_at:
             await self._cancel_at_venue("expire_at reached", S.EXPIRED)
             return
+        if self._state.poll_interval_ms is None:
+            first_ms = POLL_FIRST.total_seconds() * 1000
+            self._state.poll_interval_ms = int(first_ms * (0.5 + workflow.random().random()))
         interval = timedelta(milliseconds=self._state.poll_interval_ms)
         if snap.expire_at is not None:
             interval = min(interval, snap.expire_at - workflow.now())
@@ -411,7 +418,7 @@ class OrderWorkflow:
             await self._apply_report(report)
             # Back off while nothing happens; look again soon after a fill.
             self._state.poll_interval_ms = (
-                int(POLL_MIN.total_seconds() * 1000) if snap.filled_quantity != before
+                int(POLL_AFTER_FILL.total_seconds() * 1000) if snap.filled_quantity != before
                 else min(self._state.poll_interval_ms * 2, int(POLL_MAX.total_seconds() * 1000)))
 
     async def _fetch_quietly(self) -> VenueOrderReport | None:
