@@ -43,6 +43,8 @@ def _add_arguments(name: str, sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--data-dir", default="./data", help="where Temporal, DuckDB and Redis keep state")
     elif name == "worker":
         sub.add_argument("--max-concurrent", type=int, default=None, help="max concurrent workflow and activity tasks")
+        sub.add_argument("--with-consumer", action="store_true",
+                         help="also consume the signals stream in this process (eager workflow start: lowest latency)")
     elif name == "consume":
         sub.add_argument("--name", default=None, help="consumer name within the group (default host-pid)")
     elif name == "submit":

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from temporalio.client import Client
 
 from activities.streams import StreamPublisher
@@ -76,12 +76,22 @@ class SignalConsumer:
         next_claim = 0.0
         loop = asyncio.get_running_loop()
         while not stop.is_set():
-            if loop.time() >= next_claim:
-                await self._reclaim(stop)
-                next_claim = loop.time() + self._settings.messaging.claim_idle_ms / 2000
-            entries = await self._read()
-            if entries:
-                await self._process_until_done(entries, stop)
+            try:
+                if loop.time() >= next_claim:
+                    await self._reclaim(stop)
+                    next_claim = loop.time() + self._settings.messaging.claim_idle_ms / 2000
+                entries = await self._read()
+                if entries:
+                    await self._process_until_done(entries, stop)
+            except RedisError as exc:  # Redis restarting: wait and resume; pending entries stay pending
+                self.stats.last_error = f"Redis: {exc}"
+                log.warning("Redis unavailable (%s); retrying in 1s", exc)
+                try:
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+                if "NOGROUP" in str(exc):
+                    await ensure_group(self._redis, self._stream, self._group)
 
     async def _read(self) -> list[tuple[str, dict]]:
         response = await self._redis.xreadgroup(

@@ -15,6 +15,7 @@ import os
 import socket
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 from temporalio.client import Client
 from temporalio.service import RPCError
 
@@ -56,7 +57,7 @@ class AccountPoller:
             try:
                 if await self._hold_lease():
                     await self.poll_once()
-            except (VenueError, OSError, RPCError) as exc:
+            except (VenueError, OSError, RPCError, RedisError) as exc:
                 log.warning("poller %s/%s: %s", self.exchange, self.account, exc)
             try:
                 await asyncio.wait_for(stop.wait(), self.interval_s)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError
 
 from oms.events import (
     DEAD_LETTER_STREAM,
@@ -47,7 +47,7 @@ class Recorder:
         while not stop.is_set():
             try:
                 await self.drain(block_ms=500)
-            except (ResponseError, OSError) as exc:
+            except (RedisError, OSError) as exc:
                 log.warning("recorder: %s; retrying", exc)
                 await asyncio.sleep(1)
 

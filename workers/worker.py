@@ -21,6 +21,7 @@ from activities.publish import PublishActivities
 from activities.venue_sim import SimulatedVenue
 from activities.venues import VenueRegistry
 from config.settings import Settings
+from workers.consumer import SignalConsumer
 from workers.poller import run_pollers
 from workers.runtime import configure_logging, connect_temporal, redis_client
 from workflows.order import OrderWorkflow
@@ -66,7 +67,7 @@ async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis
     )
 
 
-async def serve(settings: Settings, max_concurrent: int | None = None) -> None:
+async def serve(settings: Settings, max_concurrent: int | None = None, with_consumer: bool = False) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -81,15 +82,17 @@ async def serve(settings: Settings, max_concurrent: int | None = None) -> None:
         log.info("worker on task queue %r (namespace %s, venues %s)", settings.temporal.task_queue,
                  settings.temporal.namespace, ", ".join(registry.names))
         accounts = [(name, "default") for name in registry.names]
-        pollers = asyncio.create_task(run_pollers(client, redis, registry, accounts, stop))
+        tasks = [asyncio.create_task(run_pollers(client, redis, registry, accounts, stop))]
+        if with_consumer:  # same client as the worker: workflow starts are eager, their first task runs here
+            tasks.append(asyncio.create_task(SignalConsumer(client, redis, settings).run(stop)))
         async with worker:
             await stop.wait()
-            await pollers
+            await asyncio.gather(*tasks)
             log.info("stopping: draining in-flight tasks (up to %s)", GRACEFUL_SHUTDOWN)
     log.info("worker stopped")
 
 
 def run(settings: Settings, args) -> int:
     configure_logging(settings)
-    asyncio.run(serve(settings, getattr(args, "max_concurrent", None)))
+    asyncio.run(serve(settings, getattr(args, "max_concurrent", None), getattr(args, "with_consumer", False)))
     return 0

@@ -63,6 +63,9 @@ STRATEGY_ID = SearchAttributeKey.for_keyword("StrategyId")
 
 # A failed local activity surfaces as ActivityError, or as its ApplicationError / TimeoutError itself.
 VENUE_ERRORS = (ActivityError, ApplicationError, TemporalTimeoutError)
+# Errors after which the venue certainly holds no order: retried, then `failed`, never `unknown`.
+NOTHING_SENT = {VenueErrorType.TRANSIENT.value, VenueErrorType.RATE_LIMITED.value, VenueErrorType.CIRCUIT_OPEN.value}
+RECONCILE_BACKOFF_MAX = timedelta(seconds=10)
 HISTORY_BOUND = 2_000  # events; continue-as-new before this (or when the server suggests it)
 # Fill tracking: the per-account poller (workers/poller.py) pushes venue changes as `venue_update`
 # signals, one venue call per account per second however many orders are open. The order's own
@@ -311,9 +314,7 @@ class OrderWorkflow:
                 )
             except VENUE_ERRORS as error:
                 kind = _error_type(error)
-                retryable = kind in (VenueErrorType.TRANSIENT.value, VenueErrorType.RATE_LIMITED.value,
-                                     VenueErrorType.CIRCUIT_OPEN.value)
-                if not retryable or attempt == attempts:
+                if kind not in NOTHING_SENT or attempt == attempts:
                     raise
                 workflow.logger.info("%s attempt %d failed (%s), retrying in %s", activity, attempt, kind, delay)
                 await workflow.sleep(delay)
@@ -353,11 +354,11 @@ class OrderWorkflow:
         kind = _error_type(error)
         if kind == VenueErrorType.REJECTED.value:
             await self._transition(S.REJECTED, _error_message(error))
-        elif kind in ("timeout", VenueErrorType.UNKNOWN_OUTCOME.value):
+        elif kind in NOTHING_SENT:  # retries exhausted and the venue never took the order
+            await self._transition(S.FAILED, f"venue unavailable after retries: {_error_message(error)}")
+        else:  # timeout, lost answer, or an error we cannot classify: the order may exist
             await self._transition(S.UNKNOWN, f"submit outcome unknown: {_error_message(error)}")
             await self._reconcile()
-        else:  # transient errors exhausted: the venue never took the order
-            await self._transition(S.FAILED, f"venue unavailable after retries: {_error_message(error)}")
 
     async def _reconcile(self) -> None:
         """Resolve `unknown` by asking the venue about our client order id; resubmit only if absent."""
@@ -368,7 +369,7 @@ class OrderWorkflow:
             except VENUE_ERRORS as error:
                 workflow.logger.warning("reconcile fetch failed: %s", _error_message(error))
                 await workflow.sleep(delay)
-                delay = min(delay * 2, POLL_MAX)
+                delay = min(delay * 2, RECONCILE_BACKOFF_MAX)
                 continue
             if report.status == VenueOrderStatus.NOT_FOUND:
                 if self._state.cancel_request is not None:
