@@ -191,6 +191,7 @@ class TemporalSettings(_Strict):
     tls: bool = False
     api_key: OptionalSecret = None
     ui_port: Annotated[int, Field(ge=1, le=65535)] = 8233
+    sandbox: bool = True  # run workflows in the SDK's determinism sandbox (false: faster, see README)
 
 
 class Settings(_Strict):

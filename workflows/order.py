@@ -240,7 +240,6 @@ class OrderWorkflow:
 
     async def _prepare_and_validate(self) -> None:
         signal = self._state.signal
-        await self._publish()  # `created`
         context: OrderContext = await workflow.execute_local_activity(
             "prepare_order", signal, result_type=OrderContext,
             start_to_close_timeout=timedelta(seconds=10),
@@ -322,7 +321,8 @@ class OrderWorkflow:
         raise AssertionError("unreachable")
 
     async def _submit(self) -> None:
-        await self._transition(S.SUBMITTED, None)
+        # Published together with the venue's answer: one storage call fewer on the hot path.
+        apply(self._state.snapshot, S.SUBMITTED, workflow.now(), None)
         try:
             report = await self._venue("venue_submit", self._submission())
         except VENUE_ERRORS as error:

@@ -1,0 +1,125 @@
+"""Signal-to-venue latency: a signal published on the `signals` stream to the order stored by the
+simulated venue, at a steady offered rate, against a bare asyncio baseline in the same run.
+
+    python -m bench.latency [--orders 1000] [--rate 50]
+
+Durable path: one `tom worker --with-consumer` process (the consumer shares the worker's client, so
+workflow starts are eager and the first workflow task runs in the same process; validation and
+submission are local activities). Baseline: the same parsing, order generation, validation and
+venue call (SimulatedVenue.submit on the same Redis) in a plain asyncio loop, no Temporal.
+Latency = SimOrder.created_at (set by the venue when it stores the order) minus the publish time;
+both clocks are this machine's. The venue's artificial delay (delay_ms) is 0 in both.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from datetime import datetime, timezone
+
+import redis.asyncio as aioredis
+
+from activities.venue_sim import SimulatedVenue
+from bench.stack import BenchStack, emit, percentile
+from oms.events import SIGNAL_FIELD
+from oms.generation import generate_order
+from oms.validation import validate_order
+from oms.venue import VenueOrderRequest
+from workers.intake import parse_signal
+
+SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
+QUANTITIES = ("0.001", "0.01", "0.2")  # 30-60 USDT each
+
+
+def signal_payload(prefix: str, i: int) -> str:
+    return json.dumps({"signal_id": f"{prefix}-{i}", "strategy_id": "bench", "symbol": SYMBOLS[i % 3],
+                       "side": "buy" if i % 2 else "sell", "quantity": QUANTITIES[i % 3]})
+
+
+async def venue_created_at(redis: aioredis.Redis, client_order_id: str) -> float | None:
+    raw = await redis.get(f"sim:simulation:order:{client_order_id}")
+    return datetime.fromisoformat(json.loads(raw)["created_at"]).timestamp() if raw else None
+
+
+async def durable(stack: BenchStack, redis: aioredis.Redis, orders: int, rate: float, prefix: str) -> list[float]:
+    sent: dict[str, float] = {}
+    for i in range(orders):
+        payload = signal_payload(prefix, i)
+        sent[f"order-{prefix}-{i}"] = time.time()
+        await redis.xadd("signals", {SIGNAL_FIELD: payload})
+        await asyncio.sleep(max(0.0, sent[f"order-{prefix}-{i}"] + 1 / rate - time.time()))
+    deadline = time.time() + 60
+    latencies: dict[str, float] = {}
+    while len(latencies) < orders and time.time() < deadline:
+        for cid, at in sent.items():
+            if cid not in latencies and (created := await venue_created_at(redis, cid)) is not None:
+                latencies[cid] = (created - at) * 1000
+        await asyncio.sleep(0.2)
+    return list(latencies.values())
+
+
+async def baseline(stack: BenchStack, redis: aioredis.Redis, orders: int, rate: float) -> list[float]:
+    settings = stack.settings
+    venue = SimulatedVenue(redis, settings.execution.simulation)
+    latencies: list[float] = []
+
+    async def one(i: int, sent: float) -> None:
+        signal = parse_signal(signal_payload("base", i), settings)
+        market = await venue.market(signal.symbol)
+        quote = await venue.quote(signal.symbol)
+        instruction = generate_order(signal, settings.orders, "simulation", market, quote.mid, None)
+        denial = validate_order(instruction, signal.side, market, settings.account_limits, datetime.now(timezone.utc))
+        if denial is not None:
+            raise RuntimeError(f"baseline order denied: {denial}")
+        cid = f"base-{uuid.uuid4().hex[:12]}"
+        await venue.submit(VenueOrderRequest(exchange="simulation", client_order_id=cid, symbol=signal.symbol,
+                                             side=signal.side, order_type=instruction.order_type,
+                                             quantity=instruction.quantity))
+        latencies.append((await venue_created_at(redis, cid) - sent) * 1000)
+
+    tasks = []
+    for i in range(orders):
+        sent = time.time()
+        tasks.append(asyncio.create_task(one(i, sent)))
+        await asyncio.sleep(max(0.0, sent + 1 / rate - time.time()))
+    await asyncio.gather(*tasks)
+    return latencies
+
+
+async def run(orders: int, rate: float) -> dict:
+    with BenchStack() as stack:
+        stack.start_temporal()
+        stack.start_redis()
+        stack.start_worker("worker", "--with-consumer")
+        redis = aioredis.from_url(stack.settings.messaging.redis_url, decode_responses=True)
+        try:
+            await durable(stack, redis, 50, 20, "warmup")  # imports, connections, sandbox caches
+            base = await baseline(stack, redis, orders, rate)
+            lat = await durable(stack, redis, orders, rate, "run")
+            worker = stack.stats("worker")
+        finally:
+            await redis.aclose()
+    p50, p99, b50, b99 = percentile(lat, 0.5), percentile(lat, 0.99), percentile(base, 0.5), percentile(base, 0.99)
+    return {
+        "benchmark": "latency", "entry": "redis stream -> tom worker --with-consumer (eager start, local activities)",
+        "orders": orders, "measured": len(lat), "offered_rate_per_s": rate,
+        "p50_ms": p50, "p90_ms": percentile(lat, 0.9), "p99_ms": p99, "max_ms": percentile(lat, 1.0),
+        "baseline_p50_ms": b50, "baseline_p90_ms": percentile(base, 0.9), "baseline_p99_ms": b99,
+        "overhead_ratio_p50": round(p50 / b50, 2) if p50 and b50 else None,
+        "overhead_ratio_p99": round(p99 / b99, 2) if p99 and b99 else None,
+        "worker_rss_mb": worker["rss_mb"], "targets": {"p50_ms": 15, "p99_ms": 50},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.latency")
+    parser.add_argument("--orders", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=50.0, help="signals per second, steady")
+    args = parser.parse_args()
+    emit(asyncio.run(run(args.orders, args.rate)))
+
+
+if __name__ == "__main__":
+    main()
