@@ -90,6 +90,7 @@ async def baseline(stack: BenchStack, redis: aioredis.Redis, orders: int, rate: 
 
 async def run(orders: int, rate: float) -> dict:
     with BenchStack() as stack:
+        stack_sandbox = stack.settings.temporal.sandbox
         stack.start_temporal()
         stack.start_redis()
         stack.start_worker("worker", "--with-consumer")
@@ -109,7 +110,7 @@ async def run(orders: int, rate: float) -> dict:
         "baseline_p50_ms": b50, "baseline_p90_ms": percentile(base, 0.9), "baseline_p99_ms": b99,
         "overhead_ratio_p50": round(p50 / b50, 2) if p50 and b50 else None,
         "overhead_ratio_p99": round(p99 / b99, 2) if p99 and b99 else None,
-        "worker_rss_mb": worker["rss_mb"], "targets": {"p50_ms": 15, "p99_ms": 50},
+        "worker_rss_mb": worker["rss_mb"], "workflow_sandbox": stack_sandbox, "targets": {"p50_ms": 15, "p99_ms": 50},
     }
 
 

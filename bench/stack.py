@@ -58,7 +58,8 @@ class BenchStack:
         base = load_settings(REPO / "config" / "local.yaml", env={})
         sim = base.execution.simulation.model_dump(mode="json")
         sections: dict[str, Any] = {
-            "temporal": {**base.temporal.model_dump(mode="json"), "address": f"127.0.0.1:{self.temporal_port}"},
+            "temporal": {**base.temporal.model_dump(mode="json"), "address": f"127.0.0.1:{self.temporal_port}",
+                         "sandbox": False},
             "messaging": {**base.messaging.model_dump(mode="json"), "host": "127.0.0.1", "port": self.redis_port},
             "database": {"type": "duckdb", "path": str(self.dir / "orders.duckdb")},
             "service": {"host": "127.0.0.1", "port": free_port()},

@@ -1,0 +1,108 @@
+"""Sustained throughput: market orders per second to a terminal state with ONE worker process.
+
+    python -m bench.throughput [--seconds 60] [--rate 150]
+
+Signals are offered on the `signals` stream at --rate for --seconds to `tom worker --with-consumer`;
+a terminal event on `order_events` marks an order done. orders_per_s = orders that reached a
+terminal state during the offered window / window length; the backlog left at its end shows
+whether the rate was sustainable. CPU and memory are read per process with psutil.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+import psutil
+import redis.asyncio as aioredis
+
+from bench.latency import signal_payload
+from bench.stack import BenchStack, emit
+from oms.events import EVENT_FIELD, ORDER_EVENTS_STREAM, SIGNAL_FIELD
+from oms.models import TERMINAL_STATES
+
+TERMINAL = {s.value for s in TERMINAL_STATES}
+
+
+async def count_terminal(redis: aioredis.Redis, stop: asyncio.Event, done: dict[str, float]) -> None:
+    last = "$"
+    while not stop.is_set():
+        response = await redis.xread({ORDER_EVENTS_STREAM: last}, count=1000, block=200)
+        for _, entries in response or []:
+            for entry_id, fields in entries:
+                last = entry_id
+                event = json.loads(fields[EVENT_FIELD])
+                if event["state"] in TERMINAL:
+                    done.setdefault(event["order_id"], time.time())
+
+
+def cpu_percent(procs: dict[str, psutil.Process], seconds: float, start: dict[str, float]) -> dict[str, float]:
+    out = {}
+    for name, proc in procs.items():
+        times = proc.cpu_times()
+        children = sum(c.cpu_times().user + c.cpu_times().system for c in proc.children(recursive=True))
+        out[name] = round((times.user + times.system + children - start[name]) / seconds * 100, 1)
+    return out
+
+
+def cpu_total(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system + sum(c.cpu_times().user + c.cpu_times().system
+                                           for c in proc.children(recursive=True))
+
+
+async def run(seconds: float, rate: float) -> dict:
+    with BenchStack() as stack:
+        stack.start_temporal()
+        stack.start_redis()
+        stack.start_worker("worker", "--with-consumer")
+        procs = {name: psutil.Process(p.pid) for name, p in stack.procs.items()}
+        redis = aioredis.from_url(stack.settings.messaging.redis_url, decode_responses=True)
+        stop, done = asyncio.Event(), {}
+        counter = asyncio.create_task(count_terminal(redis, stop, done))
+        try:
+            for i in range(50):  # warm-up
+                await redis.xadd("signals", {SIGNAL_FIELD: signal_payload("warm", i)})
+            await asyncio.sleep(3)
+            done.clear()
+            cpu_start = {name: cpu_total(p) for name, p in procs.items()}
+            started = time.time()
+            sent = 0
+            while time.time() - started < seconds:
+                due = int((time.time() - started) * rate)
+                while sent < due:
+                    await redis.xadd("signals", {SIGNAL_FIELD: signal_payload("tp", sent)})
+                    sent += 1
+                await asyncio.sleep(0.01)
+            window = time.time() - started
+            in_window = sum(1 for order_id, at in done.items() if order_id.startswith("order-tp-") and at <= started + window)
+            cpu = cpu_percent(procs, window, cpu_start)
+            worker = stack.stats("worker")
+            drain_deadline = time.time() + 120
+            while sum(1 for o in done if o.startswith("order-tp-")) < sent and time.time() < drain_deadline:
+                await asyncio.sleep(0.5)
+            finished = sum(1 for o in done if o.startswith("order-tp-"))
+        finally:
+            stop.set()
+            await counter
+            await redis.aclose()
+    return {
+        "benchmark": "throughput", "seconds": round(window, 1), "offered_rate_per_s": rate, "offered": sent,
+        "orders_per_s": round(in_window / window, 1), "backlog_at_end": sent - in_window,
+        "all_terminal_after_drain": finished == sent, "worker_rss_mb": worker["rss_mb"],
+        "cpu_percent": cpu, "machine_cores": psutil.cpu_count(), "workflow_sandbox": stack.settings.temporal.sandbox,
+        "target_orders_per_s": 100,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.throughput")
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--rate", type=float, default=150, help="offered signals per second")
+    args = parser.parse_args()
+    emit(asyncio.run(run(args.seconds, args.rate)))
+
+
+if __name__ == "__main__":
+    main()
