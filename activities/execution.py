@@ -42,11 +42,15 @@ class OrderContext(BaseModel):
     ask: Decimal | None = None
     estimated_slippage_bps: Decimal | None = None
     problem: str | None = None  # unknown exchange or symbol: the order will be denied with this
+    max_venue_wait_s: float = 600.0  # total wait on a paused venue or an open breaker before failing
+    rerouted_from: str | None = None  # the routed venue's breaker was open: this order went elsewhere
 
 
 def to_application_error(error: VenueError) -> ApplicationError:
+    """The workflow reads the wait a busy venue asks for from the first detail."""
     delay = timedelta(seconds=error.retry_after_s) if error.retry_after_s else None
-    return ApplicationError(str(error), type=error.kind.value,
+    details = [{"retry_after_s": error.retry_after_s}] if error.retry_after_s else []
+    return ApplicationError(str(error), *details, type=error.kind.value,
                             non_retryable=error.kind in _NON_RETRYABLE, next_retry_delay=delay)
 
 
@@ -66,8 +70,12 @@ class ExecutionActivities:
     async def prepare_order(self, signal: Signal) -> OrderContext:
         s = self._settings
         exchange = route(signal, s.execution.mode, list(s.execution.direct.exchanges))
+        rerouted_from = None
+        if signal.exchange is None and s.execution.direct.circuit_breaker.on_open == "reroute":
+            exchange, rerouted_from = await self._route_around_open_circuits(exchange)
         context = OrderContext(params=s.orders, limits=s.account_limits, mode=s.execution.mode,
-                               exchange=exchange)
+                               exchange=exchange, max_venue_wait_s=s.execution.direct.max_wait_s,
+                               rerouted_from=rerouted_from)
         if exchange not in self._registry.names:
             return context.model_copy(update={"problem": f"unknown exchange {exchange!r}"})
         adapter = self._registry.get(exchange)
@@ -85,6 +93,21 @@ class ExecutionActivities:
             if estimate is not None:
                 update["estimated_slippage_bps"] = estimate(signal.symbol, signal.side, signal.quantity)
         return context.model_copy(update=update)
+
+    async def _route_around_open_circuits(self, preferred: str) -> tuple[str, str | None]:
+        """A new order whose venue has an open breaker goes to the next configured one that has not."""
+        if not await self._circuit_open(preferred):
+            return preferred, None
+        for alternative in self._settings.execution.direct.exchanges:
+            if alternative != preferred and alternative in self._registry.names and not await self._circuit_open(alternative):
+                return alternative, preferred
+        return preferred, None  # nowhere better: wait for it
+
+    async def _circuit_open(self, exchange: str) -> bool:
+        if exchange not in self._registry.names:
+            return False
+        probe = getattr(self._registry.get(exchange), "circuit_open", None)
+        return bool(probe and await probe())
 
     @activity.defn(name="venue_submit")
     async def venue_submit(self, request: VenueOrderRequest) -> VenueOrderReport:

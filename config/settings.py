@@ -115,6 +115,9 @@ class ExchangeSettings(_Strict):
     base_url: OptionalStr = None  # point the real ccxt client at another host (emulator, staging)
     account: str = "default"
     timeout_ms: Annotated[int, Field(ge=100, le=120_000)] = 10_000
+    # The venue refuses a signed request older than this: after it has passed, an order we may have
+    # sent and cannot find was never placed, so it can be sent again under the same client id.
+    recv_window_ms: Annotated[int, Field(ge=1000, le=60_000)] = 5_000
 
 
 class CircuitBreakerSettings(_Strict):
@@ -125,9 +128,15 @@ class CircuitBreakerSettings(_Strict):
 
 class DirectSettings(_Strict):
     exchanges: list[Literal["binance", "bybit"]] = Field(default_factory=list)
-    accounts: dict[str, ExchangeSettings] = Field(default_factory=dict)
+    accounts: dict[Literal["binance", "bybit"], ExchangeSettings] = Field(default_factory=dict)
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+    # How long an order waits for a venue that is paused (429/418) or whose breaker is open before
+    # it ends `failed`; the wait is a durable timer, so it costs nothing while it lasts.
+    max_wait_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+    poll_interval_ms: Annotated[int, Field(ge=100, le=600_000)] = 1_000  # batched fill poller, per account
 
+    def account(self, exchange: str) -> ExchangeSettings:
+        return self.accounts.get(exchange) or ExchangeSettings()
 
     def accounts_in_use(self) -> bool:
         """Whether any direct account has credentials or a base URL (signals may name it)."""

@@ -118,5 +118,8 @@ class VenueOrderReport(BaseModel):
     limit_price: Decimal | None = None
     filled_quantity: NonNegativeDecimal = Decimal(0)
     fills: list[VenueFill] = Field(default_factory=list)
+    # False when the venue listed the order without its trades (a batched open-orders call): the
+    # fills above are then not all of them, and a workflow that sees more filled fetches the order.
+    fills_complete: bool = True
     reason: str | None = None
     at: datetime | None = None

@@ -28,7 +28,7 @@ LEASE_S = 10
 
 
 def _fingerprint(report: VenueOrderReport) -> tuple:
-    return report.status, len(report.fills), report.quantity, report.limit_price
+    return report.status, report.filled_quantity, len(report.fills), report.quantity, report.limit_price
 
 
 class AccountPoller:
@@ -42,6 +42,11 @@ class AccountPoller:
         self._me = f"{socket.gethostname()}-{os.getpid()}-{id(self)}"
         self.signals_sent = 0
         self.rounds = 0
+
+    def round_interval_s(self) -> float:
+        """The configured interval, or longer where one listing is heavy against the venue's limit."""
+        adapter = self._registry.get(self.exchange)
+        return max(self.interval_s, getattr(adapter, "min_poll_interval_s", 0.0))
 
     async def _hold_lease(self) -> bool:
         """Take or renew the account's lease; only its holder polls."""
@@ -60,7 +65,7 @@ class AccountPoller:
             except (VenueError, OSError, RPCError, RedisError) as exc:
                 log.warning("poller %s/%s: %s", self.exchange, self.account, exc)
             try:
-                await asyncio.wait_for(stop.wait(), self.interval_s)
+                await asyncio.wait_for(stop.wait(), self.round_interval_s())
             except asyncio.TimeoutError:
                 pass
 

@@ -34,13 +34,10 @@ async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegi
     registry = VenueRegistry()
     registry.register(SimulatedVenue(redis, settings.execution.simulation))
     if settings.execution.mode == "direct" or settings.execution.direct.accounts_in_use():
-        try:
-            from activities.venue_ccxt import build_ccxt_adapters
-        except ImportError:  # direct execution not installed in this build
-            build_ccxt_adapters = None
-        if build_ccxt_adapters is not None:
-            for adapter in build_ccxt_adapters(settings, redis):
-                registry.register(adapter)
+        from activities.venue_ccxt import build_ccxt_adapters  # ccxt is heavy: only where used
+
+        for adapter in build_ccxt_adapters(settings, redis):
+            registry.register(adapter)
     if settings.execution.mode == "quantconnect":
         from activities.venue_quantconnect import build_quantconnect_adapter
 
@@ -85,8 +82,9 @@ async def serve(settings: Settings, max_concurrent: int | None = None, with_cons
         worker = await build_worker(client, settings, redis, registry, max_concurrent)
         log.info("worker on task queue %r (namespace %s, venues %s)", settings.temporal.task_queue,
                  settings.temporal.namespace, ", ".join(registry.names))
-        accounts = [(name, "default") for name in registry.names]
-        tasks = [asyncio.create_task(run_pollers(client, redis, registry, accounts, stop))]
+        accounts = [(name, getattr(registry.get(name), "account", "default")) for name in registry.names]
+        interval_s = settings.execution.direct.poll_interval_ms / 1000
+        tasks = [asyncio.create_task(run_pollers(client, redis, registry, accounts, stop, interval_s))]
         if with_consumer:  # same client as the worker: workflow starts are eager, their first task runs here
             tasks.append(asyncio.create_task(SignalConsumer(client, redis, settings).run(stop)))
         async with worker:

@@ -65,6 +65,9 @@ STRATEGY_ID = SearchAttributeKey.for_keyword("StrategyId")
 VENUE_ERRORS = (ActivityError, ApplicationError, TemporalTimeoutError)
 # Errors after which the venue certainly holds no order: retried, then `failed`, never `unknown`.
 NOTHING_SENT = {VenueErrorType.TRANSIENT.value, VenueErrorType.RATE_LIMITED.value, VenueErrorType.CIRCUIT_OPEN.value}
+# The venue asked us to stay away (429/418) or its breaker is open: wait as long as told, durably,
+# without spending a retry attempt, up to the order's max_venue_wait_s in all.
+VENUE_BUSY = {VenueErrorType.RATE_LIMITED.value, VenueErrorType.CIRCUIT_OPEN.value}
 RECONCILE_BACKOFF_MAX = timedelta(seconds=10)
 HISTORY_BOUND = 2_000  # events; continue-as-new before this (or when the server suggests it)
 # Fill tracking: the per-account poller (workers/poller.py) pushes venue changes as `venue_update`
@@ -76,6 +79,7 @@ POLL_FIRST = timedelta(minutes=5)
 POLL_AFTER_FILL = timedelta(seconds=5)
 POLL_MAX = timedelta(minutes=30)
 RECONCILE_ATTEMPTS = 20
+OPEN_AT_VENUE = (VenueOrderStatus.NEW, VenueOrderStatus.PARTIALLY_FILLED)
 LOCAL_TASK_TIMEOUT = timedelta(seconds=30)
 
 
@@ -100,6 +104,7 @@ class OrderWorkflowState(BaseModel):
     native_amend: bool = True
     venue_updates: list[VenueOrderReport] = Field(default_factory=list)
     price_collar: Decimal | None = None  # market orders go out as IOC limits at this price
+    venue_wait_s: float = 0.0  # waited so far on a paused venue or an open breaker
 
 
 def _initial_snapshot(signal: Signal, now: datetime) -> OrderSnapshot:
@@ -133,6 +138,15 @@ def _error_type(error: BaseException) -> str:
     if isinstance(cause, ApplicationError):
         return cause.type or VenueErrorType.TRANSIENT.value
     return VenueErrorType.TRANSIENT.value
+
+
+def _retry_after_s(error: BaseException) -> float | None:
+    """The wait a RATE_LIMITED / CIRCUIT_OPEN error asks for (its first detail), if any."""
+    cause = error.cause if isinstance(error, ActivityError) else error
+    if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0], dict):
+        value = cause.details[0].get("retry_after_s")
+        return float(value) if value is not None else None
+    return None
 
 
 def _error_message(error: BaseException) -> str:
@@ -277,8 +291,10 @@ class OrderWorkflow:
             await self._deny(denial)
             return
         self._state.price_collar = instruction.price_collar
+        routed = (f"routed to {context.exchange}: the {context.rerouted_from} circuit breaker is open"
+                  if context.rerouted_from else None)
         # Published with the venue's answer (or before a start_at wait): fewer storage calls per order.
-        apply(self._state.snapshot, S.VALIDATED, workflow.now(), None)
+        apply(self._state.snapshot, S.VALIDATED, workflow.now(), routed)
 
     async def _deny(self, denial: Denial) -> None:
         await self._transition(S.DENIED, str(denial))
@@ -305,7 +321,8 @@ class OrderWorkflow:
         params = self._state.context.params
         attempts = params.retry_attempts + 1 if attempts is None else attempts
         delay = timedelta(milliseconds=max(params.retry_delay_ms, 1))
-        for attempt in range(1, attempts + 1):
+        attempt = 1
+        while True:
             try:
                 return await workflow.execute_local_activity(
                     activity, arg, result_type=VenueOrderReport,
@@ -315,12 +332,18 @@ class OrderWorkflow:
                 )
             except VENUE_ERRORS as error:
                 kind = _error_type(error)
-                if kind not in NOTHING_SENT or attempt == attempts:
+                pause = _retry_after_s(error) if kind in VENUE_BUSY else None
+                if pause is not None and self._state.venue_wait_s + pause <= self._state.context.max_venue_wait_s:
+                    workflow.logger.info("%s: venue busy (%s), waiting %.3f s", activity, kind, pause)
+                    self._state.venue_wait_s += pause
+                    await workflow.sleep(timedelta(seconds=pause))
+                    continue
+                if kind not in NOTHING_SENT or attempt >= attempts:
                     raise
                 workflow.logger.info("%s attempt %d failed (%s), retrying in %s", activity, attempt, kind, delay)
                 await workflow.sleep(delay)
+                attempt += 1
                 delay = min(delay * 2, timedelta(seconds=30))
-        raise AssertionError("unreachable")
 
     async def _submit(self) -> None:
         # Published together with the venue's answer: one storage call fewer on the hot path.
@@ -409,8 +432,13 @@ class OrderWorkflow:
             lambda: self._state.cancel_request is not None or bool(self._state.amend_requests)
             or bool(self._state.venue_updates), interval)
         if self._state.venue_updates:
-            # Pushed by the account poller; reports are complete, so the latest one wins.
+            # Pushed by the account poller; each report has the whole order, so the latest one wins.
             report, self._state.venue_updates = self._state.venue_updates[-1], []
+            if not report.fills_complete and (report.filled_quantity > snap.filled_quantity
+                                              or report.status not in OPEN_AT_VENUE):
+                report = await self._fetch_quietly()  # listed without its trades: fetch them
+                if report is None:
+                    return
             await self._apply_report(report)
             return
         if woke:
