@@ -25,6 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from config.settings import Settings
 from oms.events import order_cache_key
 from oms.models import AmendRequest, CancelRequest, OrderSnapshot, OrderState, Signal
+from activities.venue_gate import gate_status
 from workers import metrics
 from workers.consumer import consumer_lag
 from workers.intake import InvalidSignal, parse_signal, start_order
@@ -57,9 +58,27 @@ class CheckResult(BaseModel):
     detail: str | None = None
 
 
+class VenueState(BaseModel):
+    """A direct venue account as every worker sees it (shared in Redis)."""
+
+    ok: bool  # circuit not open and not paused
+    circuit: str  # closed | open | half_open
+    failures: int
+    opened: int  # times the breaker opened
+    open_for_s: float
+    paused_for_s: float  # a 429/418 pause still running
+    pause_reason: str | None = None
+    pauses: int
+    last_error: str | None = None
+
+
 class Readiness(BaseModel):
+    # Ready to serve: Temporal, Redis and the database answer. A venue that is down does not make
+    # the API unready (cancels and reads must keep working); it shows under `venues` and `degraded`.
     ready: bool
+    degraded: bool = False
     checks: dict[str, CheckResult]
+    venues: dict[str, VenueState] = {}
 
 
 class Position(BaseModel):
@@ -233,9 +252,9 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             "redis": await _check(s.redis.ping()),
             "database": await _check(_database_ok(s)),
         }
-        checks.update(await _venue_checks(s))
+        venues = await _venue_states(s)
         ready = all(c.ok for c in checks.values())
-        body = Readiness(ready=ready, checks=checks)
+        body = Readiness(ready=ready, degraded=not all(v.ok for v in venues.values()), checks=checks, venues=venues)
         return JSONResponse(status_code=200 if ready else 503, content=body.model_dump())
 
     @app.get("/metrics", response_class=Response,
@@ -248,6 +267,7 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             metrics.CONSUMER_PENDING.set(lag["pending"])
             if s.store is not None:
                 metrics.observe_store(await asyncio.to_thread(s.store.report))
+            await _venue_states(s)
         except Exception as exc:  # metrics must render even when a dependency is down
             log.warning("metrics collection: %s", exc)
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
@@ -291,18 +311,26 @@ async def _database_ok(s: Services) -> bool:
     return await asyncio.to_thread(s.store.ping)
 
 
-async def _venue_checks(s: Services) -> dict[str, CheckResult]:
-    """Circuit breaker and rate-limit pause of each configured direct venue, where present."""
-    try:
-        from activities.breaker import breaker_states
-    except ImportError:
-        return {}
-    venues = list(s.settings.execution.direct.exchanges) if s.settings.execution.mode == "direct" else []
-    if not venues:
-        return {}
-    states = await breaker_states(s.redis, venues)
-    return {f"exchange:{name}": CheckResult(ok=state.get("state") != "open", detail=str(state))
-            for name, state in states.items()}
+def direct_accounts(settings: Settings) -> list[tuple[str, str]]:
+    direct = settings.execution.direct
+    if settings.execution.mode != "direct" and not direct.accounts_in_use():
+        return []
+    return [(name, direct.account(name).account) for name in direct.exchanges]
+
+
+async def _venue_states(s: Services) -> dict[str, VenueState]:
+    """Breaker and rate-limit pause of each direct venue account, from the shared gate in Redis."""
+    states = {}
+    for exchange, account in direct_accounts(s.settings):
+        try:
+            status = await asyncio.wait_for(gate_status(s.redis, exchange, account), 2.0)
+        except Exception as exc:  # Redis down: the redis check already says so
+            log.warning("venue state %s: %s", exchange, exc)
+            continue
+        ok = status["circuit"] != "open" and status["paused_for_s"] == 0
+        states[exchange] = VenueState(ok=ok, **status)
+        metrics.observe_venue(exchange, account, status)
+    return states
 
 
 def _open_store(settings: Settings) -> DuckDBStore | None:

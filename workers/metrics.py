@@ -25,6 +25,14 @@ LATENCY = Gauge("tom_submit_to_fill_ms", "Submission to first fill latency", ["e
 DEAD_LETTERS = Gauge("tom_dead_letters", "Signals dead-lettered", registry=REGISTRY)
 CONSUMER_LAG = Gauge("tom_consumer_lag", "Signals not yet delivered to a consumer", registry=REGISTRY)
 CONSUMER_PENDING = Gauge("tom_consumer_pending", "Signals delivered but not yet acknowledged", registry=REGISTRY)
+VENUE_CIRCUIT = Gauge("tom_venue_circuit_state", "Circuit breaker per venue account: 0 closed, 1 half-open, 2 open",
+                      ["exchange", "account"], registry=REGISTRY)
+VENUE_PAUSED = Gauge("tom_venue_paused_seconds", "Remaining 429/418 pause per venue account",
+                     ["exchange", "account"], registry=REGISTRY)
+VENUE_PAUSES = Gauge("tom_venue_pauses", "Rate-limit pauses per venue account so far", ["exchange", "account"],
+                     registry=REGISTRY)
+VENUE_BREAKER_OPENED = Gauge("tom_venue_circuit_opened", "Times the breaker opened per venue account",
+                             ["exchange", "account"], registry=REGISTRY)
 SIGNALS_REJECTED = Counter("tom_api_signals_rejected", "Signals refused by POST /signals", registry=REGISTRY)
 
 
@@ -41,6 +49,16 @@ def observe_store(report: dict[str, Any]) -> None:
         SLIPPAGE.labels(exchange=row["exchange"]).set(row["avg_slippage_bps"] or 0)
         LATENCY.labels(exchange=row["exchange"], quantile="0.5").set(row["submit_to_fill_p50_ms"] or 0)
         LATENCY.labels(exchange=row["exchange"], quantile="0.99").set(row["submit_to_fill_p99_ms"] or 0)
+
+
+_CIRCUIT_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def observe_venue(exchange: str, account: str, status: dict[str, Any]) -> None:
+    VENUE_CIRCUIT.labels(exchange=exchange, account=account).set(_CIRCUIT_LEVEL.get(status["circuit"], 2))
+    VENUE_PAUSED.labels(exchange=exchange, account=account).set(status["paused_for_s"])
+    VENUE_PAUSES.labels(exchange=exchange, account=account).set(status["pauses"])
+    VENUE_BREAKER_OPENED.labels(exchange=exchange, account=account).set(status["opened"])
 
 
 def render() -> bytes:
