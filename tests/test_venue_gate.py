@@ -1,0 +1,130 @@
+"""The shared venue gate on a real Redis: order rate in any sliding window, request weight, pause on
+429/418, circuit breaker closed -> open -> half-open probe -> closed, shared by every gate instance
+(each standing for a worker replica)."""
+import asyncio
+import time
+
+import pytest
+
+from activities.venue_gate import GateLimits, RequestKind, Verdict, VenueGate, gate_status, retry_after_s, window_margin_ms
+from activities.venues import VenueError
+from oms.venue import VenueErrorType
+
+
+def limits(**overrides) -> GateLimits:
+    values = dict(orders=5, window_ms=1000, weight_per_s=1000.0, failure_threshold=3, open_s=1.0,
+                  max_wait_ms=5000, probe_timeout_ms=2000)
+    values.update(overrides)
+    return GateLimits(**values)
+
+
+def max_in_window(times: list[float], window_s: float) -> int:
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window_s:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+async def test_two_replicas_never_exceed_the_order_rate_in_any_window(redis):
+    replicas = [VenueGate(redis, "binance", "acct", limits()) for _ in range(2)]
+    admitted: list[float] = []
+
+    async def place(gate: VenueGate) -> None:
+        await gate.admit(RequestKind.ORDER, 1)
+        admitted.append(time.monotonic())
+
+    started = time.monotonic()
+    await asyncio.gather(*(place(replicas[i % 2]) for i in range(16)))
+    elapsed = time.monotonic() - started
+    assert len(admitted) == 16
+    assert max_in_window(admitted, 1.0) <= 5
+    # 16 orders at 5 per (1 s + margin) need three more windows after the first burst.
+    assert elapsed >= 3 * (1 + window_margin_ms(1000) / 1000) - 0.05
+    assert sum(g.waits for g in replicas) > 0
+
+
+async def test_reads_do_not_count_as_orders_but_spend_weight(redis):
+    gate = VenueGate(redis, "binance", "acct", limits(weight_per_s=10.0))
+    started = time.monotonic()
+    for _ in range(10):  # one second of burst
+        await gate.admit(RequestKind.OTHER, 1)
+    assert time.monotonic() - started < 0.5
+    await gate.admit(RequestKind.OTHER, 5)  # the bucket is empty: half a second to refill 5
+    assert time.monotonic() - started >= 0.45
+
+
+async def test_a_wait_longer_than_allowed_is_refused_with_its_retry_after(redis):
+    gate = VenueGate(redis, "binance", "acct", limits(orders=1, window_ms=2000, max_wait_ms=100))
+    await gate.admit(RequestKind.ORDER, 1)
+    with pytest.raises(VenueError) as refused:
+        await gate.admit(RequestKind.ORDER, 1)
+    assert refused.value.kind == VenueErrorType.RATE_LIMITED
+    assert 1.5 < refused.value.retry_after_s <= 2.0 + window_margin_ms(2000) / 1000
+
+
+async def test_a_pause_holds_every_replica_until_it_ends(redis):
+    a, b = VenueGate(redis, "bybit", "acct", limits()), VenueGate(redis, "bybit", "acct", limits())
+    await a.pause(0.6, "418 banned")
+    with pytest.raises(VenueError) as paused:
+        await b.admit(RequestKind.OTHER, 1)
+    assert paused.value.kind == VenueErrorType.RATE_LIMITED and 0 < paused.value.retry_after_s <= 0.6
+    status = await gate_status(redis, "bybit", "acct")
+    assert status["paused_for_s"] > 0 and status["pause_reason"] == "418 banned" and status["pauses"] == 1
+    await a.pause(0.1, "shorter 429")  # a shorter pause never cuts a longer one short
+    assert (await gate_status(redis, "bybit", "acct"))["pause_reason"] == "418 banned"
+    await asyncio.sleep(0.65)
+    assert await b.admit(RequestKind.OTHER, 1) == Verdict.OK
+
+
+async def test_breaker_opens_after_consecutive_failures_then_one_probe_closes_it(redis):
+    a, b = VenueGate(redis, "binance", "acct", limits()), VenueGate(redis, "binance", "acct", limits())
+    await a.failed("timeout")
+    await b.failed("timeout")
+    await a.succeeded()  # consecutive: a success in between resets the count
+    for gate in (a, b, a):
+        await gate.admit(RequestKind.OTHER, 1)
+        state = await gate.failed("503")
+    assert state == "open"
+    status = await gate_status(redis, "binance", "acct")
+    assert status["circuit"] == "open" and status["opened"] == 1 and "503" in status["last_error"]
+    with pytest.raises(VenueError) as refused:
+        await b.admit(RequestKind.ORDER, 1)
+    assert refused.value.kind == VenueErrorType.CIRCUIT_OPEN and 0 < refused.value.retry_after_s <= 1.0
+
+    await asyncio.sleep(1.05)
+    assert (await gate_status(redis, "binance", "acct"))["circuit"] == "half_open"
+    assert await a.admit(RequestKind.OTHER, 1) == Verdict.PROBE
+    with pytest.raises(VenueError) as second:  # one probe at a time
+        await b.admit(RequestKind.OTHER, 1)
+    assert second.value.kind == VenueErrorType.CIRCUIT_OPEN
+    assert await a.failed("still down") == "open"  # the probe failed: open again, a full period
+    assert (await gate_status(redis, "binance", "acct"))["opened"] == 2
+
+    await asyncio.sleep(1.05)
+    assert await b.admit(RequestKind.OTHER, 1) == Verdict.PROBE
+    await b.succeeded()
+    status = await gate_status(redis, "binance", "acct")
+    assert status["circuit"] == "closed" and status["failures"] == 0
+    assert await a.admit(RequestKind.ORDER, 1) == Verdict.OK
+
+
+async def test_a_probe_that_never_reports_frees_its_slot(redis):
+    gate = VenueGate(redis, "binance", "acct", limits(failure_threshold=1, open_s=0.2, probe_timeout_ms=300))
+    await gate.failed("refused")
+    await asyncio.sleep(0.25)
+    assert await gate.admit(RequestKind.OTHER, 1) == Verdict.PROBE  # ... and its worker dies
+    with pytest.raises(VenueError):
+        await gate.admit(RequestKind.OTHER, 1)
+    await asyncio.sleep(0.35)
+    assert await gate.admit(RequestKind.OTHER, 1) == Verdict.PROBE
+
+
+def test_retry_after_from_headers_and_ban_messages():
+    now = 1_700_000_000_000
+    assert retry_after_s(429, {"Retry-After": "7"}, "", now) == 7
+    assert retry_after_s(418, {}, '{"code":-1003,"msg":"IP banned until 1700000030000."}', now) == 30
+    assert retry_after_s(403, {"X-Bapi-Limit-Reset-Timestamp": str(now + 2500)}, "", now) == 2.5
+    assert retry_after_s(429, {}, "", now) == 1.0 and retry_after_s(418, {}, "", now) == 60.0
