@@ -90,7 +90,9 @@ def _add_arguments(name: str, sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--venue", choices=["binance", "bybit"], required=True)
         sub.add_argument("--host", default="127.0.0.1")
         sub.add_argument("--port", type=int, default=8900)
-        sub.add_argument("--redis-url", default=None, help="keep venue state in Redis (default: in memory)")
+        sub.add_argument("--api-key", default="emulator-key", help="the one API key the venue accepts")
+        sub.add_argument("--secret", default="emulator-secret", help="its secret (HMAC-SHA256 signatures)")
+        sub.add_argument("--delay-ms", type=int, default=0, help="latency added to every venue request")
 
 
 def build_parser() -> argparse.ArgumentParser:

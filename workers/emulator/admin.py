@@ -1,0 +1,111 @@
+"""The emulator's own API, under /_emulator/ (not part of either venue): faults, orders, stats.
+
+- POST   /_emulator/faults   {"kind", "count" | "rate", "endpoints", "delay_ms", "retry_after_s", "ban_s",
+                             "status"}: schedule a fault (see `faults`); 400 {"error"} when malformed
+- GET    /_emulator/faults   pending faults and the ban in force
+- DELETE /_emulator/faults   clear every fault and lift a ban (its record stays in the stats)
+- GET    /_emulator/orders   every order ever placed, in placement order
+- GET    /_emulator/stats?window_ms=W[&log=1]   counts and sliding-window maxima (see `traffic`)
+- POST   /_emulator/reset    a fresh venue: orders, trades, balances, stats, faults and bans
+- GET    /_emulator/health   which venue this process emulates
+"""
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any
+
+from aiohttp import web
+
+from workers.emulator.book import EmuOrder
+from workers.emulator.faults import Fault
+from workers.emulator.protocol import EMULATOR
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/_emulator/faults", _add_fault)
+    app.router.add_get("/_emulator/faults", _list_faults)
+    app.router.add_delete("/_emulator/faults", _clear_faults)
+    app.router.add_get("/_emulator/orders", _orders)
+    app.router.add_get("/_emulator/stats", _stats)
+    app.router.add_post("/_emulator/reset", _reset)
+    app.router.add_get("/_emulator/health", _health)
+
+
+async def _add_fault(request: web.Request) -> web.Response:
+    emu = request.app[EMULATOR]
+    try:
+        fault = Fault.from_json(await request.json())
+    except ValueError as exc:  # includes malformed JSON
+        return web.json_response({"error": str(exc)}, status=400)
+    emu.faults.add(fault)
+    return web.json_response({"faults": emu.faults.pending()})
+
+
+async def _list_faults(request: web.Request) -> web.Response:
+    emu = request.app[EMULATOR]
+    banned = emu.ban.active(time.monotonic())
+    return web.json_response({"faults": emu.faults.pending(),
+                              "banned_until_ms": emu.ban.until_ms if banned else None})
+
+
+async def _clear_faults(request: web.Request) -> web.Response:
+    emu = request.app[EMULATOR]
+    emu.faults.clear()
+    emu.ban.lift()
+    return web.json_response({"faults": []})
+
+
+async def _orders(request: web.Request) -> web.Response:
+    book = request.app[EMULATOR].book
+    book.open_orders()  # resting orders advanced to now
+    return web.json_response([_order_json(o) for o in book.orders])
+
+
+async def _stats(request: web.Request) -> web.Response:
+    emu = request.app[EMULATOR]
+    try:
+        window_ms = float(request.query.get("window_ms", "1000"))
+    except ValueError:
+        return web.json_response({"error": "window_ms must be a number"}, status=400)
+    if window_ms <= 0:
+        return web.json_response({"error": "window_ms must be positive"}, status=400)
+    stats: dict[str, Any] = {
+        "venue": emu.venue,
+        **emu.traffic.stats(window_ms),
+        "orders_placed": len(emu.book.orders),
+        "duplicate_client_order_ids": emu.book.duplicate_client_order_ids(),
+        "rejected_duplicates": emu.book.rejected_duplicates,
+        "bans": [list(b) for b in emu.ban.history],
+    }
+    if request.query.get("log") == "1":
+        stats["request_log"] = emu.traffic.log()
+    return web.json_response(stats)
+
+
+async def _reset(request: web.Request) -> web.Response:
+    request.app[EMULATOR].reset()
+    return web.json_response({"reset": True})
+
+
+async def _health(request: web.Request) -> web.Response:
+    emu = request.app[EMULATOR]
+    return web.json_response({"venue": emu.venue, "api_key": emu.api_key})
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else format(value.normalize(), "f")
+
+
+def _order_json(order: EmuOrder) -> dict[str, Any]:
+    p = order.placement
+    return {
+        "client_order_id": p.client_order_id, "venue_order_id": str(order.id), "symbol": p.symbol,
+        "side": p.side.value, "type": p.order_type.value, "tif": p.time_in_force.value,
+        "post_only": p.post_only, "quantity": _text(order.quantity), "price": _text(order.price),
+        "status": order.status.value, "filled": _text(order.filled),
+        "fills": [{"trade_id": str(t.id), "qty": _text(t.fill.quantity), "price": _text(t.fill.price),
+                   "fee": _text(t.fee), "fee_asset": t.fee_asset, "maker": t.maker, "at_ms": t.time_ms}
+                  for t in order.trades],
+        "created_at": order.sim.created_at.isoformat(), "created_ms": order.created_ms,
+    }
