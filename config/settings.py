@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -100,10 +101,28 @@ class SimulationSettings(_Strict):
     faults: FaultSettings = FaultSettings()
 
 
+def _numeric_id(value: str | None) -> str | None:
+    if value is not None and not value.isdigit():
+        raise ValueError("must be a number (QuantConnect user and project ids are integers)")
+    return value
+
+
 class QuantConnectSettings(_Strict):
-    api_key: OptionalSecret = None
-    project_id: OptionalStr = None
+    """A live QuantConnect algorithm reached through the REST API v2 (activities/venue_quantconnect.py)."""
+
+    api_key: OptionalSecret = None  # the API token; only its timestamped SHA-256 is ever sent
+    project_id: Annotated[OptionalStr, AfterValidator(_numeric_id)] = None  # the live algorithm's project
+    user_id: Annotated[OptionalStr, AfterValidator(_numeric_id)] = None  # HTTP Basic user of every call
     base_url: str = "https://www.quantconnect.com/api/v2"
+    # Lean market of the algorithm's crypto securities: part of the Lean symbol id of each order.
+    market: Literal["coinbase", "binance", "binanceus", "bybit", "kraken", "bitfinex"] = "coinbase"
+    timeout_ms: Annotated[int, Field(ge=100, le=120_000)] = 10_000  # per HTTP request
+    # How long submit/cancel/amend watch the orders listing for their effect (capped at half of
+    # orders.execution_timeout_ms); an unconfirmed cancel or amend is an unknown outcome.
+    confirm_timeout_ms: Annotated[int, Field(ge=0, le=60_000)] = 2_000
+    # QuantConnect's orders listing lags the algorithm: an order command accepted this recently and
+    # not listed yet counts as pending (never resent), not as absent.
+    listing_grace_s: Annotated[float, Field(ge=0, le=86_400)] = 900.0
 
 
 class ExchangeSettings(_Strict):
