@@ -23,6 +23,10 @@ from activities.venue_gate import RequestKind, VenueGate, retry_after_s
 _LAST_ANSWER: contextvars.ContextVar[tuple[int, dict, str] | None] = contextvars.ContextVar("ccxt_answer", default=None)
 
 
+# Siblings in ccxt 4.5 (both NetworkError), not parent and child: catch both.
+RATE_LIMIT_ERRORS = (ccxt.DDoSProtection, ccxt.RateLimitExceeded)
+
+
 def _nothing_sent(error: BaseException) -> bool:
     """True when the connection could not even be opened: the venue cannot have seen the request."""
     return isinstance(error.__cause__, aiohttp.ClientConnectorError)
@@ -48,7 +52,7 @@ class GatedMixin:
         _LAST_ANSWER.set(None)
         try:
             response = await super().fetch2(path, api, method, params, config)
-        except ccxt.DDoSProtection as error:  # 429, 418, Bybit 10006/403: stay away, all of us
+        except RATE_LIMIT_ERRORS as error:  # 429, 418, Bybit 10006/403: stay away, all of us
             status, headers, body = _LAST_ANSWER.get() or (None, {}, str(error))
             await self.gate.pause(retry_after_s(status, headers, body, int(time.time() * 1000)), str(error))
             await self.gate.succeeded()  # the venue is up, only busy

@@ -28,7 +28,7 @@ from typing import Any
 import ccxt.async_support as ccxt
 import redis.asyncio as aioredis
 
-from activities.ccxt_client import CLIENT_CLASSES, is_nothing_sent
+from activities.ccxt_client import CLIENT_CLASSES, RATE_LIMIT_ERRORS, is_nothing_sent
 from activities.ccxt_dialects import DIALECTS, Dialect
 from activities.venue_gate import GateLimits, VenueGate, gate_status
 from activities.venues import VenueError
@@ -305,7 +305,7 @@ class CcxtVenue:
         """A failed read changed nothing at the venue: retrying is always safe."""
         if isinstance(error, VenueError):
             return error
-        if isinstance(error, ccxt.DDoSProtection):
+        if isinstance(error, RATE_LIMIT_ERRORS):
             return VenueError(VenueErrorType.RATE_LIMITED, f"{self.name}: {error}", retry_after_s=1.0)
         if isinstance(error, (ccxt.AuthenticationError, ccxt.PermissionDenied, ccxt.BadSymbol)):
             return VenueError(VenueErrorType.REJECTED, f"{self.name}: {error}")
@@ -314,7 +314,7 @@ class CcxtVenue:
     def _write_error(self, error: ccxt.BaseError, action: str) -> VenueError:
         """After an order-changing call failed: did the venue act? If it may have, say so."""
         text = f"{self.name} {action}: {type(error).__name__}: {error}"
-        if isinstance(error, ccxt.DDoSProtection):
+        if isinstance(error, RATE_LIMIT_ERRORS):
             return VenueError(VenueErrorType.RATE_LIMITED, text, retry_after_s=1.0)
         if isinstance(error, ccxt.InvalidNonce) or (isinstance(error, ccxt.ExchangeNotAvailable) and is_nothing_sent(error)):
             return VenueError(VenueErrorType.TRANSIENT, text)  # refused before acting, or never sent
@@ -347,6 +347,7 @@ def build_client(name: str, account: ExchangeSettings) -> ccxt.Exchange:
     if account.base_url:
         client.urls["api"] = dialect.rewrite_urls(client.urls["api"], account.base_url)
     client.order_endpoints = dialect.order_endpoints
+    client.has["fetchCurrencies"] = False  # Bybit would still ask for currencies (a signed call) otherwise
     return client
 
 

@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket
@@ -20,7 +19,6 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from config.settings import Settings, load_settings

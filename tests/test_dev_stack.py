@@ -1,6 +1,5 @@
 """`tom dev` as a user runs it: a subprocess that brings the stack up, runs the demo, and stops
 cleanly on SIGINT or SIGTERM leaving no process behind."""
-import os
 import signal
 import subprocess
 import sys

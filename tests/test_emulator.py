@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
-from pathlib import Path
 from typing import Any
 
 import ccxt.async_support as ccxt
@@ -18,7 +16,8 @@ import pytest_asyncio
 from config.settings import load_settings
 from oms import venue_model
 from oms.markets import SIMULATED_SYMBOLS
-from tests.conftest import REPO, free_port, stop_process, tom_process, wait_for_http
+from tests.conftest import REPO
+from tests.emulators import Emulator, running_emulators
 from workers.emulator.book import utc_now
 from workers.emulator.traffic import max_in_window
 
@@ -29,46 +28,10 @@ SIM = load_settings(CONFIG, env={}).execution.simulation  # what the emulator pr
 SECRET = "emulator-secret"
 
 
-@dataclass
-class Emulator:
-    venue: str
-    url: str
-    log: Path
-
-    def admin(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = httpx.request(method, f"{self.url}/_emulator/{path}", timeout=10, **kwargs)
-        response.raise_for_status()
-        return response.json()
-
-    def fault(self, **spec: Any) -> None:
-        self.admin("POST", "faults", json=spec)
-
-    def orders(self) -> Any:
-        return self.admin("GET", "orders")
-
-    def stats(self, window_ms: int = 1000, log: bool = False) -> Any:
-        return self.admin("GET", f"stats?window_ms={window_ms}" + ("&log=1" if log else ""))
-
-
 @pytest.fixture(scope="module")
 def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Emulator]]:
-    logs = tmp_path_factory.mktemp("emulator")
-    procs, out = [], {}
-    try:
-        for venue in VENUES:
-            port, log = free_port(), logs / f"{venue}.log"
-            proc = tom_process(CONFIG, "exchange-emulator", "--venue", venue,
-                               "--port", str(port), log_path=log)
-            procs.append(proc)
-            url = f"http://127.0.0.1:{port}"
-            wait_for_http(f"{url}/_emulator/health", timeout=30, proc=proc)
-            out[venue] = Emulator(venue, url, log)
-        yield out
-    finally:
-        for proc in procs:
-            stop_process(proc)
-    for proc in procs:
-        assert proc.returncode == 0  # SIGTERM is a clean stop
+    with running_emulators(tmp_path_factory.mktemp("emulator"), VENUES) as running:
+        yield running
 
 
 @pytest.fixture(params=VENUES)

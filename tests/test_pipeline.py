@@ -3,7 +3,6 @@ import asyncio
 import json
 from decimal import Decimal
 
-import pytest
 
 from oms.events import DEAD_LETTER_STREAM, SIGNALS_STREAM
 from oms.models import OrderSnapshot

@@ -6,8 +6,6 @@ instead if orders may be running). A non-deterministic change fails here before 
 """
 import asyncio
 import os
-from datetime import datetime, timezone
-from decimal import Decimal
 from pathlib import Path
 
 from temporalio.client import WorkflowHistory
@@ -15,8 +13,6 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from activities.venue_sim import FAULTS_KEY
-from config.settings import SimulationSettings
-from oms import venue_model
 from oms.models import OrderSnapshot, OrderState
 from tests.helpers import make_signal, start_order
 from workflows.order import OrderWorkflow

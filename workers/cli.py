@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(_handler(args.command)(settings, args) or 0)
+    except ConfigError as exc:  # a check that needs more than the file (e.g. a venue's credentials)
+        print(f"tom: config error: {exc}", file=sys.stderr)
+        return 2
     except UserError as exc:
         print(f"tom {args.command}: {exc}", file=sys.stderr)
         return 1
@@ -128,4 +131,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main: commands raise `workers.cli.UserError`, which is not this
+    # `__main__` module's class of the same name.
+    from workers.cli import main as cli_main
+
+    sys.exit(cli_main())

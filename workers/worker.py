@@ -41,7 +41,7 @@ async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegi
     if settings.execution.mode == "quantconnect":
         from activities.venue_quantconnect import build_quantconnect_adapter
 
-        registry.register(build_quantconnect_adapter(settings))
+        registry.register(build_quantconnect_adapter(settings, redis))  # sent commands shared in Redis
     return registry
 
 
