@@ -85,6 +85,14 @@ def apply(order: OrderSnapshot, target: OrderState, at: datetime, reason: str | 
     return True
 
 
+def fee_in_quote(fill: Fill, symbol: str) -> Decimal:
+    """A fill's fee in the quote currency, as the order's `fees` are kept. Venues charge the asset
+    received (a buy pays in base), which the fill keeps as reported; a third asset (a BNB discount)
+    cannot be priced here and is counted as reported."""
+    base = symbol.split("/", 1)[0]
+    return fill.fee * fill.price if fill.fee_currency == base else fill.fee
+
+
 def apply_fill(order: OrderSnapshot, fill: Fill, seen_fill_ids: set[str]) -> bool:
     """Count a fill once (by fill_id) and advance the state. Returns False for a duplicate."""
     if fill.fill_id in seen_fill_ids:
@@ -95,7 +103,7 @@ def apply_fill(order: OrderSnapshot, fill: Fill, seen_fill_ids: set[str]) -> boo
     notional = (order.average_fill_price or Decimal(0)) * order.filled_quantity
     order.filled_quantity += fill.quantity
     order.average_fill_price = (notional + fill.price * fill.quantity) / order.filled_quantity
-    order.fees += fill.fee
+    order.fees += fee_in_quote(fill, order.symbol)
     order.updated_at = fill.at
     if order.state in (S.CANCELLED, S.EXPIRED):
         return True  # late fill: counted, state stays terminal

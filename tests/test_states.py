@@ -109,3 +109,14 @@ def test_fill_refused_where_no_order_can_be_at_the_venue(state):
 def test_can_transition_matches_table():
     assert can_transition(OrderState.UNKNOWN, OrderState.SUBMITTED)
     assert not can_transition(OrderState.FILLED, OrderState.CANCELLED)
+
+
+def test_fees_are_kept_in_the_quote_currency_whatever_asset_the_venue_charged():
+    """Venues charge the asset received: a buy's fee in base is valued at its fill price."""
+    snapshot = order(OrderState.ACCEPTED, quantity="1")
+    seen: set[str] = set()
+    in_base = fill(1, "0.5", "100").model_copy(update={"fee": Decimal("0.0005"), "fee_currency": "BTC"})
+    in_quote = fill(2, "0.5", "100").model_copy(update={"fee": Decimal("0.05"), "fee_currency": "USDT"})
+    apply_fill(snapshot, in_base, seen)
+    apply_fill(snapshot, in_quote, seen)
+    assert snapshot.fees == Decimal("0.1")
