@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 
 from activities.ccxt_client import CLIENT_CLASSES, RATE_LIMIT_ERRORS, is_nothing_sent
 from activities.ccxt_dialects import DIALECTS, Dialect
-from activities.venue_gate import GateLimits, VenueGate, gate_status
+from activities.venue_gate import PATIENCE_MS, GateLimits, VenueGate, gate_status
 from activities.venues import VenueError
 from config.settings import ExchangeSettings, Settings
 from oms.models import OrderType, Side
@@ -53,6 +53,7 @@ SENT_MARK_TTL_S = 7 * 86400
 CLOCK_MARGIN_MS = 1000  # our clocks against the venue's, on top of its receive window
 BOOK_DEPTH = 5
 POLL_WEIGHT_SHARE = 0.5
+POLL_PATIENCE_MS = 30_000
 # Errors after which the venue certainly did not receive the order (our gate, a 429, a refused connection).
 NOTHING_SENT = frozenset({VenueErrorType.TRANSIENT, VenueErrorType.RATE_LIMITED, VenueErrorType.CIRCUIT_OPEN})
 
@@ -200,6 +201,8 @@ class CcxtVenue:
             if failure.kind in NOTHING_SENT:  # the mark must not make the next attempt wait for nothing
                 await (self._redis.set(key, previous, ex=SENT_MARK_TTL_S) if previous else self._redis.delete(key))
             raise failure from None
+        if order.get("status") is None:  # an acknowledgement only (Bybit): ask for the order's state
+            return await self.fetch(ref)
         return await self._report(order, request.symbol, request.client_order_id)
 
     async def fetch(self, ref: VenueOrderRef) -> VenueOrderReport:
@@ -247,10 +250,13 @@ class CcxtVenue:
         """All open orders of the account in one call (Bybit: one per 50), without their trades:
         `fills_complete` is false, so a workflow that sees more filled fetches its order in full."""
         await self._ensure_markets()
+        patience = PATIENCE_MS.set(POLL_PATIENCE_MS)  # no order waits on this call: it may queue
         try:
             orders = await self.dialect.open_orders(self.client)
         except ccxt.BaseError as error:
             raise self._read_error(error) from None
+        finally:
+            PATIENCE_MS.reset(patience)
         reports = []
         for order in orders:
             if not order.get("clientOrderId") or (symbols and order.get("symbol") not in symbols):

@@ -22,6 +22,7 @@ VenueError(RATE_LIMITED or CIRCUIT_OPEN, retry_after_s) and the order workflow w
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import re
 import uuid
@@ -114,6 +115,11 @@ return current
 """
 
 
+# How long the current task may wait in the gate, when it is not an order's venue call (whose
+# budget is `max_wait_ms`, inside the workflow's timeout): e.g. the batched poller's heavy listing.
+PATIENCE_MS: contextvars.ContextVar[int | None] = contextvars.ContextVar("gate_patience_ms", default=None)
+
+
 class RequestKind(StrEnum):
     ORDER = "order"  # places an order (create, amend): counts against rate_limit_orders
     OTHER = "other"  # reads and cancels: weight only
@@ -175,7 +181,7 @@ class VenueGate:
             if verdict == "open":
                 raise VenueError(VenueErrorType.CIRCUIT_OPEN,
                                  f"{self.exchange} circuit breaker open", retry_after_s=wait_ms / 1000)
-            if waited + wait_ms > lim.max_wait_ms:
+            if waited + wait_ms > (PATIENCE_MS.get() or lim.max_wait_ms):
                 raise VenueError(VenueErrorType.RATE_LIMITED,
                                  f"{self.exchange} {kind.value} rate limit reached", retry_after_s=wait_ms / 1000)
             self.waits += 1

@@ -226,3 +226,32 @@ def config_file(stack_settings, tmp_path) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(stack_settings.to_yaml())
     return path
+
+
+@pytest.fixture(scope="session")
+def venue_emulators(tmp_path_factory):
+    """A Binance and a Bybit `tom exchange-emulator` process for the whole session."""
+    from tests.emulators import running_emulators
+
+    with running_emulators(tmp_path_factory.mktemp("emulators")) as emulators:
+        yield emulators
+
+
+@pytest.fixture
+def emulators(venue_emulators):
+    """The session's emulators, reset (orders, faults, bans, stats) for this test."""
+    for emulator in venue_emulators.values():
+        emulator.reset()
+    return venue_emulators
+
+
+def direct_settings(settings: Settings, emulators, exchanges=("binance", "bybit"), direct: dict | None = None,
+                    orders: dict | None = None, **account) -> Settings:
+    """`settings` in execution mode direct, each exchange's account pointed at its emulator; `direct`
+    and `orders` override keys of those sections, `account` keys of each account."""
+    execution = settings.execution.model_dump(mode="json")  # no direct accounts yet: nothing masked
+    execution.update(mode="direct", direct={
+        **execution["direct"], "exchanges": list(exchanges), **(direct or {}),
+        "accounts": {name: emulators[name].account(**account) for name in exchanges}})
+    return settings.with_overrides(execution=execution,
+                                   orders={**settings.orders.model_dump(mode="json"), **(orders or {})})
