@@ -81,6 +81,7 @@ POLL_MAX = timedelta(minutes=30)
 RECONCILE_ATTEMPTS = 20
 OPEN_AT_VENUE = (VenueOrderStatus.NEW, VenueOrderStatus.PARTIALLY_FILLED)
 LOCAL_TASK_TIMEOUT = timedelta(seconds=30)
+LOCAL_RETRY_THRESHOLD = timedelta(seconds=5)
 
 
 class PendingAmend(BaseModel):
@@ -258,6 +259,7 @@ class OrderWorkflow:
             "prepare_order", signal, result_type=OrderContext,
             start_to_close_timeout=timedelta(seconds=10),
             retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_interval=timedelta(seconds=10)),
+            local_retry_threshold=LOCAL_RETRY_THRESHOLD,  # a venue down for long: back off on durable timers
         )
         self._state.context = context
         snap = self._state.snapshot
