@@ -68,10 +68,15 @@ class BenchStack:
         }
         for key, value in (overrides or {}).items():
             sections[key] = {**sections.get(key, {}), **value} if isinstance(value, dict) else value
-        self.settings: Settings = base.with_overrides(**sections)
-        self.config = self.dir / "config.yaml"
-        self.config.write_text(self.settings.to_yaml())
         self.procs: dict[str, subprocess.Popen] = {}
+        self.config = self.dir / "config.yaml"
+        self.configure(sections)
+
+    def configure(self, sections: dict[str, Any]) -> None:
+        """(Re)write the config the stack's processes start with."""
+        base = getattr(self, "settings", None) or load_settings(REPO / "config" / "local.yaml", env={})
+        self.settings = base.with_overrides(**sections)
+        self.config.write_text(self.settings.to_yaml())
 
     def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
         log = open(self.dir / f"{name}.log", "ab")
@@ -94,9 +99,17 @@ class BenchStack:
     def start_redis(self) -> None:
         command = [find_binary("redis-server"), "--port", str(self.redis_port), "--bind", "127.0.0.1",
                    "--dir", str(self.dir), "--save", ""]
-        command += ["--appendonly", "yes", "--appendfsync", "everysec"] if self.keep_state else ["--appendonly", "no"]
+        command += ["--appendonly", "yes", "--appendfsync", "always"] if self.keep_state else ["--appendonly", "no"]
         self._spawn("redis", command)
         wait_port(self.redis_port)
+
+    def start_emulator(self, venue: str = "binance") -> str:
+        """`tom exchange-emulator` on a free port, pricing with this stack's simulation settings."""
+        port = free_port()
+        self._spawn(f"emulator-{venue}", [sys.executable, "-m", "workers.cli", "--config", str(self.config),
+                                          "exchange-emulator", "--venue", venue, "--port", str(port)])
+        wait_port(port)
+        return f"http://127.0.0.1:{port}"
 
     def start_worker(self, name: str = "worker", *args: str) -> subprocess.Popen:
         return self._spawn(name, [sys.executable, "-m", "workers.cli", "--config", str(self.config), "worker", *args])

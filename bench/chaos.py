@@ -1,0 +1,203 @@
+"""Chaos: orders flowing in execution mode `direct` (the real ccxt client over HTTP to a Binance
+exchange emulator process) while the worker is SIGKILLed at random moments and the Temporal dev
+server and Redis are each restarted once; then every order and every fill is accounted for.
+
+    python -m bench.chaos [--orders 1000] [--kills 10] [--rate 20] [--seed S]
+
+The emulator (Binance: it accepts a reused client order id once the first order closed, so a blind
+resubmission shows as a duplicate) also loses answers on its own: about 5% of creates are placed
+and the connection dropped, 3% placed and answered only after the client gave up, 2% placed and
+answered 503. The worker consumes the `signals` stream in-process; a killed consumer's pending signals are
+reclaimed after 3 s. Temporal and Redis keep their state in files across their restart (Redis with
+an fsync'd append-only file: the platform's Redis must be persistent, it holds the sent marks).
+Checks, each must be 0:
+  lost                    signals without an order workflow
+  duplicate_venue_orders  client order ids placed more than once, or venue orders no workflow owns
+  not_terminal            orders not terminal after the deadline
+  fills_missing           venue fills absent from the `executions` stream
+  fills_duplicated        a fill_id more than once on it
+  fill_quantity_mismatch  an order's filled quantity differs from the venue's
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import signal
+import time
+from collections import Counter
+from decimal import Decimal
+
+import httpx
+import redis.asyncio as aioredis
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+
+from bench.stack import BenchStack, emit
+from oms.events import EXECUTION_FIELD, EXECUTIONS_STREAM, SIGNAL_FIELD
+from oms.models import TERMINAL_STATES, OrderSnapshot
+
+SYMBOLS = (("BTC/USDT", "0.001", "30000.00"), ("ETH/USDT", "0.02", "1500.00"), ("SOL/USDT", "0.3", "75.00"))
+VENUE_FAULTS = ({"kind": "drop_after_accept", "rate": 0.05}, {"kind": "timeout_after_accept", "rate": 0.03},
+                {"kind": "server_error_after", "rate": 0.02})
+
+
+def chaos_signal(i: int, rng: random.Random) -> dict:
+    symbol, quantity, far_below = SYMBOLS[i % 3]
+    signal_ = {"signal_id": f"chaos-{i}", "strategy_id": f"s{i % 4}", "symbol": symbol,
+               "side": rng.choice(("buy", "sell")), "quantity": quantity}
+    if i % 10 == 9:  # a resting limit, cancelled at the end
+        signal_.update(order_type="limit", limit_price=far_below, side="buy")
+    return signal_
+
+
+async def connect(address: str) -> Client:
+    for _ in range(60):
+        try:
+            return await Client.connect(address, data_converter=pydantic_data_converter)
+        except Exception:
+            await asyncio.sleep(0.5)
+    raise RuntimeError("Temporal did not come back")
+
+
+async def supervise(stack: BenchStack, kills: int, duration: float, rng: random.Random, log: list) -> None:
+    """Kill the worker `kills` times at random moments; restart Temporal and Redis once each."""
+    moments = sorted(rng.uniform(1, duration) for _ in range(kills))
+    temporal_at, redis_at = rng.uniform(duration * 0.3, duration * 0.5), rng.uniform(duration * 0.6, duration * 0.8)
+    started = time.time()
+    events = [(m, "worker") for m in moments] + [(temporal_at, "temporal"), (redis_at, "redis")]
+    for at, what in sorted(events):
+        await asyncio.sleep(max(0.0, started + at - time.time()))
+        if what == "worker":
+            stack.kill("worker", signal.SIGKILL)
+            await asyncio.sleep(rng.uniform(0.1, 1.0))
+            stack.start_worker("worker", "--with-consumer")
+        elif what == "temporal":
+            stack.kill("temporal", signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            stack.start_temporal()
+        else:
+            stack.kill("redis", signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            stack.start_redis()
+        log.append((round(time.time() - started, 1), what))
+
+
+def direct_mode(stack: BenchStack, emulator_url: str) -> dict:
+    execution = stack.settings.execution.model_dump(mode="json")
+    execution.update(mode="direct", direct={
+        **execution["direct"], "exchanges": ["binance"],
+        "accounts": {"binance": {"api_key": "emulator-key", "secret": "emulator-secret", "base_url": emulator_url,
+                                 "timeout_ms": 2000, "recv_window_ms": 2000}}})
+    return execution
+
+
+async def publish(redis: aioredis.Redis, signals: list[dict], rate: float) -> None:
+    started = time.time()
+    for i, s in enumerate(signals):
+        while True:
+            try:
+                await redis.xadd("signals", {SIGNAL_FIELD: json.dumps(s)})
+                break
+            except Exception:  # Redis is restarting: the strategy retries its publish
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(max(0.0, started + (i + 1) / rate - time.time()))
+
+
+async def settle(client: Client, signals: list[dict], deadline_s: float) -> tuple[dict[str, OrderSnapshot], set[str]]:
+    """Query every order until all are terminal (cancelling the resting ones) or the deadline."""
+    ids = [f"order-{s['signal_id']}" for s in signals]
+    resting = [f"order-{s['signal_id']}" for s in signals if s.get("order_type") == "limit"]
+    snapshots: dict[str, OrderSnapshot] = {}
+    lost: set[str] = set()
+    deadline = time.time() + deadline_s
+    cancelled_resting = False
+    while time.time() < deadline:
+        lost.clear()
+        for order_id in ids:
+            if order_id in snapshots and snapshots[order_id].state in TERMINAL_STATES:
+                continue
+            try:
+                snapshots[order_id] = await client.get_workflow_handle(order_id).query("status", result_type=OrderSnapshot)
+            except RPCError:
+                lost.add(order_id)
+        if not cancelled_resting and all(o in snapshots for o in resting):
+            for order_id in resting:
+                await client.get_workflow_handle(order_id).signal("cancel", {"reason": "chaos end"})
+            cancelled_resting = True
+        if not lost and len(snapshots) == len(ids) and all(s.state in TERMINAL_STATES for s in snapshots.values()):
+            break
+        await asyncio.sleep(1)
+    return snapshots, lost
+
+
+async def run(orders: int, kills: int, rate: float, seed: int, deadline_s: float) -> dict:
+    rng = random.Random(seed)
+    overrides = {"messaging": {"claim_idle_ms": 3000},
+                 "orders": {"execution_timeout_ms": 3000, "retry_delay_ms": 50, "rate_limit_orders": 100}}
+    with BenchStack(overrides, keep_state=True) as stack:
+        emulator = stack.start_emulator("binance")
+        stack.configure({"execution": direct_mode(stack, emulator)})
+        for fault in VENUE_FAULTS:
+            httpx.post(f"{emulator}/_emulator/faults", json={**fault, "endpoints": ["create"]}).raise_for_status()
+        stack.start_temporal()
+        stack.start_redis()
+        stack.start_worker("worker", "--with-consumer")
+        redis = aioredis.from_url(stack.settings.messaging.redis_url, decode_responses=True,
+                                  retry_on_error=[ConnectionError])
+        signals = [chaos_signal(i, rng) for i in range(orders)]
+        log: list = []
+        started = time.time()
+        chaos = asyncio.create_task(supervise(stack, kills, orders / rate, rng, log))
+        await publish(redis, signals, rate)
+        await chaos  # the venue keeps losing answers until the end: retries must cope too
+        client = await connect(stack.settings.temporal.address)
+        snapshots, lost = await settle(client, signals, deadline_s)
+        published = Counter(json.loads(f[EXECUTION_FIELD])["fill_id"] for _, f in await redis.xrange(EXECUTIONS_STREAM))
+        await redis.aclose()
+        venue_orders = httpx.get(f"{emulator}/_emulator/orders").json()
+        venue_stats = httpx.get(f"{emulator}/_emulator/stats").json()
+    placed = Counter(o["client_order_id"] for o in venue_orders)
+    filled_at_venue: dict[str, Decimal] = {}
+    for o in venue_orders:
+        filled_at_venue[o["client_order_id"]] = filled_at_venue.get(o["client_order_id"], Decimal(0)) + Decimal(o["filled"])
+    owned = {s.client_order_id for s in snapshots.values()}
+    venue_fill_ids = {f"{o['client_order_id']}:{f['trade_id']}" for o in venue_orders for f in o["fills"]}
+    mismatched = [s.order_id for s in snapshots.values()
+                  if filled_at_venue.get(s.client_order_id, Decimal(0)) != s.filled_quantity]
+    states = Counter(s.state.value for s in snapshots.values())
+    return {
+        "benchmark": "chaos", "venue": "direct: ccxt -> Binance emulator (5% dropped, 3% late, 2% 503 after accept)",
+        "orders": orders, "kills": sum(1 for _, what in log if what == "worker"),
+        "temporal_restarts": sum(1 for _, what in log if what == "temporal"),
+        "redis_restarts": sum(1 for _, what in log if what == "redis"),
+        "lost": len(lost),
+        "duplicate_venue_orders": sum(n - 1 for n in placed.values()) + len(set(placed) - owned),
+        "not_terminal": sum(1 for s in snapshots.values() if s.state not in TERMINAL_STATES),
+        "fills_missing": len(venue_fill_ids - set(published)),
+        "fills_duplicated": sum(1 for n in published.values() if n > 1),
+        "fill_quantity_mismatch": len(mismatched),
+        "states": dict(states), "venue_orders": len(venue_orders), "fills": len(published),
+        "venue_faults_fired": venue_stats.get("faults_fired"), "venue_requests": venue_stats.get("by_class"),
+        "orders_through_unknown": sum(1 for s in snapshots.values() if any(t.state.value == "unknown" for t in s.transitions)),
+        "seconds": round(time.time() - started, 1), "events": log,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.chaos")
+    parser.add_argument("--orders", type=int, default=1000)
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--rate", type=float, default=20, help="signals per second")
+    parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--deadline", type=float, default=180, help="seconds for every order to be terminal")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.orders, args.kills, args.rate, args.seed, args.deadline))
+    result["seed"] = args.seed
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
