@@ -1,11 +1,13 @@
 """Time in force and long-lived orders under the time-skipping test server: days in seconds."""
 import time
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest_asyncio
 
 from oms.models import OrderState
-from tests.helpers import make_signal, start_order
+from tests.helpers import executions, make_signal, start_order
+from tests.test_workflow_lifecycle import touch
 
 
 @pytest_asyncio.fixture
@@ -68,3 +70,50 @@ async def test_execution_start_at_is_a_durable_timer(time_env, skipping_worker, 
     snap = await (await start_order(time_env.client, task_queue, signal)).result()
     submitted = next(t for t in snap.transitions if t.state == OrderState.SUBMITTED)
     assert snap.state == OrderState.FILLED and submitted.at >= start_at
+
+
+async def test_venue_that_never_answers_is_unknown_then_reconciled_not_resubmitted(
+        time_env, skipping_worker, task_queue, redis, fast_settings):
+    """Under time skipping, execution_timeout_ms still bounds a venue call: the simulated venue
+    places the order and then never answers (`hang_next`); the submit gives up after
+    execution_timeout_ms, the order goes `unknown`, and reconciliation finds the one order placed
+    (one venue order key for the client id), fills it, and never submits a second one."""
+    from activities.venue_sim import FAULTS_KEY, REQUESTS_KEY
+
+    await redis.hset(FAULTS_KEY, "hang_next", 1)
+    started = time.monotonic()
+    snap = await (await start_order(time_env.client, task_queue, make_signal(quantity="0.2"))).result()
+    elapsed = time.monotonic() - started
+    # A venue call is a local activity: its timeout runs on the worker's clock, which time skipping
+    # neither shortens nor lets a skipped-over server timer preempt.
+    assert elapsed >= fast_settings.orders.execution_timeout_ms / 1000, elapsed
+    states = [t.state for t in snap.transitions]
+    assert states == [OrderState.CREATED, OrderState.VALIDATED, OrderState.SUBMITTED, OrderState.UNKNOWN,
+                      OrderState.FILLED], states
+    unknown = next(t for t in snap.transitions if t.state == OrderState.UNKNOWN)
+    assert "submit outcome unknown" in unknown.reason
+    assert [k async for k in redis.scan_iter("sim:simulation:order:*")] == [
+        f"sim:simulation:order:{snap.client_order_id}"]
+    assert int(await redis.get(REQUESTS_KEY)) == 2  # the hung submit and one reconciling fetch
+    assert await redis.hget(FAULTS_KEY, "hang_next") == "0"  # the fault fired
+    fills = await executions(redis)
+    assert sum(Decimal(f["quantity"]) for f in fills) == snap.filled_quantity == Decimal("0.2")
+
+
+async def test_ioc_and_fok_end_in_their_states_under_time_skipping(time_env, skipping_worker, task_queue, redis):
+    """IOC larger than the depth within its limit: partially filled, then expired for the rest
+    (its fills published); FOK larger than the whole book: expired with no fill at all."""
+    # One at a time: concurrent result() calls unbalance the test server's time-skipping lock, and
+    # it then skips time under a running workflow task (task timeouts, then the 10-year run timeout).
+    price = (touch("ETH/USDT", "buy") * Decimal("1.00002")).quantize(Decimal("0.01"))
+    ioc = await (await start_order(time_env.client, task_queue, make_signal(
+        quantity="60", order_type="limit", limit_price=str(price), time_in_force="IOC"))).result()
+    fok = await (await start_order(time_env.client, task_queue, make_signal(
+        symbol="ETH/BTC", quantity="700", time_in_force="FOK", reference_price="0.05"))).result()
+    assert ioc.state == OrderState.EXPIRED and Decimal(0) < ioc.filled_quantity < Decimal(60), ioc
+    assert [t.state for t in ioc.transitions][-2:] == [OrderState.PARTIALLY_FILLED, OrderState.EXPIRED]
+    fills = await executions(redis)
+    assert sum(Decimal(f["quantity"]) for f in fills if f["order_id"] == ioc.order_id) == ioc.filled_quantity
+    assert fok.state == OrderState.EXPIRED and fok.filled_quantity == 0 and "FOK" in fok.reason
+    assert OrderState.PARTIALLY_FILLED not in [t.state for t in fok.transitions]
+    assert not [f for f in fills if f["order_id"] == fok.order_id]

@@ -147,6 +147,13 @@ class SignalConsumer:
                 await self._dead_letter(entry_id, payload, str(exc))
                 done.append(entry_id)
                 continue
+            except Exception as exc:
+                # Validation itself failed on this payload. Dead-letter it: left pending, it would be
+                # reclaimed by each consumer in turn and kill every one of them (a poison pill).
+                log.exception("validating %s failed", entry_id)
+                await self._dead_letter(entry_id, payload, f"could not be validated: {type(exc).__name__}")
+                done.append(entry_id)
+                continue
             starts.append((entry_id, fields, start_order(self._client, self._settings, signal)))
         results = await asyncio.gather(*(s[2] for s in starts), return_exceptions=True)
         for (entry_id, fields, _), result in zip(starts, results):

@@ -34,8 +34,13 @@ class InvalidSignal(Exception):
     """The payload cannot become an order; the message says why."""
 
 
+def _clip(text: str, limit: int = 60) -> str:
+    """Input echoed into a reason, shortened: a reason stays readable whatever was sent."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _describe(error: dict) -> str:
-    where = ".".join(str(p) for p in error["loc"]) or "signal"
+    where = _clip(".".join(str(p) for p in error["loc"]) or "signal")
     kind, message = error["type"], error["msg"].removeprefix("Value error, ")
     if kind == "missing":
         return f"missing field {where}"
@@ -57,6 +62,10 @@ def parse_signal(payload: str | bytes, settings: Settings) -> Signal:
         data = json.loads(payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidSignal(f"malformed JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+    except ValueError as exc:  # valid syntax Python refuses, e.g. an integer of more than 4300 digits
+        raise InvalidSignal(f"malformed JSON: {_clip(str(exc).split(';')[0], 120)}") from None
+    except RecursionError:
+        raise InvalidSignal("malformed JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidSignal(f"a signal is a JSON object, got {type(data).__name__}")
     try:
@@ -66,7 +75,8 @@ def parse_signal(payload: str | bytes, settings: Settings) -> Signal:
     for name, value in (("quantity", signal.quantity), ("limit_price", signal.limit_price),
                         ("reference_price", signal.reference_price)):
         if value is not None and value >= ABSURD:
-            raise InvalidSignal(f"{name}: {value} is not a plausible value")
+            shown = str(value) if len(str(value)) <= 60 else f"{value:.6E}"
+            raise InvalidSignal(f"{name}: {shown} is not a plausible value")
     exchanges = known_exchanges(settings)
     if signal.exchange is not None and signal.exchange not in exchanges:
         raise InvalidSignal(f"exchange: unknown exchange {signal.exchange!r} (known: {', '.join(sorted(exchanges))})")
