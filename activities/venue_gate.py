@@ -35,8 +35,8 @@ from activities.venues import VenueError
 from oms.venue import VenueErrorType
 
 # KEYS: pause, orders window, weight TAT, breaker hash
-# ARGV: is_order, order_limit, window_ms, cost, weight_per_ms, burst, member, probe_ms
-# -> {verdict, wait_ms}; verdict: ok | probe | paused | open | wait
+# ARGV: is_order, order_limit, window_ms, cost, weight_per_ms, burst, member, probe_ms, patience_ms
+# -> {verdict, wait_ms}; verdict: ok | probe (send after wait_ms) | paused | open | wait (ask again)
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -60,22 +60,24 @@ if ARGV[1] == '1' then
     wait = tonumber(oldest[2]) + window - now + 1
   end
 end
+if wait > 0 then return {'wait', math.ceil(wait)} end
+-- Weight is reserved in arrival order: a heavy request that fits the caller's patience takes its
+-- place in the queue now (later light ones wait behind it) and is sent after `send_in`.
 local rate = tonumber(ARGV[5])
 local tat = tonumber(redis.call('GET', KEYS[3]) or '0')
 if tat < now then tat = now end
 local new_tat = tat + tonumber(ARGV[4]) / rate
-local allow_at = new_tat - tonumber(ARGV[6]) / rate
-if allow_at > now then wait = math.max(wait, allow_at - now) end
-if wait > 0 then return {'wait', math.ceil(wait)} end
+local send_in = math.max(0, new_tat - tonumber(ARGV[6]) / rate - now)
+if send_in > tonumber(ARGV[9]) then return {'wait', math.ceil(send_in)} end
 if ARGV[1] == '1' then
   redis.call('ZADD', KEYS[2], now, ARGV[7])
   redis.call('PEXPIRE', KEYS[2], window * 2)
 end
 redis.call('SET', KEYS[3], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
 if verdict == 'probe' then
-  redis.call('HSET', KEYS[4], 'state', 'half_open', 'probe_until', now + tonumber(ARGV[8]))
+  redis.call('HSET', KEYS[4], 'state', 'half_open', 'probe_until', now + tonumber(ARGV[8]) + send_in)
 end
-return {verdict, 0}
+return {verdict, math.ceil(send_in)}
 """
 
 # KEYS: breaker hash; ARGV: ok (1/0), threshold, open_ms, error -> state after
@@ -165,15 +167,19 @@ class VenueGate:
     async def admit(self, kind: RequestKind, cost: float) -> Verdict:
         """Wait for the right to send one request; raises VenueError if that would take too long."""
         k, lim = self._keys, self.limits
+        patience = PATIENCE_MS.get() or lim.max_wait_ms
         waited = 0
         while True:
             verdict, wait_ms = await self._admit(
                 keys=[k["pause"], k["orders"], k["weight"], k["breaker"]],
                 args=[1 if kind == RequestKind.ORDER else 0, lim.orders, lim.window_ms + window_margin_ms(lim.window_ms),
                       max(cost, 0.001), lim.weight_per_s / 1000, lim.weight_per_s, uuid.uuid4().hex,
-                      lim.probe_timeout_ms])
+                      lim.probe_timeout_ms, max(0, patience - waited)])
             verdict, wait_ms = _text(verdict), int(wait_ms)
             if verdict in (Verdict.OK, Verdict.PROBE):
+                if wait_ms > 0:  # our weight is reserved: send when it is due
+                    self.waits += 1
+                    await asyncio.sleep(wait_ms / 1000)
                 return Verdict(verdict)
             if verdict == "paused":
                 raise VenueError(VenueErrorType.RATE_LIMITED,
@@ -181,7 +187,7 @@ class VenueGate:
             if verdict == "open":
                 raise VenueError(VenueErrorType.CIRCUIT_OPEN,
                                  f"{self.exchange} circuit breaker open", retry_after_s=wait_ms / 1000)
-            if waited + wait_ms > (PATIENCE_MS.get() or lim.max_wait_ms):
+            if waited + wait_ms > patience:
                 raise VenueError(VenueErrorType.RATE_LIMITED,
                                  f"{self.exchange} {kind.value} rate limit reached", retry_after_s=wait_ms / 1000)
             self.waits += 1

@@ -6,7 +6,16 @@ import time
 
 import pytest
 
-from activities.venue_gate import GateLimits, RequestKind, Verdict, VenueGate, gate_status, retry_after_s, window_margin_ms
+from activities.venue_gate import (
+    PATIENCE_MS,
+    GateLimits,
+    RequestKind,
+    Verdict,
+    VenueGate,
+    gate_status,
+    retry_after_s,
+    window_margin_ms,
+)
 from activities.venues import VenueError
 from oms.venue import VenueErrorType
 
@@ -62,7 +71,7 @@ async def test_a_wait_longer_than_allowed_is_refused_with_its_retry_after(redis)
     with pytest.raises(VenueError) as refused:
         await gate.admit(RequestKind.ORDER, 1)
     assert refused.value.kind == VenueErrorType.RATE_LIMITED
-    assert 1.5 < refused.value.retry_after_s <= 2.0 + window_margin_ms(2000) / 1000
+    assert 1.5 < refused.value.retry_after_s <= 2.0 + window_margin_ms(2000) / 1000 + 0.001  # +1 ms: strictly after
 
 
 async def test_a_pause_holds_every_replica_until_it_ends(redis):
@@ -128,3 +137,34 @@ def test_retry_after_from_headers_and_ban_messages():
     assert retry_after_s(418, {}, '{"code":-1003,"msg":"IP banned until 1700000030000."}', now) == 30
     assert retry_after_s(403, {"X-Bapi-Limit-Reset-Timestamp": str(now + 2500)}, "", now) == 2.5
     assert retry_after_s(429, {}, "", now) == 1.0 and retry_after_s(418, {}, "", now) == 60.0
+
+
+async def test_a_heavy_request_keeps_its_place_against_a_stream_of_light_ones(redis):
+    """Weight is reserved in arrival order: light requests arriving after a heavy one that is
+    waiting for the bucket wait behind it instead of starving it."""
+    gate = VenueGate(redis, "binance", "acct", limits(weight_per_s=20.0, max_wait_ms=300))
+    for _ in range(20):
+        await gate.admit(RequestKind.OTHER, 1)  # the bucket is empty
+    order: list[str] = []
+
+    async def heavy() -> None:
+        token = PATIENCE_MS.set(5000)
+        try:
+            await gate.admit(RequestKind.OTHER, 16)
+        finally:
+            PATIENCE_MS.reset(token)
+        order.append("heavy")
+
+    async def light(i: int) -> None:
+        await asyncio.sleep(0.01 * (i + 1))
+        try:
+            await gate.admit(RequestKind.OTHER, 0.8)
+            order.append("light")
+        except VenueError:
+            order.append("refused")
+
+    started = time.monotonic()
+    await asyncio.gather(heavy(), *(light(i) for i in range(10)))
+    assert "heavy" in order and "light" not in order[: order.index("heavy")]  # nothing overtook it
+    assert order.count("refused") == 10  # behind it, they would wait longer than their patience
+    assert 0.7 < time.monotonic() - started < 1.5  # 16 weight at 20 per second

@@ -384,8 +384,8 @@ class OrderWorkflow:
         elif kind in NOTHING_SENT:  # retries exhausted and the venue never took the order
             await self._transition(S.FAILED, f"venue unavailable after retries: {_error_message(error)}")
         else:  # timeout, lost answer, or an error we cannot classify: the order may exist
+            # Reconciled by the main loop (_track_once), never resubmitted from here.
             await self._transition(S.UNKNOWN, f"submit outcome unknown: {_error_message(error)}")
-            await self._reconcile()
 
     async def _reconcile(self) -> None:
         """Resolve `unknown` by asking the venue about our client order id; resubmit only if absent."""
@@ -403,7 +403,12 @@ class OrderWorkflow:
                     await self._transition(S.CANCELLED, "cancelled; the venue never received the order")
                     return
                 await self._submit()
-                return
+                if self._state.snapshot.state != S.UNKNOWN:
+                    return
+                # Still unknown (an earlier request may yet land at the venue): look again later.
+                await workflow.sleep(delay)
+                delay = min(delay * 2, RECONCILE_BACKOFF_MAX)
+                continue
             await self._apply_report(report)
             return
         await self._transition(S.UNKNOWN, "venue unreachable during reconciliation; will keep trying")
