@@ -353,6 +353,13 @@ async def test_fuzzed_bad_signals_are_dead_lettered_and_good_ones_become_orders(
 
 # --- 1d: executions and positions ---------------------------------------------------------------
 
+def fee_in_quote(fill: dict) -> Decimal:
+    """Order and position fees are kept in the quote currency: a fee in the base asset is valued
+    at its fill price (the simulated venue charges the quote currency)."""
+    fee = dec(fill["fee"])
+    return fee * dec(fill["price"]) if fill["fee_currency"] == fill["symbol"].split("/")[0] else fee
+
+
 async def test_every_fill_is_recorded_once_and_positions_match_the_fills(
         temporal_env, order_worker, task_queue, redis, tmp_path):
     """Buys and sells on two symbols for two strategies, with multi-level market fills and an IOC
@@ -385,7 +392,7 @@ async def test_every_fill_is_recorded_once_and_positions_match_the_fills(
     for snap in snaps:
         mine = [f for f in published if f["order_id"] == snap.order_id]
         assert sum((dec(f["quantity"]) for f in mine), Decimal(0)) == snap.filled_quantity
-        assert sum((dec(f["fee"]) for f in mine), Decimal(0)) == snap.fees
+        assert sum((fee_in_quote(f) for f in mine), Decimal(0)) == snap.fees
 
     store = DuckDBStore(tmp_path / "positions.duckdb")
     try:
@@ -407,7 +414,7 @@ async def test_every_fill_is_recorded_once_and_positions_match_the_fills(
         e = expected[(f["strategy_id"], f["symbol"])]
         qty, price = dec(f["quantity"]), dec(f["price"])
         e["net"] += qty if f["side"] == "buy" else -qty
-        e["fees"] += dec(f["fee"])
+        e["fees"] += fee_in_quote(f)
         e["fills"] += 1
         e[f["side"]][0] += qty * price
         e[f["side"]][1] += qty
