@@ -77,6 +77,10 @@ def apply(order: OrderSnapshot, target: OrderState, at: datetime, reason: str | 
         return False
     if not can_transition(order.state, target):
         raise IllegalTransition(order.state, target)
+    if order.transitions and at < order.transitions[-1].at:
+        # workflow.now() is the workflow task's start: after a local activity that outlived the
+        # task it can read earlier than a transition already recorded. History never runs backwards.
+        at = order.transitions[-1].at
     order.state = target
     order.updated_at = at
     if reason is not None:

@@ -1,5 +1,5 @@
 """The transition table as data: every listed transition applies, every other one is refused."""
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -120,3 +120,11 @@ def test_fees_are_kept_in_the_quote_currency_whatever_asset_the_venue_charged():
     apply_fill(snapshot, in_base, seen)
     apply_fill(snapshot, in_quote, seen)
     assert snapshot.fees == Decimal("0.1")
+
+
+def test_transition_times_never_run_backwards():
+    snapshot = order(OrderState.SUBMITTED)
+    later = NOW + timedelta(seconds=2)
+    apply(snapshot, OrderState.UNKNOWN, later)
+    apply(snapshot, OrderState.ACCEPTED, NOW)  # a clock read earlier than the last transition
+    assert [t.at for t in snapshot.transitions][-2:] == [later, later]
