@@ -19,6 +19,7 @@ which the workflow reconciles. Reads never change anything, so their failures ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import datetime, timezone
@@ -83,14 +84,25 @@ def _at(timestamp_ms: Any) -> datetime:
 
 class CcxtVenue:
     def __init__(self, name: str, client: ccxt.Exchange, dialect: Dialect, redis: aioredis.Redis,
-                 account_settings: ExchangeSettings) -> None:
+                 account_settings: ExchangeSettings, commit_patience_ms: int = 1000) -> None:
         self.name, self.client, self.dialect = name, client, dialect
+        self._commit_patience_ms = commit_patience_ms
         self.account = account_settings.account
         self._redis = redis
         self._recv_window_ms = account_settings.recv_window_ms
         self._markets_at = 0.0
         self._markets_lock = asyncio.Lock()
         self._books: dict[str, tuple[float, dict]] = {}
+
+    @contextlib.contextmanager
+    def _committed(self):
+        """An operation that already spent request weight (a lookup before a create, a cancel before
+        its fetch) waits longer in the gate for its next request: giving up would repeat the first."""
+        token = PATIENCE_MS.set(max(PATIENCE_MS.get() or 0, self._commit_patience_ms))
+        try:
+            yield
+        finally:
+            PATIENCE_MS.reset(token)
 
     # --- reference data ---------------------------------------------------------------------------
     async def _ensure_markets(self) -> None:
@@ -175,7 +187,6 @@ class CcxtVenue:
                             symbol=request.symbol)
         now_ms = int(time.time() * 1000)
         key = self._sent_key(request.client_order_id)
-        previous = None
         if not await self._redis.set(key, now_ms, nx=True, ex=SENT_MARK_TTL_S):
             existing = await self.fetch(ref)  # an earlier attempt may have placed it
             if existing.status != VenueOrderStatus.NOT_FOUND:
@@ -185,6 +196,13 @@ class CcxtVenue:
                 raise VenueError(VenueErrorType.UNKNOWN_OUTCOME,
                                  "an earlier attempt may still reach the venue; looking again after its receive window")
             await self._redis.set(key, now_ms, ex=SENT_MARK_TTL_S)
+            with self._committed():
+                return await self._create(request, ref, key, previous)
+        return await self._create(request, ref, key, None)
+
+    async def _create(self, request: VenueOrderRequest, ref: VenueOrderRef, key: str,
+                      previous: str | None) -> VenueOrderReport:
+        """Send the order (its sent mark is set); `previous` is the mark to restore if nothing was sent."""
         limit = request.order_type == OrderType.LIMIT
         try:
             order = await self.client.create_order(
@@ -193,7 +211,8 @@ class CcxtVenue:
                 self.dialect.order_params(request.client_order_id, request.time_in_force.value if limit else None))
         except (ccxt.BaseError, VenueError) as error:
             if isinstance(error, ccxt.BaseError) and self.dialect.is_duplicate(error):
-                existing = await self.fetch(ref)
+                with self._committed():
+                    existing = await self.fetch(ref)
                 if existing.status == VenueOrderStatus.NOT_FOUND:
                     raise VenueError(VenueErrorType.UNKNOWN_OUTCOME, f"duplicate client id but no order: {error}") from None
                 return existing
@@ -201,9 +220,10 @@ class CcxtVenue:
             if failure.kind in NOTHING_SENT:  # the mark must not make the next attempt wait for nothing
                 await (self._redis.set(key, previous, ex=SENT_MARK_TTL_S) if previous else self._redis.delete(key))
             raise failure from None
-        if order.get("status") is None:  # an acknowledgement only (Bybit): ask for the order's state
-            return await self.fetch(ref)
-        return await self._report(order, request.symbol, request.client_order_id)
+        with self._committed():
+            if order.get("status") is None:  # an acknowledgement only (Bybit): ask for the order's state
+                return await self.fetch(ref)
+            return await self._report(order, request.symbol, request.client_order_id)
 
     async def fetch(self, ref: VenueOrderRef) -> VenueOrderReport:
         await self._ccxt_market(ref.symbol)
@@ -214,7 +234,8 @@ class CcxtVenue:
         if order is None:
             return VenueOrderReport(exchange=self.name, client_order_id=ref.client_order_id, symbol=ref.symbol,
                                     status=VenueOrderStatus.NOT_FOUND)
-        return await self._report(order, ref.symbol, ref.client_order_id)
+        with self._committed():
+            return await self._report(order, ref.symbol, ref.client_order_id)
 
     async def cancel(self, ref: VenueOrderRef) -> VenueOrderReport:
         await self._ccxt_market(ref.symbol)
@@ -224,7 +245,8 @@ class CcxtVenue:
             pass  # already finished (filled, cancelled) or never placed: the lookup below says which
         except ccxt.BaseError as error:
             raise self._write_error(error, "cancel") from None
-        report = await self.fetch(ref)  # the cancel's answer lacks the fills; the order has them all
+        with self._committed():
+            report = await self.fetch(ref)  # the cancel's answer lacks the fills; the order has them all
         if report.status == VenueOrderStatus.NOT_FOUND:
             raise VenueError(VenueErrorType.NOT_FOUND, f"{self.name} has no order {ref.client_order_id}")
         return report
@@ -237,14 +259,15 @@ class CcxtVenue:
         if current.status not in (VenueOrderStatus.NEW, VenueOrderStatus.PARTIALLY_FILLED):
             raise VenueError(VenueErrorType.REJECTED, f"order is {current.status.value}")
         order = {"symbol": request.symbol, "clientOrderId": request.client_order_id}
-        try:
-            await self.dialect.amend(self.client, order, str(request.quantity) if request.quantity else None,
-                                     str(request.limit_price) if request.limit_price else None)
-        except ccxt.OrderNotFound as error:
-            raise VenueError(VenueErrorType.REJECTED, f"amend refused, order no longer open: {error}") from None
-        except ccxt.BaseError as error:
-            raise self._write_error(error, "amend") from None
-        return await self.fetch(ref)
+        with self._committed():
+            try:
+                await self.dialect.amend(self.client, order, str(request.quantity) if request.quantity else None,
+                                         str(request.limit_price) if request.limit_price else None)
+            except ccxt.OrderNotFound as error:
+                raise VenueError(VenueErrorType.REJECTED, f"amend refused, order no longer open: {error}") from None
+            except ccxt.BaseError as error:
+                raise self._write_error(error, "amend") from None
+            return await self.fetch(ref)
 
     async def fetch_open(self, account: str, symbols: list[str] | None = None) -> list[VenueOrderReport]:
         """All open orders of the account in one call (Bybit: one per 50), without their trades:
@@ -364,5 +387,7 @@ def build_ccxt_adapters(settings: Settings, redis: aioredis.Redis) -> list[CcxtV
         account = direct.account(name)
         client = build_client(name, account)
         client.gate = VenueGate(redis, name, account.account, _gate_limits(settings, client, account))
-        adapters.append(CcxtVenue(name, client, DIALECTS[name], redis, account))
+        # Inside the workflow's venue-call timeout, with room left for the request itself.
+        commit_patience_ms = max(200, settings.orders.execution_timeout_ms // 2)
+        adapters.append(CcxtVenue(name, client, DIALECTS[name], redis, account, commit_patience_ms))
     return adapters

@@ -2,7 +2,8 @@
 
 `BenchStack` writes a config (config/local.yaml with free ports, a temp DuckDB, the overrides a
 benchmark asks for), starts a Temporal dev server, a redis-server and worker processes, each in
-its own process group, and kills them all on exit. Process figures (RSS, CPU) come from psutil.
+its own process group, and kills them all on exit (TOM_BENCH_KEEP=1 keeps their logs and state
+directory). Process figures (RSS, CPU) come from psutil.
 """
 from __future__ import annotations
 
@@ -129,7 +130,10 @@ class BenchStack:
     def stop(self) -> None:
         for name in list(self.procs)[::-1]:
             self.kill(name, signal.SIGTERM if name.startswith("worker") else signal.SIGKILL)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if os.environ.get("TOM_BENCH_KEEP"):  # keep the logs and state of the run for inspection
+            print(f"bench: kept {self.dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> "BenchStack":
         return self

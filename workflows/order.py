@@ -68,6 +68,7 @@ NOTHING_SENT = {VenueErrorType.TRANSIENT.value, VenueErrorType.RATE_LIMITED.valu
 # The venue asked us to stay away (429/418) or its breaker is open: wait as long as told, durably,
 # without spending a retry attempt, up to the order's max_venue_wait_s in all.
 VENUE_BUSY = {VenueErrorType.RATE_LIMITED.value, VenueErrorType.CIRCUIT_OPEN.value}
+BUSY_WAIT_MAX_S = 30.0
 RECONCILE_BACKOFF_MAX = timedelta(seconds=10)
 HISTORY_BOUND = 2_000  # events; continue-as-new before this (or when the server suggests it)
 # Fill tracking: the per-account poller (workers/poller.py) pushes venue changes as `venue_update`
@@ -323,7 +324,7 @@ class OrderWorkflow:
         params = self._state.context.params
         attempts = params.retry_attempts + 1 if attempts is None else attempts
         delay = timedelta(milliseconds=max(params.retry_delay_ms, 1))
-        attempt = 1
+        attempt, busy = 1, 0
         while True:
             try:
                 return await workflow.execute_local_activity(
@@ -335,11 +336,16 @@ class OrderWorkflow:
             except VENUE_ERRORS as error:
                 kind = _error_type(error)
                 pause = _retry_after_s(error) if kind in VENUE_BUSY else None
-                if pause is not None and self._state.venue_wait_s + pause <= self._state.context.max_venue_wait_s:
-                    workflow.logger.info("%s: venue busy (%s), waiting %.3f s", activity, kind, pause)
-                    self._state.venue_wait_s += pause
-                    await workflow.sleep(timedelta(seconds=pause))
-                    continue
+                if pause is not None:
+                    # At least as long as asked; longer, and spread out, the longer it lasts, so
+                    # that thousands of waiting orders do not come back all at once.
+                    wait = min(max(pause, pause * 2 ** busy), BUSY_WAIT_MAX_S) * (1 + workflow.random().random() / 2)
+                    if self._state.venue_wait_s + wait <= self._state.context.max_venue_wait_s:
+                        workflow.logger.info("%s: venue busy (%s), waiting %.3f s", activity, kind, wait)
+                        self._state.venue_wait_s += wait
+                        busy += 1
+                        await workflow.sleep(timedelta(seconds=wait))
+                        continue
                 if kind not in NOTHING_SENT or attempt >= attempts:
                     raise
                 workflow.logger.info("%s attempt %d failed (%s), retrying in %s", activity, attempt, kind, delay)
