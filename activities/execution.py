@@ -10,10 +10,13 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
+from datetime import datetime, timezone
+
 from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.limits import DailyOrderDecision, DailyOrderLimit, DailyOrderReservation
 from activities.venues import VenueError, VenueRegistry
 from config.settings import AccountLimits, OrderParams, Settings
 from oms.generation import route
@@ -43,6 +46,9 @@ class OrderContext(BaseModel):
     estimated_slippage_bps: Decimal | None = None
     problem: str | None = None  # unknown exchange or symbol: the order will be denied with this
     max_venue_wait_s: float = 600.0  # total wait on a paused venue or an open breaker before failing
+    # The daily-cap slot taken here, saving the order a round trip; released if the order never goes out.
+    daily_reservation: DailyOrderReservation | None = None
+    daily_decision: DailyOrderDecision | None = None
     rerouted_from: str | None = None  # the routed venue's breaker was open: this order went elsewhere
 
 
@@ -55,9 +61,10 @@ def to_application_error(error: VenueError) -> ApplicationError:
 
 
 class ExecutionActivities:
-    def __init__(self, registry: VenueRegistry, settings: Settings) -> None:
+    def __init__(self, registry: VenueRegistry, settings: Settings, daily_limit: DailyOrderLimit | None = None) -> None:
         self._registry = registry
         self._settings = settings
+        self._daily_limit = daily_limit
 
     async def _call(self, exchange: str, method: str, *args):
         try:
@@ -87,6 +94,11 @@ class ExecutionActivities:
                 return context.model_copy(update={"problem": str(error)})
             raise to_application_error(error) from None
         update: dict = {"market": market}
+        if self._daily_limit is not None:
+            reservation = DailyOrderReservation(
+                account=f"{exchange}:{getattr(adapter, 'account', 'default')}", order_id=activity.info().workflow_id,
+                day=datetime.now(timezone.utc).strftime("%Y-%m-%d"), limit=s.account_limits.max_daily_orders)
+            update.update(daily_reservation=reservation, daily_decision=await self._daily_limit.reserve(reservation))
         if quote is not None:
             update.update(bid=quote.bid, ask=quote.ask)
             estimate = getattr(adapter, "estimate_slippage_bps", None)

@@ -32,12 +32,33 @@ class DailyOrderDecision(BaseModel):
     count: int
 
 
-class AccountLimitActivities:
+def daily_orders_key(request: DailyOrderReservation) -> str:
+    return f"limits:daily_orders:{request.account}:{request.day}"
+
+
+class DailyOrderLimit:
+    """The shared daily cap: reserve a slot for an order (idempotent), release it if it never went out."""
+
     def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
         self._reserve = redis.register_script(_RESERVE)
+
+    async def reserve(self, request: DailyOrderReservation) -> DailyOrderDecision:
+        allowed, count = await self._reserve(keys=[daily_orders_key(request)],
+                                             args=[request.order_id, request.limit, 2 * 86400])
+        return DailyOrderDecision(allowed=bool(allowed), count=int(count))
+
+    async def release(self, request: DailyOrderReservation, client=None) -> None:
+        await (client or self._redis).srem(daily_orders_key(request), request.order_id)
+
+
+class AccountLimitActivities:
+    """The reservation as its own activity: what orders started before it moved into prepare_order
+    replay against (see OrderWorkflow, patch `reserve-in-prepare`)."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._limit = DailyOrderLimit(redis)
 
     @activity.defn(name="reserve_daily_order")
     async def reserve_daily_order(self, request: DailyOrderReservation) -> DailyOrderDecision:
-        key = f"limits:daily_orders:{request.account}:{request.day}"
-        allowed, count = await self._reserve(keys=[key], args=[request.order_id, request.limit, 2 * 86400])
-        return DailyOrderDecision(allowed=bool(allowed), count=int(count))
+        return await self._limit.reserve(request)

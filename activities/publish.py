@@ -6,6 +6,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 from temporalio import activity
 
+from activities.limits import DailyOrderLimit, DailyOrderReservation
 from activities.streams import StreamPublisher
 from config.settings import Settings
 from oms.events import (
@@ -26,6 +27,7 @@ class OrderProgress(BaseModel):
     snapshot: OrderSnapshot
     events: list[OrderEvent] = Field(default_factory=list)
     fills: list[Fill] = Field(default_factory=list)
+    release_daily: DailyOrderReservation | None = None  # the order ended without going out: free its slot
 
 
 class PublishActivities:
@@ -33,6 +35,7 @@ class PublishActivities:
         self._redis = redis
         self._cache = settings.order_cache
         self._streams = StreamPublisher(redis)
+        self._daily_limit = DailyOrderLimit(redis)
 
     @activity.defn(name="record_progress")
     async def record_progress(self, progress: OrderProgress) -> int:
@@ -47,6 +50,8 @@ class PublishActivities:
             # The batched poller finds an order's workflow from the venue's client order id.
             pipe.set(client_order_key(progress.snapshot.client_order_id), progress.snapshot.order_id,
                      ex=CLIENT_ID_TTL_S)
+            if progress.release_daily is not None:
+                await self._daily_limit.release(progress.release_daily, client=pipe)
             if self._cache.enabled:
                 pipe.set(order_cache_key(progress.snapshot.order_id), progress.snapshot.model_dump_json(),
                          ex=self._cache.ttl)

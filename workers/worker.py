@@ -16,7 +16,7 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.execution import ExecutionActivities
-from activities.limits import AccountLimitActivities
+from activities.limits import AccountLimitActivities, DailyOrderLimit
 from activities.publish import PublishActivities
 from activities.venue_sim import SimulatedVenue
 from activities.venues import VenueRegistry
@@ -48,7 +48,7 @@ async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegi
 async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis,
                        registry: VenueRegistry | None = None, max_concurrent: int | None = None) -> Worker:
     registry = registry or await build_registry(settings, redis)
-    execution = ExecutionActivities(registry, settings)
+    execution = ExecutionActivities(registry, settings, DailyOrderLimit(redis))
     limits = AccountLimitActivities(redis)
     publish = PublishActivities(redis, settings)
     concurrency = max_concurrent or 500

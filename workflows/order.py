@@ -80,6 +80,7 @@ POLL_FIRST = timedelta(minutes=5)
 POLL_AFTER_FILL = timedelta(seconds=5)
 POLL_MAX = timedelta(minutes=30)
 RECONCILE_ATTEMPTS = 20
+RESERVED_IN_PREPARE = "reserve-in-prepare"  # workflow.patched id: the daily reservation moved into prepare_order
 OPEN_AT_VENUE = (VenueOrderStatus.NEW, VenueOrderStatus.PARTIALLY_FILLED)
 LOCAL_TASK_TIMEOUT = timedelta(seconds=30)
 LOCAL_RETRY_THRESHOLD = timedelta(seconds=5)
@@ -281,12 +282,15 @@ class OrderWorkflow:
             return
         denial = validate_order(instruction, signal.side, context.market, context.limits, workflow.now())
         if denial is None:
-            decision: DailyOrderDecision = await workflow.execute_local_activity(
-                "reserve_daily_order",
-                DailyOrderReservation(account=f"{context.exchange}:{context.account}", order_id=snap.order_id,
-                                      day=workflow.now().strftime("%Y-%m-%d"), limit=context.limits.max_daily_orders),
-                result_type=DailyOrderDecision, start_to_close_timeout=timedelta(seconds=10),
-            )
+            if context.daily_decision is not None and workflow.patched(RESERVED_IN_PREPARE):
+                decision = context.daily_decision  # taken by prepare_order: one round trip fewer
+            else:  # orders started before that change replay their own reservation call
+                decision = await workflow.execute_local_activity(
+                    "reserve_daily_order",
+                    DailyOrderReservation(account=f"{context.exchange}:{context.account}", order_id=snap.order_id,
+                                          day=workflow.now().strftime("%Y-%m-%d"), limit=context.limits.max_daily_orders),
+                    result_type=DailyOrderDecision, start_to_close_timeout=timedelta(seconds=10),
+                )
             if not decision.allowed:
                 denial = Denial(reason=DenialReason.DAILY_ORDER_LIMIT,
                                 message=f"max_daily_orders {context.limits.max_daily_orders} reached")
@@ -628,11 +632,23 @@ class OrderWorkflow:
             for i, t in enumerate(new)
         ]
         await workflow.execute_local_activity(
-            "record_progress", OrderProgress(snapshot=snap, events=events, fills=fills),
+            "record_progress", OrderProgress(snapshot=snap, events=events, fills=fills,
+                                             release_daily=self._unused_daily_slot()),
             start_to_close_timeout=timedelta(seconds=10),
             retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_interval=timedelta(seconds=5)),
         )
         self._state.published_transitions = len(snap.transitions)
+
+    def _unused_daily_slot(self) -> DailyOrderReservation | None:
+        """prepare_order reserved a daily-cap slot, and the order ended without ever going out."""
+        context, snap = self._state.context, self._state.snapshot
+        if context is None or context.daily_reservation is None:
+            return None
+        if context.daily_decision is None or not context.daily_decision.allowed:
+            return None
+        if not snap.is_terminal or any(t.state == S.SUBMITTED for t in snap.transitions):
+            return None
+        return context.daily_reservation
 
     async def _wait(self, condition, timeout: timedelta) -> bool:
         """True if `condition` came true before `timeout`."""
