@@ -1,7 +1,7 @@
 """Signal-to-venue latency: a signal published on the `signals` stream to the order stored by the
 simulated venue, at a steady offered rate, against a bare asyncio baseline in the same run.
 
-    python -m bench.latency [--orders 1000] [--rate 50]
+    python -m bench.latency [--orders 1000] [--rate 20]
 
 Durable path: one `tom worker --with-consumer` process (the consumer shares the worker's client, so
 workflow starts are eager and the first workflow task runs in the same process; validation and
@@ -117,7 +117,8 @@ async def run(orders: int, rate: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.latency")
     parser.add_argument("--orders", type=int, default=1000)
-    parser.add_argument("--rate", type=float, default=50.0, help="signals per second, steady")
+    parser.add_argument("--rate", type=float, default=20.0,
+                        help="signals per second, steady (well inside capacity: see bench.throughput)")
     args = parser.parse_args()
     emit(asyncio.run(run(args.orders, args.rate)))
 
