@@ -136,6 +136,8 @@ class BenchStack:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> "BenchStack":
+        # A benchmark stopped with SIGTERM (timeout, kill) still stops what it started.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         return self
 
     def __exit__(self, *exc) -> None:
