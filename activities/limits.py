@@ -53,8 +53,8 @@ class DailyOrderLimit:
 
 
 class AccountLimitActivities:
-    """The reservation as its own activity: what orders started before it moved into prepare_order
-    replay against (see OrderWorkflow, patch `reserve-in-prepare`)."""
+    """The reservation as its own activity: what orders prepared before it moved into prepare_order
+    replay against (their recorded OrderContext has no daily_decision)."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._limit = DailyOrderLimit(redis)

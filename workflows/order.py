@@ -80,7 +80,6 @@ POLL_FIRST = timedelta(minutes=5)
 POLL_AFTER_FILL = timedelta(seconds=5)
 POLL_MAX = timedelta(minutes=30)
 RECONCILE_ATTEMPTS = 20
-RESERVED_IN_PREPARE = "reserve-in-prepare"  # workflow.patched id: the daily reservation moved into prepare_order
 OPEN_AT_VENUE = (VenueOrderStatus.NEW, VenueOrderStatus.PARTIALLY_FILLED)
 LOCAL_TASK_TIMEOUT = timedelta(seconds=30)
 LOCAL_RETRY_THRESHOLD = timedelta(seconds=5)
@@ -282,9 +281,11 @@ class OrderWorkflow:
             return
         denial = validate_order(instruction, signal.side, context.market, context.limits, workflow.now())
         if denial is None:
-            if context.daily_decision is not None and workflow.patched(RESERVED_IN_PREPARE):
-                decision = context.daily_decision  # taken by prepare_order: one round trip fewer
-            else:  # orders started before that change replay their own reservation call
+            # prepare_order took the slot (one round trip fewer). Its recorded answer decides the
+            # branch, so orders prepared before it did so replay their own reservation call.
+            if context.daily_decision is not None:
+                decision = context.daily_decision
+            else:
                 decision = await workflow.execute_local_activity(
                     "reserve_daily_order",
                     DailyOrderReservation(account=f"{context.exchange}:{context.account}", order_id=snap.order_id,
