@@ -27,7 +27,7 @@ _LAST_ANSWER: contextvars.ContextVar[tuple[int, dict, str] | None] = contextvars
 RATE_LIMIT_ERRORS = (ccxt.DDoSProtection, ccxt.RateLimitExceeded)
 
 
-def _nothing_sent(error: BaseException) -> bool:
+def is_nothing_sent(error: BaseException) -> bool:
     """True when the connection could not even be opened: the venue cannot have seen the request."""
     return isinstance(error.__cause__, aiohttp.ClientConnectorError)
 
@@ -80,6 +80,3 @@ class GatedBybit(GatedMixin, ccxt.bybit):
 
 CLIENT_CLASSES: dict[str, type] = {"binance": GatedBinance, "bybit": GatedBybit}
 
-
-def is_nothing_sent(error: BaseException) -> bool:
-    return _nothing_sent(error)

@@ -7,10 +7,8 @@ parameters and limits, the route, the market's constraints and its current price
 """
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-
-from datetime import datetime, timezone
 
 from pydantic import BaseModel
 from temporalio import activity

@@ -36,6 +36,7 @@ from activities.venues import VenueError
 from config.settings import ExchangeSettings, Settings
 from oms.models import OrderType, Side
 from oms.venue import (
+    OPEN_STATUSES,
     MarketInfo,
     MarketQuote,
     VenueAmendRequest,
@@ -95,14 +96,18 @@ class CcxtVenue:
         self._books: dict[str, tuple[float, dict]] = {}
 
     @contextlib.contextmanager
-    def _committed(self):
-        """An operation that already spent request weight (a lookup before a create, a cancel before
-        its fetch) waits longer in the gate for its next request: giving up would repeat the first."""
-        token = PATIENCE_MS.set(max(PATIENCE_MS.get() or 0, self._commit_patience_ms))
+    def _patience(self, ms: int):
+        """Let this task's requests wait up to `ms` in the gate (never less than they already may)."""
+        token = PATIENCE_MS.set(max(PATIENCE_MS.get() or 0, ms))
         try:
             yield
         finally:
             PATIENCE_MS.reset(token)
+
+    def _committed(self):
+        """An operation that already spent request weight (a lookup before a create, a cancel before
+        its fetch) waits longer in the gate for its next request: giving up would repeat the first."""
+        return self._patience(self._commit_patience_ms)
 
     # --- reference data ---------------------------------------------------------------------------
     async def _ensure_markets(self) -> None:
@@ -256,7 +261,7 @@ class CcxtVenue:
             raise VenueError(VenueErrorType.UNSUPPORTED, f"{self.name}: amend by cancel-and-replace")
         ref = VenueOrderRef(**request.model_dump(include={"exchange", "account", "client_order_id", "symbol"}))
         current = await self.fetch(ref)
-        if current.status not in (VenueOrderStatus.NEW, VenueOrderStatus.PARTIALLY_FILLED):
+        if current.status not in OPEN_STATUSES:
             raise VenueError(VenueErrorType.REJECTED, f"order is {current.status.value}")
         order = {"symbol": request.symbol, "clientOrderId": request.client_order_id}
         with self._committed():
@@ -273,13 +278,11 @@ class CcxtVenue:
         """All open orders of the account in one call (Bybit: one per 50), without their trades:
         `fills_complete` is false, so a workflow that sees more filled fetches its order in full."""
         await self._ensure_markets()
-        patience = PATIENCE_MS.set(POLL_PATIENCE_MS)  # no order waits on this call: it may queue
         try:
-            orders = await self.dialect.open_orders(self.client)
+            with self._patience(POLL_PATIENCE_MS):  # no order waits on this call: it may queue
+                orders = await self.dialect.open_orders(self.client)
         except ccxt.BaseError as error:
             raise self._read_error(error) from None
-        finally:
-            PATIENCE_MS.reset(patience)
         reports = []
         for order in orders:
             if not order.get("clientOrderId") or (symbols and order.get("symbol") not in symbols):

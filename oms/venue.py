@@ -36,6 +36,10 @@ class VenueOrderStatus(StrEnum):
     NOT_FOUND = "not_found"  # the venue never received it (reconciliation answer)
 
 
+# Still working at the venue: it can fill, be cancelled or amended.
+OPEN_STATUSES = frozenset({VenueOrderStatus.NEW, VenueOrderStatus.PARTIALLY_FILLED})
+
+
 class MarketInfo(BaseModel):
     """Exchange constraints of one symbol (from ccxt markets or the simulated venue)."""
 

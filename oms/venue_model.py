@@ -24,12 +24,11 @@ from pydantic import BaseModel, Field
 from config.settings import SimulationSettings
 from oms.markets import base_price, level_notional, simulated_market
 from oms.models import OrderType, Side, TimeInForce
-from oms.venue import MarketInfo, VenueFill, VenueOrderReport, VenueOrderRequest, VenueOrderStatus
+from oms.venue import OPEN_STATUSES, MarketInfo, VenueFill, VenueOrderReport, VenueOrderRequest, VenueOrderStatus
 
 HALF_SPREAD = Decimal("0.00005")  # 0.5 bp each side of mid
 LEVEL_GAP = Decimal("0.0001")  # 1 bp between book levels
 MAX_CATCH_UP = timedelta(days=30)  # a resting order is evaluated at most this far back
-OPEN_STATUSES = (VenueOrderStatus.NEW, VenueOrderStatus.PARTIALLY_FILLED)
 
 
 class SimOrder(BaseModel):

@@ -21,7 +21,7 @@ from temporalio.service import RPCError
 
 from activities.venues import VenueError, VenueRegistry
 from oms.events import client_order_key
-from oms.venue import VenueOrderRef, VenueOrderReport
+from oms.venue import OPEN_STATUSES, VenueOrderRef, VenueOrderReport
 
 log = logging.getLogger("tom.poller")
 LEASE_S = 10
@@ -77,7 +77,7 @@ class AccountPoller:
                                 symbol=self._symbols[gone])
             reports[gone] = await adapter.fetch(ref)
         changed = [r for cid, r in reports.items() if self._seen.get(cid) != _fingerprint(r)]
-        self._seen = {cid: _fingerprint(r) for cid, r in reports.items() if r.status.value in ("new", "partially_filled")}
+        self._seen = {cid: _fingerprint(r) for cid, r in reports.items() if r.status in OPEN_STATUSES}
         self._symbols = {cid: r.symbol for cid, r in reports.items() if cid in self._seen}
         sent = 0
         for report in changed:

@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
     from oms.states import apply, apply_fill
     from oms.validation import Denial, DenialReason, validate_order
     from oms.venue import (
+        OPEN_STATUSES,
         VenueAmendRequest,
         VenueErrorType,
         VenueOrderRef,
@@ -80,7 +81,6 @@ POLL_FIRST = timedelta(minutes=5)
 POLL_AFTER_FILL = timedelta(seconds=5)
 POLL_MAX = timedelta(minutes=30)
 RECONCILE_ATTEMPTS = 20
-OPEN_AT_VENUE = (VenueOrderStatus.NEW, VenueOrderStatus.PARTIALLY_FILLED)
 LOCAL_TASK_TIMEOUT = timedelta(seconds=30)
 LOCAL_RETRY_THRESHOLD = timedelta(seconds=5)
 
@@ -344,7 +344,7 @@ class OrderWorkflow:
                 if pause is not None:
                     # At least as long as asked; longer, and spread out, the longer it lasts, so
                     # that thousands of waiting orders do not come back all at once.
-                    wait = min(max(pause, pause * 2 ** busy), BUSY_WAIT_MAX_S) * (1 + workflow.random().random() / 2)
+                    wait = max(pause, min(pause * 2 ** busy, BUSY_WAIT_MAX_S)) * (1 + workflow.random().random() / 2)
                     if self._state.venue_wait_s + wait <= self._state.context.max_venue_wait_s:
                         workflow.logger.info("%s: venue busy (%s), waiting %.3f s", activity, kind, wait)
                         self._state.venue_wait_s += wait
@@ -453,7 +453,7 @@ class OrderWorkflow:
             # Pushed by the account poller; each report has the whole order, so the latest one wins.
             report, self._state.venue_updates = self._state.venue_updates[-1], []
             if not report.fills_complete and (report.filled_quantity > snap.filled_quantity
-                                              or report.status not in OPEN_AT_VENUE):
+                                              or report.status not in OPEN_STATUSES):
                 report = await self._fetch_quietly()  # listed without its trades: fetch them
                 if report is None:
                     return
@@ -605,7 +605,7 @@ class OrderWorkflow:
             apply(snap, cancel_target, workflow.now(), reason or report.reason or "cancelled at the venue")
         elif status == VenueOrderStatus.EXPIRED and not snap.is_terminal:
             apply(snap, S.EXPIRED, workflow.now(), report.reason or "expired at the venue")
-        elif status in (VenueOrderStatus.NEW, VenueOrderStatus.PARTIALLY_FILLED) and snap.state in (
+        elif status in OPEN_STATUSES and snap.state in (
                 S.PENDING_CANCEL, S.UNKNOWN):
             # The cancel did not take (yet), or reconciliation found the order live.
             apply(snap, S.PARTIALLY_FILLED if snap.filled_quantity > 0 else S.ACCEPTED, workflow.now(), None)
