@@ -51,27 +51,28 @@ if state ~= 'closed' then
   if probe_until > now then return {'open', probe_until - now} end
   verdict = 'probe'
 end
-local wait = 0
-local window = tonumber(ARGV[3])
-if ARGV[1] == '1' then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
-  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then
-    local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-    wait = tonumber(oldest[2]) + window - now + 1
-  end
-end
-if wait > 0 then return {'wait', math.ceil(wait)} end
 -- Weight is reserved in arrival order: a heavy request that fits the caller's patience takes its
--- place in the queue now (later light ones wait behind it) and is sent after `send_in`.
+-- place in the queue now (later light ones wait behind it) and is sent after `send_in`. Send times
+-- only grow with each admission, so every order already planned is at or before this one's.
 local rate = tonumber(ARGV[5])
 local tat = tonumber(redis.call('GET', KEYS[3]) or '0')
 if tat < now then tat = now end
 local new_tat = tat + tonumber(ARGV[4]) / rate
-local send_in = math.max(0, new_tat - tonumber(ARGV[6]) / rate - now)
-if send_in > tonumber(ARGV[9]) then return {'wait', math.ceil(send_in)} end
+local send_in = math.ceil(math.max(0, new_tat - tonumber(ARGV[6]) / rate - now))
+local window = tonumber(ARGV[3])
 if ARGV[1] == '1' then
-  redis.call('ZADD', KEYS[2], now, ARGV[7])
-  redis.call('PEXPIRE', KEYS[2], window * 2)
+  -- An order counts when it is sent, not when it is admitted: check the window ending then.
+  local at = now + send_in
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+  local planned = redis.call('ZRANGEBYSCORE', KEYS[2], string.format('(%d', at - window), '+inf', 'WITHSCORES')
+  if #planned / 2 >= tonumber(ARGV[2]) then
+    return {'wait', math.max(send_in, tonumber(planned[2]) + window - now + 1)}
+  end
+end
+if send_in > tonumber(ARGV[9]) then return {'wait', send_in} end
+if ARGV[1] == '1' then
+  redis.call('ZADD', KEYS[2], now + send_in, ARGV[7])
+  redis.call('PEXPIRE', KEYS[2], window * 2 + send_in)
 end
 redis.call('SET', KEYS[3], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
 if verdict == 'probe' then

@@ -159,3 +159,18 @@ async def test_a_heavy_request_keeps_its_place_against_a_stream_of_light_ones(re
     assert "heavy" in order and "light" not in order[: order.index("heavy")]  # nothing overtook it
     assert order.count("refused") == 10  # behind it, they would wait longer than their patience
     assert 0.7 < time.monotonic() - started < 1.5  # 16 weight at 20 per second
+
+
+async def test_orders_count_when_they_are_sent_not_when_admitted(redis):
+    """An order admitted now but sent later (its request weight is queued) must count in the window
+    it is sent in, or sends delayed by weight bunch up into one window."""
+    gate = VenueGate(redis, "binance", "acct", limits(orders=3, window_ms=1000, weight_per_s=5.0))
+    await gate.admit(RequestKind.OTHER, 5)  # the weight bucket is empty: each order waits 200 ms more
+    sent: list[float] = []
+
+    async def place() -> None:
+        await gate.admit(RequestKind.ORDER, 1)
+        sent.append(time.monotonic())
+
+    await asyncio.gather(*(place() for _ in range(8)))
+    assert len(sent) == 8 and max_in_window(sorted(sent), 1.0) <= 3
