@@ -217,6 +217,9 @@ class OrderSnapshot(BaseModel):
     venue_order_id: str | None = None
     expire_at: datetime | None = None
     intent: Intent = Intent.ENTRY
+    # Outcomes the transition table did not foresee (oms.states.record_unforeseen): how many, the last.
+    anomalies: int = 0
+    last_anomaly: str | None = None
 
     @property
     def is_terminal(self) -> bool:

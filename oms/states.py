@@ -14,29 +14,33 @@ from oms.models import Fill, OrderSnapshot, OrderState, Transition
 S = OrderState
 
 TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
+    # Nothing has reached a venue yet: an unforeseen outcome here ends `failed`, never `unknown`.
     S.CREATED: frozenset({S.VALIDATED, S.DENIED, S.CANCELLED, S.FAILED}),
     S.VALIDATED: frozenset({S.SUBMITTED, S.DENIED, S.CANCELLED, S.EXPIRED, S.FAILED}),
+    # An amend can arrive before the venue's acknowledgement; a cancel can be answered at once.
     S.SUBMITTED: frozenset(
         {S.ACCEPTED, S.PARTIALLY_FILLED, S.FILLED, S.REJECTED, S.UNKNOWN, S.CANCELLED,
-         S.PENDING_CANCEL, S.EXPIRED, S.FAILED}
+         S.PENDING_CANCEL, S.PENDING_AMEND, S.EXPIRED, S.FAILED}
     ),
+    # rejected / failed from a live order: a cancel-and-replace replacement refused or never sent,
+    # or a venue that refuses late (QuantConnect's `invalid` after its acknowledgement).
     S.ACCEPTED: frozenset(
         {S.PARTIALLY_FILLED, S.FILLED, S.PENDING_CANCEL, S.PENDING_AMEND, S.CANCELLED,
-         S.EXPIRED, S.UNKNOWN}
+         S.EXPIRED, S.UNKNOWN, S.REJECTED, S.FAILED}
     ),
     S.PARTIALLY_FILLED: frozenset(
         {S.PARTIALLY_FILLED, S.FILLED, S.PENDING_CANCEL, S.PENDING_AMEND, S.CANCELLED,
-         S.EXPIRED, S.UNKNOWN}
+         S.EXPIRED, S.UNKNOWN, S.REJECTED, S.FAILED}
     ),
     # A cancel can lose the race against a fill: filled (or partially) is a legal outcome.
     S.PENDING_CANCEL: frozenset(
-        {S.CANCELLED, S.FILLED, S.PARTIALLY_FILLED, S.ACCEPTED, S.EXPIRED, S.UNKNOWN}
+        {S.CANCELLED, S.FILLED, S.PARTIALLY_FILLED, S.ACCEPTED, S.EXPIRED, S.UNKNOWN, S.REJECTED}
     ),
     # An amend ends back in accepted / partially_filled (applied or refused by the venue),
-    # or the order fills or ends meanwhile.
+    # or the order fills or ends meanwhile; its replacement can be refused.
     S.PENDING_AMEND: frozenset(
         {S.ACCEPTED, S.PARTIALLY_FILLED, S.FILLED, S.PENDING_CANCEL, S.CANCELLED, S.EXPIRED,
-         S.UNKNOWN}
+         S.UNKNOWN, S.REJECTED, S.FAILED}
     ),
     # Reconciliation resolves unknown to whatever the venue says; `submitted` only once the venue
     # has confirmed it never received the order.
@@ -57,8 +61,9 @@ LATE_FILL_STATES = frozenset({S.CANCELLED, S.EXPIRED, S.PENDING_CANCEL})
 
 
 class IllegalTransition(Exception):
-    def __init__(self, current: OrderState, target: OrderState) -> None:
-        super().__init__(f"illegal order transition {current.value} -> {target.value}")
+    def __init__(self, current: OrderState, target: OrderState, detail: str | None = None) -> None:
+        super().__init__(f"illegal order transition {current.value} -> {target.value}"
+                         + (f": {detail}" if detail else ""))
         self.current = current
         self.target = target
 
@@ -103,6 +108,9 @@ def apply_fill(order: OrderSnapshot, fill: Fill, seen_fill_ids: set[str]) -> boo
         return False
     if not order.state_allows_fill() and order.state not in LATE_FILL_STATES:
         raise IllegalTransition(order.state, S.PARTIALLY_FILLED)
+    if order.filled_quantity + fill.quantity > order.quantity:
+        raise IllegalTransition(order.state, S.FILLED, f"fill {fill.fill_id} of {fill.quantity} would take "
+                                f"the filled quantity {order.filled_quantity} past the order's {order.quantity}")
     seen_fill_ids.add(fill.fill_id)
     notional = (order.average_fill_price or Decimal(0)) * order.filled_quantity
     order.filled_quantity += fill.quantity
@@ -116,3 +124,29 @@ def apply_fill(order: OrderSnapshot, fill: Fill, seen_fill_ids: set[str]) -> boo
         return True  # still waiting for the cancel's answer
     apply(order, target, fill.at, None)
     return True
+
+
+def record_unforeseen(order: OrderSnapshot, error: IllegalTransition, at: datetime, reason: str | None) -> None:
+    """An outcome the table did not foresee: never raised into the workflow task (which Temporal
+    would retry forever). It is counted and recorded on the order with its reason, and the order
+    goes to `unknown` to reconcile with the venue; `failed` if nothing ever reached a venue; a
+    terminal order stays as it is (its end is final), the anomaly noted."""
+    note = f"unforeseen outcome: {error}" + (f" ({reason})" if reason else "")
+    order.anomalies += 1
+    order.last_anomaly = note
+    if order.is_terminal:
+        order.updated_at = max(at, order.updated_at)
+        return
+    if order.state == S.UNKNOWN:
+        order.reason = note
+    apply(order, S.UNKNOWN if order.state not in (S.CREATED, S.VALIDATED) else S.FAILED, at, note)
+
+
+def apply_safely(order: OrderSnapshot, target: OrderState, at: datetime, reason: str | None = None) -> bool:
+    """`apply`, with an illegal transition recorded (record_unforeseen) instead of raised.
+    Returns True if the order moved to `target`."""
+    try:
+        return apply(order, target, at, reason)
+    except IllegalTransition as error:
+        record_unforeseen(order, error, at, reason)
+        return False

@@ -128,3 +128,48 @@ def test_transition_times_never_run_backwards():
     apply(snapshot, OrderState.UNKNOWN, later)
     apply(snapshot, OrderState.ACCEPTED, NOW)  # a clock read earlier than the last transition
     assert [t.at for t in snapshot.transitions][-2:] == [later, later]
+
+
+@pytest.mark.parametrize("current,target", [
+    (OrderState.ACCEPTED, OrderState.REJECTED),  # a cancel-and-replace replacement refused
+    (OrderState.PARTIALLY_FILLED, OrderState.REJECTED),
+    (OrderState.ACCEPTED, OrderState.FAILED),  # a replacement that never got out
+    (OrderState.PARTIALLY_FILLED, OrderState.FAILED),
+    (OrderState.PENDING_AMEND, OrderState.REJECTED),
+    (OrderState.PENDING_CANCEL, OrderState.REJECTED),  # QuantConnect's late `invalid`
+    (OrderState.SUBMITTED, OrderState.PENDING_AMEND),  # amend before the acknowledgement
+])
+def test_paths_the_workflow_takes_are_in_the_table(current, target):
+    assert can_transition(current, target)
+
+
+@pytest.mark.parametrize("state", sorted(set(OrderState) - TERMINAL_STATES - {OrderState.CREATED, OrderState.VALIDATED}))
+def test_every_live_state_can_fall_back_to_unknown(state):
+    assert can_transition(state, OrderState.UNKNOWN)
+
+
+def test_an_unforeseen_transition_is_recorded_counted_and_reconciled_not_raised():
+    from oms.states import apply_safely
+
+    snapshot = order(OrderState.PENDING_AMEND)
+    assert apply_safely(snapshot, OrderState.SUBMITTED, NOW, "venue said so") is False
+    assert snapshot.state == OrderState.UNKNOWN and snapshot.anomalies == 1
+    assert "pending_amend -> submitted" in snapshot.transitions[-1].reason
+    assert "venue said so" in snapshot.last_anomaly
+    # Before anything reached a venue there is nothing to reconcile: failed, with the reason.
+    fresh = order(OrderState.CREATED)
+    apply_safely(fresh, OrderState.FILLED, NOW)
+    assert fresh.state == OrderState.FAILED and fresh.anomalies == 1
+    # A terminal order keeps its end; the anomaly is still counted.
+    done = order(OrderState.FILLED)
+    apply_safely(done, OrderState.CANCELLED, NOW)
+    assert done.state == OrderState.FILLED and done.anomalies == 1 and done.transitions == []
+
+
+def test_a_fill_past_the_order_quantity_is_refused():
+    snapshot = order(OrderState.PARTIALLY_FILLED, quantity="1")
+    seen: set[str] = set()
+    apply_fill(snapshot, fill(1, "0.6"), seen)
+    with pytest.raises(IllegalTransition):
+        apply_fill(snapshot, fill(2, "0.6"), seen)
+    assert snapshot.filled_quantity == Decimal("0.6") and "order-s1:2" not in seen
