@@ -48,6 +48,9 @@ class OrderContext(BaseModel):
     daily_reservation: DailyOrderReservation | None = None
     daily_decision: DailyOrderDecision | None = None
     rerouted_from: str | None = None  # the routed venue's breaker was open: this order went elsewhere
+    # How long a request already sent can still reach the venue (its receive window plus clock margin):
+    # a "not found" is final only after it. Simulation and QuantConnect keep the ccxt default.
+    receive_window_ms: int = 6_000
 
 
 def to_application_error(error: VenueError) -> ApplicationError:
@@ -80,7 +83,9 @@ class ExecutionActivities:
             exchange, rerouted_from = await self._route_around_open_circuits(exchange)
         context = OrderContext(params=s.orders, limits=s.account_limits, mode=s.execution.mode,
                                exchange=exchange, max_venue_wait_s=s.execution.direct.max_wait_s,
-                               rerouted_from=rerouted_from)
+                               rerouted_from=rerouted_from,
+                               receive_window_ms=s.execution.direct.account(exchange).recv_window_ms + 1_000
+                               if exchange in ("binance", "bybit") else 6_000)
         if exchange not in self._registry.names:
             return context.model_copy(update={"problem": f"unknown exchange {exchange!r}"})
         adapter = self._registry.get(exchange)

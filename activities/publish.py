@@ -20,6 +20,8 @@ from oms.events import (
 )
 
 CLIENT_ID_TTL_S = 90 * 86400
+# Unforeseen order outcomes per exchange (oms.states.record_unforeseen): GET /metrics serves it.
+ANOMALIES_KEY = "metrics:order_anomalies"
 from oms.models import Fill, OrderSnapshot
 
 
@@ -28,6 +30,7 @@ class OrderProgress(BaseModel):
     events: list[OrderEvent] = Field(default_factory=list)
     fills: list[Fill] = Field(default_factory=list)
     release_daily: DailyOrderReservation | None = None  # the order ended without going out: free its slot
+    anomalies: int = 0  # outcomes the transition table did not foresee since the last progress (a metric)
 
 
 class PublishActivities:
@@ -50,6 +53,8 @@ class PublishActivities:
             # The batched poller finds an order's workflow from the venue's client order id.
             pipe.set(client_order_key(progress.snapshot.client_order_id), progress.snapshot.order_id,
                      ex=CLIENT_ID_TTL_S)
+            if progress.anomalies:
+                pipe.hincrby(ANOMALIES_KEY, progress.snapshot.exchange, progress.anomalies)
             if progress.release_daily is not None:
                 await self._daily_limit.release(progress.release_daily, client=pipe)
             if self._cache.enabled:

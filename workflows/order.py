@@ -24,7 +24,17 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError as TemporalTimeoutError
+from temporalio.exceptions import ApplicationError, is_cancelled_exception
+
+from workflows.order_release01 import Release01Paths
+from workflows.venue_errors import (
+    NOTHING_SENT,
+    VENUE_BUSY,
+    VENUE_ERRORS,
+    _error_message,
+    _error_type,
+    _retry_after_s,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.execution import OrderContext
@@ -44,7 +54,9 @@ with workflow.unsafe.imports_passed_through():
         Transition,
         client_order_id_for,
     )
-    from oms.states import apply, apply_fill
+    # `apply` here is apply_safely: an illegal transition is recorded and reconciled, never raised.
+    from oms.states import IllegalTransition, apply_fill, record_unforeseen
+    from oms.states import apply_safely as apply
     from oms.validation import Denial, DenialReason, validate_order
     from oms.venue import (
         OPEN_STATUSES,
@@ -62,15 +74,16 @@ SYMBOL = SearchAttributeKey.for_keyword("Symbol")
 EXCHANGE = SearchAttributeKey.for_keyword("Exchange")
 STRATEGY_ID = SearchAttributeKey.for_keyword("StrategyId")
 
-# A failed local activity surfaces as ActivityError, or as its ApplicationError / TimeoutError itself.
-VENUE_ERRORS = (ActivityError, ApplicationError, TemporalTimeoutError)
-# Errors after which the venue certainly holds no order: retried, then `failed`, never `unknown`.
-NOTHING_SENT = {VenueErrorType.TRANSIENT.value, VenueErrorType.RATE_LIMITED.value, VenueErrorType.CIRCUIT_OPEN.value}
-# The venue asked us to stay away (429/418) or its breaker is open: wait as long as told, durably,
-# without spending a retry attempt, up to the order's max_venue_wait_s in all.
-VENUE_BUSY = {VenueErrorType.RATE_LIMITED.value, VenueErrorType.CIRCUIT_OPEN.value}
+# Orders started before this patch keep release 0.1's tracking paths (order_release01.py) until they
+# end or continue as new; the id is recorded once, at the start of each run.
+LIFECYCLE_V2 = "order-lifecycle-v2"
 BUSY_WAIT_MAX_S = 30.0
-RECONCILE_BACKOFF_MAX = timedelta(seconds=10)
+# A cancel that did not take, an `unknown` to reconcile, a cancel-and-replace awaiting its cancel's
+# confirmation: each retry waits on a durable timer, retry_delay_ms doubling up to RETRY_BACKOFF_MAX,
+# jittered (workflow.random) so orders that failed together do not retry together. An order makes
+# at most ~log2(cap/base) + elapsed/(cap/2) such calls: bounded, whatever the venue answers.
+RETRY_BACKOFF_MAX = timedelta(minutes=5)
+CONFIRM_CANCEL_ATTEMPTS = 6  # cancel-and-replace: fetches to see the old order's final status
 HISTORY_BOUND = 2_000  # events; continue-as-new before this (or when the server suggests it)
 # Fill tracking: the per-account poller (workers/poller.py) pushes venue changes as `venue_update`
 # signals, one venue call per account per second however many orders are open. The order's own
@@ -80,7 +93,6 @@ HISTORY_BOUND = 2_000  # events; continue-as-new before this (or when the server
 POLL_FIRST = timedelta(minutes=5)
 POLL_AFTER_FILL = timedelta(seconds=5)
 POLL_MAX = timedelta(minutes=30)
-RECONCILE_ATTEMPTS = 20
 LOCAL_TASK_TIMEOUT = timedelta(seconds=30)
 LOCAL_RETRY_THRESHOLD = timedelta(seconds=5)
 
@@ -107,6 +119,13 @@ class OrderWorkflowState(BaseModel):
     venue_updates: list[VenueOrderReport] = Field(default_factory=list)
     price_collar: Decimal | None = None  # market orders go out as IOC limits at this price
     venue_wait_s: float = 0.0  # waited so far on a paused venue or an open breaker
+    venue_requests: int = 0  # venue calls made for this order, all runs (bounded by the backoffs)
+    retry_streak: int = 0  # cancel / reconcile attempts since the order was last quiet: the backoff's exponent
+    # A cancel under way (requested, or expire_at reached) ends the order in this state, whatever
+    # path (unknown, reconciliation) it takes to get there.
+    cancel_target: OrderState | None = None
+    cancel_reason: str | None = None
+    published_anomalies: int = 0
 
 
 def _initial_snapshot(signal: Signal, now: datetime) -> OrderSnapshot:
@@ -132,32 +151,8 @@ def _initial_snapshot(signal: Signal, now: datetime) -> OrderSnapshot:
     )
 
 
-def _error_type(error: BaseException) -> str:
-    """The VenueErrorType of a failed activity call, or 'timeout'."""
-    cause = error.cause if isinstance(error, ActivityError) else error
-    if isinstance(cause, TemporalTimeoutError):
-        return "timeout"
-    if isinstance(cause, ApplicationError):
-        return cause.type or VenueErrorType.TRANSIENT.value
-    return VenueErrorType.TRANSIENT.value
-
-
-def _retry_after_s(error: BaseException) -> float | None:
-    """The wait a RATE_LIMITED / CIRCUIT_OPEN error asks for (its first detail), if any."""
-    cause = error.cause if isinstance(error, ActivityError) else error
-    if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0], dict):
-        value = cause.details[0].get("retry_after_s")
-        return float(value) if value is not None else None
-    return None
-
-
-def _error_message(error: BaseException) -> str:
-    cause = error.cause if isinstance(error, ActivityError) and error.cause else error
-    return str(cause) or type(cause).__name__
-
-
 @workflow.defn(name="OrderWorkflow")
-class OrderWorkflow:
+class OrderWorkflow(Release01Paths):
     @workflow.init
     def __init__(self, order: Signal | OrderWorkflowState) -> None:
         # Started with a Signal; continued-as-new with the whole state (one argument either way:
@@ -168,7 +163,9 @@ class OrderWorkflow:
             self._state = OrderWorkflowState(signal=order, snapshot=_initial_snapshot(order, workflow.now()))
         self._seen = set(self._state.seen_fill_ids)
         self._pending_fills: list[Fill] = []
-        self._lock = asyncio.Lock()
+        self._v2 = workflow.patched(LIFECYCLE_V2)
+        self._lock = asyncio.Lock()  # release 0.1's amend_order only
+        self._handing_over = False  # continue-as-new is waiting for the handlers to return
 
     # --- public interface ----------------------------------------------------------------------
     @workflow.query(name="status")
@@ -193,8 +190,10 @@ class OrderWorkflow:
 
     @workflow.update(name="cancel_order")
     async def cancel_order(self, request: CancelRequest) -> OrderSnapshot:
+        """Returns the terminal snapshot, or the current one (a cancel still under way) when the run
+        continues as new: the request goes on in the next run's state, so it never blocks the loop."""
         self.cancel(request)
-        await workflow.wait_condition(lambda: self._state.snapshot.is_terminal)
+        await workflow.wait_condition(lambda: self._state.snapshot.is_terminal or self._handing_over)
         return self._state.snapshot
 
     @cancel_order.validator
@@ -204,6 +203,20 @@ class OrderWorkflow:
 
     @workflow.update(name="amend_order")
     async def amend_order(self, request: AmendRequest) -> OrderSnapshot:
+        if self._v2:
+            # Queued at once, carried out in order by the main loop (each sees the previous one's
+            # outcome); the loop never continues as new with an amend queued, so this always returns.
+            pending = PendingAmend(request=request, id=str(workflow.uuid4()))
+            self._state.amend_requests.append(pending)
+            await workflow.wait_condition(
+                lambda: pending.id in self._state.amend_results or self._state.snapshot.is_terminal)
+            if pending.id not in self._state.amend_results:
+                raise ApplicationError(f"order ended {self._state.snapshot.state.value} before the amend applied",
+                                       type="AmendRefused")
+            refusal = self._state.amend_results.pop(pending.id)
+            if refusal:
+                raise ApplicationError(refusal, type="AmendRefused")
+            return self._state.snapshot
         async with self._lock:  # one amend at a time: each sees the previous one's outcome
             pending = PendingAmend(request=request, id=str(workflow.uuid4()))
             self._state.amend_requests.append(pending)
@@ -239,6 +252,62 @@ class OrderWorkflow:
     # --- main flow -----------------------------------------------------------------------------
     @workflow.run
     async def run(self, order: Signal | OrderWorkflowState) -> OrderSnapshot:
+        if not self._v2:
+            return await self._run_release01()
+        try:
+            await self._work()
+        except BaseException as error:  # noqa: B036 - only a cancellation is handled here
+            if not is_cancelled_exception(error):
+                raise
+            # A Temporal cancellation request (UI, `temporal workflow cancel`, handle.cancel()): the
+            # order is cancelled at the venue. It is delivered once, so what follows runs shielded
+            # from it, and the workflow completes with the order's real end.
+            await self._after_workflow_cancellation()
+        return self._state.snapshot
+
+    async def _work(self) -> None:
+        if self._state.context is None:
+            await self._prepare_and_validate()
+        if not self._state.snapshot.is_terminal and self._state.snapshot.state == S.VALIDATED:
+            await self._wait_for_start()
+        if not self._state.snapshot.is_terminal and self._state.snapshot.state == S.VALIDATED:
+            await self._submit()
+        await self._track_until_terminal()
+
+    async def _track_until_terminal(self) -> None:
+        while not self._state.snapshot.is_terminal:
+            if self._should_continue_as_new() and not self._state.amend_requests:
+                await self._hand_over()
+            await self._track_once()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+
+    async def _hand_over(self) -> None:
+        """Continue as new once the handlers have returned: cancel_order returns at once (its request
+        travels in the state), amend_order only ever waits on a queued amend, which the loop carries
+        out first. An amend arriving meanwhile is served before trying again."""
+        self._handing_over = True
+        await workflow.wait_condition(lambda: workflow.all_handlers_finished() or bool(self._state.amend_requests))
+        self._handing_over = False
+        if not self._state.amend_requests:
+            self._state.seen_fill_ids = sorted(self._seen)
+            workflow.continue_as_new(self._state)
+
+    async def _after_workflow_cancellation(self) -> None:
+        snap = self._state.snapshot
+        if snap.is_terminal:
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            return
+        if self._state.cancel_request is None:
+            self._state.cancel_request = CancelRequest(reason="workflow cancellation requested")
+        reason = self._state.cancel_request.reason or "workflow cancellation requested"
+        if snap.state in (S.CREATED, S.VALIDATED):
+            await self._transition(S.CANCELLED, reason)  # nothing reached a venue
+        elif snap.state in (S.SUBMITTED, S.PENDING_CANCEL, S.PENDING_AMEND):
+            # The cancellation interrupted a venue call: its outcome is not known until reconciled.
+            await self._transition(S.UNKNOWN, "venue call interrupted by the workflow cancellation")
+        await self._track_until_terminal()
+
+    async def _run_release01(self) -> OrderSnapshot:
         if self._state.context is None:
             await self._prepare_and_validate()
         if not self._state.snapshot.is_terminal and self._state.snapshot.state == S.VALIDATED:
@@ -250,7 +319,7 @@ class OrderWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 self._state.seen_fill_ids = sorted(self._seen)
                 workflow.continue_as_new(self._state)
-            await self._track_once()
+            await self._track_once_v1()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._state.snapshot
 
@@ -331,6 +400,7 @@ class OrderWorkflow:
         delay = timedelta(milliseconds=max(params.retry_delay_ms, 1))
         attempt, busy = 1, 0
         while True:
+            self._state.venue_requests += 1
             try:
                 return await workflow.execute_local_activity(
                     activity, arg, result_type=VenueOrderReport,
@@ -339,6 +409,8 @@ class OrderWorkflow:
                     local_retry_threshold=LOCAL_TASK_TIMEOUT,
                 )
             except VENUE_ERRORS as error:
+                if self._v2 and is_cancelled_exception(error):
+                    raise  # the workflow is being cancelled: not a venue error to retry
                 kind = _error_type(error)
                 pause = _retry_after_s(error) if kind in VENUE_BUSY else None
                 if pause is not None:
@@ -399,30 +471,63 @@ class OrderWorkflow:
             await self._transition(S.UNKNOWN, f"submit outcome unknown: {_error_message(error)}")
 
     async def _reconcile(self) -> None:
-        """Resolve `unknown` by asking the venue about our client order id; resubmit only if absent."""
-        delay = timedelta(milliseconds=max(self._state.context.params.retry_delay_ms, 100))
-        for _ in range(RECONCILE_ATTEMPTS):
-            try:
-                report = await self._venue("venue_fetch", self._ref())
-            except VENUE_ERRORS as error:
-                workflow.logger.warning("reconcile fetch failed: %s", _error_message(error))
-                await workflow.sleep(delay)
-                delay = min(delay * 2, RECONCILE_BACKOFF_MAX)
-                continue
-            if report.status == VenueOrderStatus.NOT_FOUND:
-                if self._state.cancel_request is not None:
-                    await self._transition(S.CANCELLED, "cancelled; the venue never received the order")
-                    return
-                await self._submit()
-                if self._state.snapshot.state != S.UNKNOWN:
-                    return
-                # Still unknown (an earlier request may yet land at the venue): look again later.
-                await workflow.sleep(delay)
-                delay = min(delay * 2, RECONCILE_BACKOFF_MAX)
-                continue
+        """Resolve `unknown` by asking the venue about our client order id, one look per turn, each
+        after the backoff. "Not found" resubmits (the same client id) only when the order is still
+        wanted and the venue never acknowledged it; otherwise it is final only once the receive
+        window of any request still in flight has passed."""
+        await self._backoff()
+        self._state.retry_streak += 1
+        try:
+            report = await self._venue("venue_fetch", self._ref())
+        except VENUE_ERRORS as error:
+            if is_cancelled_exception(error):
+                raise
+            workflow.logger.warning("reconcile fetch failed: %s", _error_message(error))
+            return  # still unknown: the next turn looks again, later
+        if report.status != VenueOrderStatus.NOT_FOUND:
             await self._apply_report(report)
             return
-        await self._transition(S.UNKNOWN, "venue unreachable during reconciliation; will keep trying")
+        ending = self._ending()
+        acknowledged = self._state.snapshot.venue_order_id is not None or any(
+            t.state in (S.ACCEPTED, S.PARTIALLY_FILLED) for t in self._state.snapshot.transitions)
+        if ending is None and not acknowledged:
+            await self._submit()  # confirmed never received: never a second order (same client id)
+            return
+        # A request sent a moment ago may still land: wait out the venue's receive window, look again.
+        await workflow.sleep(timedelta(milliseconds=self._state.context.receive_window_ms))
+        try:
+            report = await self._venue("venue_fetch", self._ref())
+        except VENUE_ERRORS as error:
+            if is_cancelled_exception(error):
+                raise
+            return
+        if report.status != VenueOrderStatus.NOT_FOUND:
+            await self._apply_report(report)
+            return
+        if ending is None:  # acknowledged once, and now unknown to the venue: it is gone
+            record_unforeseen(self._state.snapshot, IllegalTransition(S.UNKNOWN, S.CANCELLED, "the venue no longer "
+                              "knows the order it acknowledged"), workflow.now(), None)
+            ending = S.CANCELLED
+        await self._transition(ending, self._state.cancel_reason or "the venue never received the order")
+
+    def _ending(self) -> OrderState | None:
+        """The end a cancel under way (or a passed expire_at) gives the order, if any."""
+        if self._state.cancel_target is not None:
+            return self._state.cancel_target
+        snap = self._state.snapshot
+        if snap.expire_at is not None and workflow.now() >= snap.expire_at:
+            return S.EXPIRED
+        return S.CANCELLED if self._state.cancel_request is not None else None
+
+    async def _backoff(self) -> None:
+        """The durable wait before a retry: none for the first, then doubling, capped, jittered."""
+        streak = self._state.retry_streak
+        if streak <= 0:
+            return
+        base_ms = max(self._state.context.params.retry_delay_ms, 100)
+        cap_ms = RETRY_BACKOFF_MAX.total_seconds() * 1000
+        delay_ms = min(base_ms * 2 ** min(streak - 1, 30), cap_ms) * (0.5 + workflow.random().random() / 2)
+        await workflow.sleep(timedelta(milliseconds=delay_ms))
 
     # --- tracking ------------------------------------------------------------------------------
     async def _track_once(self) -> None:
@@ -431,15 +536,16 @@ class OrderWorkflow:
         if snap.state == S.UNKNOWN:
             await self._reconcile()
             return
-        if self._state.cancel_request is not None:
-            await self._cancel_at_venue(self._state.cancel_request.reason or "cancel requested", S.CANCELLED)
+        if self._state.cancel_request is not None or self._state.cancel_target is not None:
+            await self._cancel_at_venue()
             return
         if self._state.amend_requests:
             await self._amend_at_venue(self._state.amend_requests.pop(0))
             return
         if snap.expire_at is not None and workflow.now() >= snap.expire_at:
-            await self._cancel_at_venue("expire_at reached", S.EXPIRED)
+            await self._cancel_at_venue()
             return
+        self._state.retry_streak = 0  # quiet: live at the venue, nothing pending
         if self._state.poll_interval_ms is None:
             first_ms = POLL_FIRST.total_seconds() * 1000
             self._state.poll_interval_ms = int(first_ms * (0.5 + workflow.random().random()))
@@ -477,17 +583,32 @@ class OrderWorkflow:
             workflow.logger.warning("fill poll failed: %s", _error_message(error))
             return None
 
-    async def _cancel_at_venue(self, reason: str, final: OrderState) -> None:
-        await self._transition(S.PENDING_CANCEL, reason)
+    async def _cancel_at_venue(self) -> None:
+        """One cancel attempt (after the backoff if it is a retry). A cancel that did not take, or
+        whose answer was lost, is tried again on a later turn; it ends the order in cancel_target."""
+        if self._state.cancel_target is None:
+            request = self._state.cancel_request
+            self._state.cancel_target = S.CANCELLED if request is not None else S.EXPIRED
+            self._state.cancel_reason = (request.reason or "cancel requested") if request else "expire_at reached"
+        await self._backoff()
+        self._state.retry_streak += 1
+        await self._transition(S.PENDING_CANCEL, self._state.cancel_reason)
         try:
             report = await self._venue("venue_cancel", self._ref())
         except VENUE_ERRORS as error:
-            if _error_type(error) == VenueErrorType.NOT_FOUND.value:
-                await self._transition(final, reason)
-                return
-            await self._transition(S.UNKNOWN, f"cancel outcome unknown: {_error_message(error)}")
-            return  # reconcile; the cancel request stays and is retried
-        await self._apply_report(report, cancel_target=final, reason=reason)
+            if is_cancelled_exception(error):
+                raise
+            kind = _error_type(error)
+            if kind in NOTHING_SENT:  # the cancel never left: the order is live as it was
+                snap = self._state.snapshot
+                await self._transition(S.PARTIALLY_FILLED if snap.filled_quantity > 0 else S.ACCEPTED,
+                                       f"cancel not sent: {_error_message(error)}")
+            else:  # not found, refused, lost answer: what the venue holds is looked up (reconciled)
+                await self._transition(S.UNKNOWN, f"cancel outcome unknown: {_error_message(error)}")
+            return
+        if report.status not in OPEN_STATUSES and not report.fills_complete:
+            report = await self._fetch_quietly() or report  # the final fills
+        await self._apply_report(report)
 
     async def _amend_at_venue(self, pending: PendingAmend) -> None:
         refusal = self._amend_refusal(pending.request)
@@ -538,21 +659,40 @@ class OrderWorkflow:
 
     async def _cancel_and_replace(self, pending: PendingAmend, new_qty: Decimal, new_price: Decimal | None,
                                   back_to: OrderState) -> None:
-        """Amend where the venue has none: the old order is confirmed cancelled before the new one
-        is placed, so there are never two live orders."""
+        """Amend where the venue has none. The old order's end is confirmed first (its terminal
+        status with its final fills, fetched if the cancel's answer is not final), and only then is
+        the replacement placed: never two live orders."""
+        if not self._v2:
+            await self._cancel_and_replace_v1(pending, new_qty, new_price, back_to)
+            return
         try:
             report = await self._venue("venue_cancel", self._ref())
         except VENUE_ERRORS as error:
-            await self._amend_failed(pending, back_to, _error_type(error), error)
+            if is_cancelled_exception(error):
+                raise
+            kind = _error_type(error)
+            await self._amend_failed(pending, back_to, "timeout" if kind == VenueErrorType.NOT_FOUND.value else kind,
+                                     error)
             return
+        report = await self._confirm_ended(report)
         snap = self._state.snapshot
         await self._apply_fills(report)
+        if report.status in OPEN_STATUSES or report.status not in (
+                VenueOrderStatus.CANCELLED, VenueOrderStatus.EXPIRED, VenueOrderStatus.FILLED) or not report.fills_complete:
+            # Not confirmed: no replacement. What the venue holds is reconciled.
+            await self._transition(S.UNKNOWN, f"cancel-and-replace: the old order's end is not confirmed "
+                                              f"(venue says {report.status.value})")
+            self._state.amend_results[pending.id] = "amend not applied: the venue did not confirm the cancel"
+            return
         if snap.filled_quantity >= new_qty or report.status == VenueOrderStatus.FILLED:
-            if snap.state != S.FILLED:
-                snap.quantity = max(snap.filled_quantity, new_qty)
-                apply(snap, S.FILLED, workflow.now(), "filled before the amend could apply")
+            if snap.filled_quantity >= new_qty:
+                snap.quantity = snap.filled_quantity  # the amend asked for no more than is filled
+            message = ("order filled before the amend could apply" if snap.filled_quantity >= snap.quantity
+                       else f"the venue ended the order at {snap.filled_quantity} of {snap.quantity}")
+            if not snap.is_terminal:
+                apply(snap, S.FILLED if snap.filled_quantity >= snap.quantity else S.CANCELLED, workflow.now(), message)
             await self._publish()
-            self._state.amend_results[pending.id] = "order filled before the amend could apply"
+            self._state.amend_results[pending.id] = message
             return
         self._state.generation += 1
         snap.client_order_id = client_order_id_for(snap.order_id, self._state.generation)
@@ -566,11 +706,27 @@ class OrderWorkflow:
         try:
             report = await self._venue("venue_submit", request)
         except VENUE_ERRORS as error:
+            if is_cancelled_exception(error):
+                raise
             self._state.amend_results[pending.id] = f"replacement order: {_error_message(error)}"
             await self._on_submit_error(error)
             return
         await self._apply_report(report)
         self._state.amend_results[pending.id] = None
+
+    async def _confirm_ended(self, report: VenueOrderReport) -> VenueOrderReport:
+        """Fetch (after backoffs) until the venue shows the order ended with all its fills, at most
+        CONFIRM_CANCEL_ATTEMPTS times; returns the last answer, confirmed or not."""
+        params = self._state.context.params
+        delay_ms = max(params.retry_delay_ms, 100)
+        for _ in range(CONFIRM_CANCEL_ATTEMPTS):
+            if report.status not in OPEN_STATUSES and report.status != VenueOrderStatus.NOT_FOUND \
+                    and report.fills_complete:
+                return report
+            await workflow.sleep(timedelta(milliseconds=delay_ms * (0.5 + workflow.random().random() / 2)))
+            delay_ms = min(delay_ms * 2, RETRY_BACKOFF_MAX.total_seconds() * 1000)
+            report = await self._fetch_quietly() or report
+        return report
 
     # --- applying what the venue says ----------------------------------------------------------
     async def _apply_fills(self, report: VenueOrderReport) -> None:
@@ -583,8 +739,11 @@ class OrderWorkflow:
                 fee_currency=venue_fill.fee_currency, liquidity=venue_fill.liquidity, venue=snap.exchange,
                 at=venue_fill.at,
             )
-            if apply_fill(snap, fill, self._seen):
-                self._pending_fills.append(fill)
+            try:
+                if apply_fill(snap, fill, self._seen):
+                    self._pending_fills.append(fill)
+            except IllegalTransition as error:  # a fill the order cannot take: recorded, reconciled
+                record_unforeseen(snap, error, workflow.now(), f"venue fill {venue_fill.trade_id}")
         if report.venue_order_id:
             snap.venue_order_id = report.venue_order_id
         if snap.average_fill_price is not None and snap.reference_price:
@@ -594,21 +753,40 @@ class OrderWorkflow:
 
     async def _apply_report(self, report: VenueOrderReport, cancel_target: OrderState = S.CANCELLED,
                             reason: str | None = None) -> None:
+        """Fills first (each counted once), then the venue's status. A status this code does not
+        know (a new VenueOrderStatus member) or "not found" for an order we hold is reconciled."""
+        if not self._v2:
+            await self._apply_report_v1(report, cancel_target, reason)
+            return
         snap = self._state.snapshot
-        if snap.state in (S.SUBMITTED, S.UNKNOWN) and report.status == VenueOrderStatus.NEW and not report.fills:
-            apply(snap, S.ACCEPTED, workflow.now(), None)
         await self._apply_fills(report)
-        status = report.status
-        if status == VenueOrderStatus.REJECTED:
-            apply(snap, S.REJECTED, workflow.now(), report.reason or "rejected by the venue")
-        elif status == VenueOrderStatus.CANCELLED and not snap.is_terminal:
-            apply(snap, cancel_target, workflow.now(), reason or report.reason or "cancelled at the venue")
-        elif status == VenueOrderStatus.EXPIRED and not snap.is_terminal:
-            apply(snap, S.EXPIRED, workflow.now(), report.reason or "expired at the venue")
-        elif status in OPEN_STATUSES and snap.state in (
-                S.PENDING_CANCEL, S.UNKNOWN):
-            # The cancel did not take (yet), or reconciliation found the order live.
-            apply(snap, S.PARTIALLY_FILLED if snap.filled_quantity > 0 else S.ACCEPTED, workflow.now(), None)
+        status, now = report.status, workflow.now()
+        ending = self._state.cancel_target or S.CANCELLED
+        why = self._state.cancel_reason if self._state.cancel_target else None
+        if snap.is_terminal:
+            pass  # its end is final; late fills were counted above
+        elif status in OPEN_STATUSES:
+            if snap.state in (S.SUBMITTED, S.UNKNOWN, S.PENDING_CANCEL):
+                # Acknowledged, found live by reconciliation, or a cancel that did not take (yet).
+                apply(snap, S.PARTIALLY_FILLED if snap.filled_quantity > 0 else S.ACCEPTED, now, None)
+        elif status == VenueOrderStatus.FILLED:
+            if snap.filled_quantity >= snap.quantity:
+                apply(snap, S.FILLED, now, None)
+            elif report.filled_quantity > snap.filled_quantity or not report.fills_complete:
+                apply(snap, S.UNKNOWN, now, f"venue reports filled {report.filled_quantity} of {snap.quantity}; "
+                                            "fetching the fills not yet seen")
+            else:  # closed as filled short of the quantity: the venue ended the rest
+                apply(snap, ending, now, why or f"the venue ended the order at {snap.filled_quantity} of "
+                                                f"{snap.quantity}" + (f": {report.reason}" if report.reason else ""))
+        elif status == VenueOrderStatus.CANCELLED:
+            apply(snap, ending, now, why or report.reason or "cancelled at the venue")
+        elif status == VenueOrderStatus.EXPIRED:
+            apply(snap, S.EXPIRED, now, report.reason or "expired at the venue")
+        elif status == VenueOrderStatus.REJECTED:
+            apply(snap, S.REJECTED, now, report.reason or "rejected by the venue")
+        else:
+            apply(snap, S.UNKNOWN, now, f"venue answered {status.value!r}"
+                  + (f": {report.reason}" if report.reason else "") + "; reconciling")
         await self._publish()
 
     # --- recording -----------------------------------------------------------------------------
@@ -620,7 +798,8 @@ class OrderWorkflow:
         snap = self._state.snapshot
         new = snap.transitions[self._state.published_transitions:]
         fills, self._pending_fills = self._pending_fills, []
-        if not new and not fills:
+        anomalies = snap.anomalies - self._state.published_anomalies
+        if not new and not fills and not anomalies:
             return
         workflow.upsert_search_attributes([
             ORDER_STATE.value_set(snap.state.value), SYMBOL.value_set(snap.symbol),
@@ -634,11 +813,12 @@ class OrderWorkflow:
         ]
         await workflow.execute_local_activity(
             "record_progress", OrderProgress(snapshot=snap, events=events, fills=fills,
-                                             release_daily=self._unused_daily_slot()),
+                                             release_daily=self._unused_daily_slot(), anomalies=anomalies),
             start_to_close_timeout=timedelta(seconds=10),
             retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_interval=timedelta(seconds=5)),
         )
         self._state.published_transitions = len(snap.transitions)
+        self._state.published_anomalies = snap.anomalies
 
     def _unused_daily_slot(self) -> DailyOrderReservation | None:
         """prepare_order reserved a daily-cap slot, and the order ended without ever going out."""
