@@ -220,6 +220,7 @@ class OrderSnapshot(BaseModel):
     # Outcomes the transition table did not foresee (oms.states.record_unforeseen): how many, the last.
     anomalies: int = 0
     last_anomaly: str | None = None
+    venue_requests: int = 0  # venue calls made for this order (every retry and look-up counts)
 
     @property
     def is_terminal(self) -> bool:

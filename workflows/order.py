@@ -119,7 +119,6 @@ class OrderWorkflowState(BaseModel):
     venue_updates: list[VenueOrderReport] = Field(default_factory=list)
     price_collar: Decimal | None = None  # market orders go out as IOC limits at this price
     venue_wait_s: float = 0.0  # waited so far on a paused venue or an open breaker
-    venue_requests: int = 0  # venue calls made for this order, all runs (bounded by the backoffs)
     retry_streak: int = 0  # cancel / reconcile attempts since the order was last quiet: the backoff's exponent
     # A cancel under way (requested, or expire_at reached) ends the order in this state, whatever
     # path (unknown, reconciliation) it takes to get there.
@@ -400,7 +399,7 @@ class OrderWorkflow(Release01Paths):
         delay = timedelta(milliseconds=max(params.retry_delay_ms, 1))
         attempt, busy = 1, 0
         while True:
-            self._state.venue_requests += 1
+            self._state.snapshot.venue_requests += 1
             try:
                 return await workflow.execute_local_activity(
                     activity, arg, result_type=VenueOrderReport,
@@ -607,7 +606,7 @@ class OrderWorkflow(Release01Paths):
                 await self._transition(S.UNKNOWN, f"cancel outcome unknown: {_error_message(error)}")
             return
         if report.status not in OPEN_STATUSES and not report.fills_complete:
-            report = await self._fetch_quietly() or report  # the final fills
+            report = await self._fetch_quietly() or report  # the final fills (else reconciled)
         await self._apply_report(report)
 
     async def _amend_at_venue(self, pending: PendingAmend) -> None:
@@ -765,6 +764,8 @@ class OrderWorkflow(Release01Paths):
         why = self._state.cancel_reason if self._state.cancel_target else None
         if snap.is_terminal:
             pass  # its end is final; late fills were counted above
+        elif status not in OPEN_STATUSES and not report.fills_complete and report.filled_quantity > snap.filled_quantity:
+            apply(snap, S.UNKNOWN, now, f"venue says {status.value} with fills not yet listed; fetching them")
         elif status in OPEN_STATUSES:
             if snap.state in (S.SUBMITTED, S.UNKNOWN, S.PENDING_CANCEL):
                 # Acknowledged, found live by reconciliation, or a cancel that did not take (yet).
