@@ -12,6 +12,7 @@ driven by the test between workflow actions.
 """
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 from collections import Counter, defaultdict, deque
@@ -78,9 +79,11 @@ class VenueOrder:
 class Step:
     """One scripted call: its outcome, and an effect on the venue's order before it answers."""
 
-    outcome: str = "ok"
-    effect: Callable[["ScriptedVenue", VenueOrder | None], None] | None = None
+    outcome: str = "ok"  # one of OUTCOMES, or "ignore": answered without acting (a cancel that did not take)
+    effect: Callable[["ScriptedVenue", VenueOrder | None], None] | None = None  # before acting
+    after: Callable[["ScriptedVenue", VenueOrder], None] | None = None  # after acting, before answering
     fills_complete: bool = True
+    delay_s: float = 0.0  # the answer takes this long (real time)
 
 
 class ScriptedVenue:
@@ -163,11 +166,16 @@ class ScriptedVenue:
                                 quantity=order.quantity, limit_price=order.limit_price, filled_quantity=order.filled,
                                 fills=fills, fills_complete=fills_complete)
 
-    def _call(self, method: str, client_order_id: str, act: Callable[[], VenueOrderReport]) -> VenueOrderReport:
+    async def _call(self, method: str, client_order_id: str, act: Callable[[], VenueOrderReport]) -> VenueOrderReport:
         self.requests[owner_of(client_order_id)] += 1
         self.calls[method] += 1
         self._tick()
         step = self._step(method)
+        if step.delay_s:
+            await asyncio.sleep(step.delay_s)
+        if step.outcome == "ignore":
+            act = lambda: self._fetch(VenueOrderRef(exchange=EXCHANGE, client_order_id=client_order_id,  # noqa: E731
+                                                    symbol="BTC/USDT"))
         if step.outcome == "transient":
             raise venue_error(VenueErrorType.TRANSIENT, f"scripted: {method} refused the connection")
         if step.outcome == "lost_before":
@@ -180,6 +188,9 @@ class ScriptedVenue:
         if step.effect is not None:
             step.effect(self, self.orders.get(client_order_id))
         report = act()
+        if step.after is not None and client_order_id in self.orders:
+            step.after(self, self.orders[client_order_id])
+            report = self.report(self.orders[client_order_id])
         if step.outcome == "lost_after":
             raise venue_error(VenueErrorType.UNKNOWN_OUTCOME, f"scripted: {method} answer lost")
         if not step.fills_complete and report.status != VenueOrderStatus.NOT_FOUND:
@@ -251,19 +262,19 @@ class ScriptedVenue:
 
         @activity.defn(name="venue_submit")
         async def venue_submit(request: VenueOrderRequest) -> VenueOrderReport:
-            return venue._call("submit", request.client_order_id, lambda: venue._place(request))
+            return await venue._call("submit", request.client_order_id, lambda: venue._place(request))
 
         @activity.defn(name="venue_fetch")
         async def venue_fetch(ref: VenueOrderRef) -> VenueOrderReport:
-            return venue._call("fetch", ref.client_order_id, lambda: venue._fetch(ref))
+            return await venue._call("fetch", ref.client_order_id, lambda: venue._fetch(ref))
 
         @activity.defn(name="venue_cancel")
         async def venue_cancel(ref: VenueOrderRef) -> VenueOrderReport:
-            return venue._call("cancel", ref.client_order_id, lambda: venue._cancel(ref))
+            return await venue._call("cancel", ref.client_order_id, lambda: venue._cancel(ref))
 
         @activity.defn(name="venue_amend")
         async def venue_amend(request: VenueAmendRequest) -> VenueOrderReport:
-            return venue._call("amend", request.client_order_id, lambda: venue._amend(request))
+            return await venue._call("amend", request.client_order_id, lambda: venue._amend(request))
 
         @activity.defn(name="record_progress")
         async def record_progress(progress: OrderProgress) -> int:

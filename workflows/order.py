@@ -275,19 +275,24 @@ class OrderWorkflow(Release01Paths):
 
     async def _track_until_terminal(self) -> None:
         while not self._state.snapshot.is_terminal:
-            if self._should_continue_as_new() and not self._state.amend_requests:
+            if self._should_continue_as_new() and not self._requests_to_serve():
                 await self._hand_over()
             await self._track_once()
         await workflow.wait_condition(workflow.all_handlers_finished)
 
+    def _requests_to_serve(self) -> bool:
+        """Queued amends, or a cancel not yet tried once: carried out before continuing as new."""
+        return bool(self._state.amend_requests) or (
+            self._state.cancel_request is not None and self._state.cancel_target is None)
+
     async def _hand_over(self) -> None:
-        """Continue as new once the handlers have returned: cancel_order returns at once (its request
-        travels in the state), amend_order only ever waits on a queued amend, which the loop carries
-        out first. An amend arriving meanwhile is served before trying again."""
+        """Continue as new once the handlers have returned. The loop first serves queued amends and a
+        new cancel's first attempt; a cancel still under way travels in the state and cancel_order
+        returns the current snapshot. A request arriving meanwhile is served before trying again."""
         self._handing_over = True
-        await workflow.wait_condition(lambda: workflow.all_handlers_finished() or bool(self._state.amend_requests))
+        await workflow.wait_condition(lambda: workflow.all_handlers_finished() or self._requests_to_serve())
         self._handing_over = False
-        if not self._state.amend_requests:
+        if not self._requests_to_serve():
             self._state.seen_fill_ids = sorted(self._seen)
             workflow.continue_as_new(self._state)
 

@@ -1,0 +1,314 @@
+"""Every venue answer and every operator action ends well (issue 12), one defect per test, on the
+time-skipping server against the scripted venue (tests/scripted_venue.py): no task failure, no
+frozen, looping or stranded order."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+import pytest_asyncio
+from temporalio.client import WorkflowUpdateFailedError
+
+import workflows.order as order_module
+from activities.publish import ANOMALIES_KEY
+from oms.models import OrderSnapshot, OrderState, client_order_id_for
+from oms.venue import VenueFill, VenueOrderStatus
+from tests.helpers import make_signal
+from tests.model_support import ScriptedWorkers, chain_histories, failed_workflow_tasks, resting
+from tests.scripted_venue import ScriptedVenue, Step
+
+S = OrderState
+RESULT_TIMEOUT = 60
+
+
+@pytest.fixture(autouse=True)
+def quiet_activity_errors():
+    logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
+
+
+@pytest_asyncio.fixture
+async def scripted(time_env, redis, fast_settings, task_queue):
+    """start(venue, **signal fields) -> (handle, workers): an order on a scripted venue."""
+    started: list[ScriptedWorkers] = []
+
+    async def start(venue: ScriptedVenue, **fields):
+        workers = ScriptedWorkers(time_env.client, task_queue, venue, fast_settings, redis)
+        await workers.start()
+        started.append(workers)
+        signal = make_signal(symbol="BTC/USDT", quantity=fields.pop("quantity", "1.00"), **fields)
+        handle = await time_env.client.start_workflow(
+            "OrderWorkflow", signal, id=signal.workflow_id, task_queue=task_queue, result_type=OrderSnapshot)
+        return handle, workers
+
+    yield start
+    for workers in started:
+        await workers.stop()
+
+
+def limit(**more) -> dict:
+    return {"order_type": "limit", "limit_price": "100.00", **more}
+
+
+async def state_of(handle, wanted: set[OrderState], timeout: float = 20) -> OrderSnapshot:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        snap = await handle.query("status", result_type=OrderSnapshot)
+        if snap.state in wanted:
+            return snap
+        assert asyncio.get_running_loop().time() < deadline, f"stuck in {snap.state}: {snap.transitions}"
+        await asyncio.sleep(0.05)
+
+
+async def finish(time_env, handle) -> OrderSnapshot:
+    snap = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
+    runs = await chain_histories(time_env.client, handle.id, handle.first_execution_run_id)
+    assert failed_workflow_tasks(runs) == []
+    return snap
+
+
+def venue_order(venue: ScriptedVenue, handle, generation: int = 0):
+    return venue.orders[client_order_id_for(handle.id, generation)]
+
+
+# --- transitions the table lacked ---------------------------------------------------------------------
+async def test_a_refused_cancel_and_replace_replacement_ends_rejected(time_env, scripted):
+    venue = ScriptedVenue(native_amend=False)
+    venue.queue("submit", Step(), Step(outcome="refused"))
+    handle, _ = await scripted(venue, **limit())
+    await state_of(handle, {S.ACCEPTED})
+    with pytest.raises(WorkflowUpdateFailedError):
+        await handle.execute_update("amend_order", {"quantity": "2.00"}, result_type=OrderSnapshot)
+    snap = await finish(time_env, handle)
+    assert snap.state == S.REJECTED and "refused" in snap.reason
+    assert venue.violations == [] and not venue.live_orders(client_order_id_for(handle.id))
+
+
+async def test_a_late_rejection_after_acceptance_ends_rejected(time_env, scripted):
+    """QuantConnect's `invalid` after its acknowledgement, pushed by the account poller."""
+    venue = ScriptedVenue()
+    handle, _ = await scripted(venue, **limit())
+    await state_of(handle, {S.ACCEPTED})
+    order = venue_order(venue, handle)
+    order.status = VenueOrderStatus.REJECTED
+    await handle.signal("venue_update", venue.report(order))
+    snap = await finish(time_env, handle)
+    assert snap.state == S.REJECTED
+
+
+async def test_an_amend_before_the_acknowledgement_settles(time_env, scripted):
+    """The submit's answer says partially filled without listing the trades: still a live order
+    that takes an amend, then a cancel, with its fills."""
+    venue = ScriptedVenue()
+    venue.queue("submit", Step(after=lambda v, o: v.fill(o, Decimal("0.40")), fills_complete=False))
+    handle, _ = await scripted(venue, **limit())
+    await handle.signal("amend", {"quantity": "2.00"})
+    await state_of(handle, {S.ACCEPTED, S.PARTIALLY_FILLED})
+    await asyncio.sleep(0.3)
+    await handle.signal("cancel", {"reason": "test"})
+    snap = await finish(time_env, handle)
+    assert snap.state == S.CANCELLED and snap.filled_quantity == Decimal("0.40") and snap.quantity == Decimal("2.00")
+
+
+async def test_an_unforeseen_outcome_is_recorded_counted_and_reconciled(time_env, scripted, redis):
+    """A venue reporting more filled than ordered: the fill cannot be taken. The workflow task does
+    not fail; the order records it (anomalies, last_anomaly, a transition to unknown with the reason),
+    the metric counts it, and the order reconciles on backoff timers."""
+    venue = ScriptedVenue()
+    handle, _ = await scripted(venue, **limit())
+    await state_of(handle, {S.ACCEPTED})
+    order = venue_order(venue, handle)
+    order.quantity = Decimal("1.20")  # the venue's book disagrees with ours
+    venue.fill(order)
+    await handle.signal("venue_update", venue.report(order))
+    snap = await state_of(handle, {S.UNKNOWN})
+    assert snap.anomalies >= 1 and "past the order" in snap.last_anomaly
+    assert any(t.state == S.UNKNOWN and "unforeseen outcome" in (t.reason or "") for t in snap.transitions)
+    assert int((await redis.hgetall(ANOMALIES_KEY))["scripted"]) >= 1
+    await asyncio.sleep(0.5)
+    runs = await chain_histories(time_env.client, handle.id, handle.first_execution_run_id)
+    assert failed_workflow_tasks(runs) == [] and resting(runs[-1])
+    await handle.terminate("end of test")
+
+
+# --- Temporal cancellation ----------------------------------------------------------------------------
+async def test_workflow_cancellation_cancels_at_the_venue_with_the_fills(time_env, scripted):
+    venue = ScriptedVenue()
+    handle, _ = await scripted(venue, **limit())
+    await state_of(handle, {S.ACCEPTED})
+    venue.fill(venue_order(venue, handle), Decimal("0.30"))
+    await handle.cancel()
+    snap = await finish(time_env, handle)
+    assert snap.state == S.CANCELLED and snap.filled_quantity == Decimal("0.30")
+    assert venue_order(venue, handle).status == VenueOrderStatus.CANCELLED
+    description = await handle.describe()
+    assert description.status.name == "COMPLETED"
+    assert description.search_attributes["OrderState"] == ["cancelled"]
+
+
+async def test_workflow_cancellation_racing_a_fill_ends_filled(time_env, scripted):
+    venue = ScriptedVenue()
+    venue.queue("cancel", Step(effect=lambda v, o: v.fill(o)))  # the venue filled it before the cancel
+    handle, _ = await scripted(venue, **limit())
+    await state_of(handle, {S.ACCEPTED})
+    await handle.cancel()
+    snap = await finish(time_env, handle)
+    assert snap.state == S.FILLED and snap.filled_quantity == Decimal("1.00")
+
+
+async def test_workflow_cancellation_during_a_venue_call_reconciles_then_cancels(time_env, scripted):
+    venue = ScriptedVenue()
+    venue.queue("submit", Step(delay_s=1.0))
+    handle, _ = await scripted(venue, **limit())
+    await asyncio.sleep(0.4)  # the submit is at the venue
+    await handle.cancel()
+    snap = await finish(time_env, handle)
+    assert snap.state == S.CANCELLED
+    assert not venue.live_orders(client_order_id_for(handle.id))
+
+
+# --- continue-as-new with handlers in flight ------------------------------------------------------------
+async def test_continue_as_new_with_cancel_and_amend_updates_in_flight(time_env, scripted, monkeypatch):
+    monkeypatch.setattr(order_module, "HISTORY_BOUND", 20)
+    venue = ScriptedVenue()
+    venue.queue("cancel", *[Step(outcome="lost_before") for _ in range(4)])
+    venue.queue("amend", Step(delay_s=0.5))
+    handle, _ = await scripted(venue, **limit())
+    await state_of(handle, {S.ACCEPTED})
+    amend = asyncio.create_task(handle.execute_update("amend_order", {"limit_price": "99.50"},
+                                                      result_type=OrderSnapshot))
+    await asyncio.sleep(0.2)  # the amend is at the venue (0.5 s) when the cancel arrives
+    cancel = asyncio.create_task(handle.execute_update("cancel_order", {"reason": "test"}, result_type=OrderSnapshot))
+    latest = time_env.client.get_workflow_handle(handle.id, result_type=OrderSnapshot)
+    snap = await asyncio.wait_for(latest.result(), RESULT_TIMEOUT)
+    amended, cancelling = await asyncio.wait_for(asyncio.gather(amend, cancel), 30)
+    assert snap.state == S.CANCELLED
+    assert amended.limit_price == Decimal("99.50")
+    assert cancelling.state in (S.PENDING_CANCEL, S.UNKNOWN, S.CANCELLED)
+    runs = await chain_histories(time_env.client, handle.id, handle.first_execution_run_id)
+    assert len(runs) >= 2 and failed_workflow_tasks(runs) == []
+
+
+# --- no hot loops ---------------------------------------------------------------------------------------
+async def test_a_cancel_that_does_not_take_is_retried_on_backoff_timers(time_env, scripted, fast_settings):
+    venue = ScriptedVenue()
+    venue.queue("cancel", *[Step(outcome="ignore") for _ in range(1000)])
+    handle, _ = await scripted(venue, **limit())
+    await state_of(handle, {S.ACCEPTED})
+    await handle.signal("cancel", {"reason": "test"})
+    await asyncio.sleep(0.5)
+    await time_env.sleep(timedelta(hours=1))
+    # 0.1 s doubling to the 5-minute cap, jittered: ~12 retries to reach it, then one per 150-300 s.
+    assert 10 <= venue.calls["cancel"] <= 40, venue.calls
+    snap = await handle.query("status", result_type=OrderSnapshot)
+    assert snap.venue_requests == venue.requests[client_order_id_for(handle.id)]
+    venue.script["cancel"].clear()  # the venue cancels at last
+    snap = await finish(time_env, handle)
+    assert snap.state == S.CANCELLED
+
+
+async def test_an_unknown_order_is_looked_up_on_backoff_timers(time_env, scripted, fast_settings):
+    venue = ScriptedVenue()
+    venue.queue("submit", Step(outcome="lost_after"))
+    venue.queue("fetch", *[Step(outcome="transient") for _ in range(1000)])
+    handle, _ = await scripted(venue, **limit())
+    await state_of(handle, {S.UNKNOWN})
+    await time_env.sleep(timedelta(hours=1))
+    per_look = fast_settings.orders.retry_attempts + 1  # each look retries transient errors itself
+    assert venue.calls["fetch"] <= 40 * per_look, venue.calls
+    venue.script["fetch"].clear()
+    await handle.signal("cancel", {"reason": "test"})
+    snap = await finish(time_env, handle)
+    assert snap.state == S.CANCELLED and venue.calls["submit"] == 1
+
+
+# --- reconciliation shortcuts ---------------------------------------------------------------------------
+async def test_not_found_while_cancelling_waits_out_the_receive_window(time_env, scripted):
+    """The submit timed out while still in flight; the cancel's look-up finds nothing yet. The order
+    lands a moment later: it is found after the receive window and cancelled, not left live."""
+    venue = ScriptedVenue()
+    venue.queue("submit", Step(outcome="delayed", delay_s=0.5))
+    handle, _ = await scripted(venue, **limit())
+    await asyncio.sleep(0.1)
+    await handle.signal("cancel", {"reason": "test"})
+    snap = await finish(time_env, handle)
+    venue.land_in_flight()
+    assert snap.state == S.CANCELLED
+    assert client_order_id_for(handle.id) in venue.orders, "the delayed order should have landed"
+    assert not venue.live_orders(client_order_id_for(handle.id))
+
+
+async def test_an_expiry_whose_cancel_answer_was_lost_ends_expired(time_env, scripted):
+    venue = ScriptedVenue()
+    venue.queue("cancel", Step(outcome="lost_after"))
+    now = await time_env.get_current_time()
+    handle, _ = await scripted(venue, **limit(time_in_force="GTD", expire_at=(now + timedelta(minutes=5)).isoformat()))
+    snap = await finish(time_env, handle)
+    assert snap.state == S.EXPIRED, snap.transitions
+    assert S.UNKNOWN in [t.state for t in snap.transitions]
+
+
+async def test_an_expired_order_never_seen_by_the_venue_is_not_resubmitted(time_env, scripted):
+    venue = ScriptedVenue()
+    venue.queue("submit", Step(outcome="lost_before"))
+    venue.queue("fetch", *[Step(outcome="transient") for _ in range(60)])  # the venue is away past expire_at
+    now = await time_env.get_current_time()
+    handle, _ = await scripted(venue, **limit(time_in_force="GTD", expire_at=(now + timedelta(seconds=30)).isoformat()))
+    snap = await finish(time_env, handle)
+    assert snap.state == S.EXPIRED
+    assert venue.calls["submit"] == 1 and venue.orders == {}
+
+
+async def test_cancel_and_replace_confirms_the_old_order_ended_before_placing_the_new(time_env, scripted):
+    """The cancel is acknowledged while the old order still rests, then it ends with a late fill:
+    the replacement goes out only after that, for what is left, and never beside a live order."""
+    venue = ScriptedVenue(native_amend=False)
+
+    def ends_with_a_late_fill(v, o):
+        v.fill(o, Decimal("0.30"))
+        v.end(o)
+
+    venue.queue("cancel", Step(outcome="ignore"))
+    venue.queue("fetch", Step(effect=ends_with_a_late_fill))
+    handle, _ = await scripted(venue, **limit())
+    await state_of(handle, {S.ACCEPTED})
+    amended = await handle.execute_update("amend_order", {"quantity": "2.00"}, result_type=OrderSnapshot)
+    assert venue.violations == []
+    replacement = venue_order(venue, handle, generation=1)
+    assert replacement.quantity == Decimal("1.70") and replacement.live
+    assert amended.filled_quantity == Decimal("0.30") and amended.quantity == Decimal("2.00")
+    await handle.signal("cancel", {"reason": "test"})
+    snap = await finish(time_env, handle)
+    assert snap.state == S.CANCELLED and snap.filled_quantity == Decimal("0.30")
+
+
+# --- a terminal venue status with partial fills -------------------------------------------------------
+async def test_a_market_order_bigger_than_the_book_ends_cancelled_with_its_fills(time_env, scripted):
+    """Bybit: 4.16 of 8 filled and the rest ended, which ccxt reports as `closed` (filled)."""
+    venue = ScriptedVenue()
+
+    def closed_short(v, o):
+        o.status = VenueOrderStatus.NEW
+        o.fills = [o.fills[0].model_copy(update={"trade_id": "b1", "quantity": Decimal("4.16")})]
+        o.status = VenueOrderStatus.FILLED
+
+    venue.queue("submit", Step(after=closed_short))
+    handle, _ = await scripted(venue, quantity="8.00")
+    snap = await finish(time_env, handle)
+    assert snap.state == S.CANCELLED and snap.filled_quantity == Decimal("4.16")
+    assert "4.16 of 8.00" in snap.reason
+
+
+async def test_a_resting_order_ended_by_the_venue_with_partial_fills_ends_with_them(time_env, scripted):
+    """Pushed by the account poller without its trades: fetched, and ended with its fills."""
+    venue = ScriptedVenue()
+    handle, _ = await scripted(venue, **limit(quantity="8.00"))
+    await state_of(handle, {S.ACCEPTED})
+    order = venue_order(venue, handle)
+    venue.fill(order, Decimal("4.16"))
+    venue.end(order, VenueOrderStatus.EXPIRED)
+    await handle.signal("venue_update", venue.report(order, fills_complete=False))
+    snap = await finish(time_env, handle)
+    assert snap.state == S.EXPIRED and snap.filled_quantity == Decimal("4.16")
