@@ -84,6 +84,7 @@ class Step:
     after: Callable[["ScriptedVenue", VenueOrder], None] | None = None  # after acting, before answering
     fills_complete: bool = True
     delay_s: float = 0.0  # the answer takes this long (real time)
+    lands_after: int = 1  # a delayed request reaches the venue with the n-th call after it
 
 
 class ScriptedVenue:
@@ -151,9 +152,10 @@ class ScriptedVenue:
         return Step(outcome=self.rng.choices(OUTCOMES, weights)[0], fills_complete=self.rng.random() > 0.15)
 
     def _tick(self) -> None:
-        """Delayed requests land one call after they were sent."""
+        """Delayed requests land with the lands_after-th call after them."""
+        self._in_flight = [(n - 1, d) for n, d in self._in_flight]
         ready = [d for n, d in self._in_flight if n <= 0]
-        self._in_flight = [(n - 1, d) for n, d in self._in_flight if n > 0]
+        self._in_flight = [(n, d) for n, d in self._in_flight if n > 0]
         for deliver in ready:
             deliver()
 
@@ -181,7 +183,7 @@ class ScriptedVenue:
         if step.outcome == "lost_before":
             raise venue_error(VenueErrorType.UNKNOWN_OUTCOME, f"scripted: {method} request lost")
         if step.outcome == "delayed":
-            self._in_flight.append((1, lambda: self._quietly(act)))
+            self._in_flight.append((step.lands_after, lambda: self._quietly(act)))
             raise venue_error(VenueErrorType.UNKNOWN_OUTCOME, f"scripted: {method} timed out (still in flight)")
         if step.outcome == "refused" and method != "fetch":
             raise venue_error(VenueErrorType.REJECTED, f"scripted: {method} refused by the venue")

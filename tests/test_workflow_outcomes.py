@@ -104,9 +104,10 @@ async def test_an_amend_before_the_acknowledgement_settles(time_env, scripted):
     venue = ScriptedVenue()
     venue.queue("submit", Step(after=lambda v, o: v.fill(o, Decimal("0.40")), fills_complete=False))
     handle, _ = await scripted(venue, **limit())
+    await asyncio.sleep(0.3)  # the submit has been answered
     await handle.signal("amend", {"quantity": "2.00"})
-    await state_of(handle, {S.ACCEPTED, S.PARTIALLY_FILLED})
     await asyncio.sleep(0.3)
+    await state_of(handle, {S.ACCEPTED, S.PARTIALLY_FILLED})
     await handle.signal("cancel", {"reason": "test"})
     snap = await finish(time_env, handle)
     assert snap.state == S.CANCELLED and snap.filled_quantity == Decimal("0.40") and snap.quantity == Decimal("2.00")
@@ -226,10 +227,12 @@ async def test_an_unknown_order_is_looked_up_on_backoff_timers(time_env, scripte
 
 # --- reconciliation shortcuts ---------------------------------------------------------------------------
 async def test_not_found_while_cancelling_waits_out_the_receive_window(time_env, scripted):
-    """The submit timed out while still in flight; the cancel's look-up finds nothing yet. The order
-    lands a moment later: it is found after the receive window and cancelled, not left live."""
+    """The submit timed out while still in flight; with a cancel requested, the look-up finds nothing
+    yet. The order lands a moment later: it is found after the receive window and cancelled, not
+    left live (nor the order ended `cancelled` while its submit was still on the way)."""
     venue = ScriptedVenue()
-    venue.queue("submit", Step(outcome="delayed", delay_s=0.5))
+    venue.queue("submit", Step(outcome="delayed", delay_s=0.5, lands_after=3))
+    venue.queue("fetch", Step(outcome="transient"))  # a first look that fails: the cancel is seen by the next
     handle, _ = await scripted(venue, **limit())
     await asyncio.sleep(0.1)
     await handle.signal("cancel", {"reason": "test"})

@@ -297,6 +297,7 @@ class OrderWorkflow(Release01Paths):
             workflow.continue_as_new(self._state)
 
     async def _after_workflow_cancellation(self) -> None:
+        self._handing_over = False
         snap = self._state.snapshot
         if snap.is_terminal:
             await workflow.wait_condition(workflow.all_handlers_finished)
@@ -492,8 +493,7 @@ class OrderWorkflow(Release01Paths):
             await self._apply_report(report)
             return
         ending = self._ending()
-        acknowledged = self._state.snapshot.venue_order_id is not None or any(
-            t.state in (S.ACCEPTED, S.PARTIALLY_FILLED) for t in self._state.snapshot.transitions)
+        acknowledged = self._state.snapshot.venue_order_id is not None  # this generation's order was seen
         if ending is None and not acknowledged:
             await self._submit()  # confirmed never received: never a second order (same client id)
             return
@@ -541,6 +541,9 @@ class OrderWorkflow(Release01Paths):
             await self._reconcile()
             return
         if self._state.cancel_request is not None or self._state.cancel_target is not None:
+            for pending in self._state.amend_requests:  # answered now: a cancel may take a while
+                self._state.amend_results[pending.id] = "order is being cancelled"
+            self._state.amend_requests = []
             await self._cancel_at_venue()
             return
         if self._state.amend_requests:
@@ -700,6 +703,7 @@ class OrderWorkflow(Release01Paths):
             return
         self._state.generation += 1
         snap.client_order_id = client_order_id_for(snap.order_id, self._state.generation)
+        snap.venue_order_id = None  # the replacement's, once the venue acknowledges it
         snap.quantity, snap.limit_price = new_qty, new_price
         await self._transition(S.ACCEPTED if snap.filled_quantity == 0 else S.PARTIALLY_FILLED,
                                "replaced (cancel-and-replace amend)")
