@@ -315,3 +315,18 @@ async def test_a_resting_order_ended_by_the_venue_with_partial_fills_ends_with_t
     await handle.signal("venue_update", venue.report(order, fills_complete=False))
     snap = await finish(time_env, handle)
     assert snap.state == S.EXPIRED and snap.filled_quantity == Decimal("4.16")
+
+
+# --- a cancel arriving while the order fills ------------------------------------------------------------
+async def test_a_cancel_arriving_during_the_fill_never_hides_it(time_env, scripted):
+    """A market order fills at the venue while a cancel signal arrives. The run must not close in
+    the workflow task that holds the venue's answer: the server would refuse it (a new signal), drop
+    the answer, and the retry would decide "cancelled before submission" over a filled order."""
+    venue = ScriptedVenue()
+    venue.queue("submit", Step(delay_s=0.5))
+    handle, _ = await scripted(venue)
+    await asyncio.sleep(0.25)
+    await handle.signal("cancel", {"reason": "too late"})
+    snap = await finish(time_env, handle)
+    assert venue.filled(client_order_id_for(handle.id)) == Decimal("1.00")
+    assert snap.state == S.FILLED and snap.filled_quantity == Decimal("1.00")

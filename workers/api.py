@@ -26,6 +26,7 @@ from config.settings import Settings
 from oms.events import order_cache_key
 from oms.models import AmendRequest, CancelRequest, OrderSnapshot, OrderState, Signal
 from activities.venue_gate import gate_status
+from activities.publish import ANOMALIES_KEY
 from workers import metrics
 from workers.consumer import consumer_lag
 from workers.intake import InvalidSignal, parse_signal, start_order
@@ -265,6 +266,7 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             lag = await consumer_lag(s.redis, settings)
             metrics.CONSUMER_LAG.set(lag["lag"])
             metrics.CONSUMER_PENDING.set(lag["pending"])
+            metrics.observe_anomalies(await s.redis.hgetall(ANOMALIES_KEY))
             if s.store is not None:
                 metrics.observe_store(await asyncio.to_thread(s.store.report))
             await _venue_states(s)

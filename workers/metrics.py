@@ -33,6 +33,8 @@ VENUE_PAUSES = Gauge("tom_venue_pauses", "Rate-limit pauses per venue account so
                      registry=REGISTRY)
 VENUE_BREAKER_OPENED = Gauge("tom_venue_circuit_opened", "Times the breaker opened per venue account",
                              ["exchange", "account"], registry=REGISTRY)
+ORDER_ANOMALIES = Gauge("tom_order_anomalies", "Order outcomes the transition table did not foresee, per exchange",
+                        ["exchange"], registry=REGISTRY)
 SIGNALS_REJECTED = Counter("tom_api_signals_rejected", "Signals refused by POST /signals", registry=REGISTRY)
 
 
@@ -63,3 +65,9 @@ def observe_venue(exchange: str, account: str, status: dict[str, Any]) -> None:
 
 def render() -> bytes:
     return generate_latest(REGISTRY)
+
+
+def observe_anomalies(per_exchange: dict[str, str]) -> None:
+    """From the `metrics:order_anomalies` hash the workflows' record_progress keeps."""
+    for exchange, count in per_exchange.items():
+        ORDER_ANOMALIES.labels(exchange=exchange).set(int(count))

@@ -279,6 +279,16 @@ class OrderWorkflow(Release01Paths):
                 await self._hand_over()
             await self._track_once()
         await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._record_before_closing()
+
+    @staticmethod
+    async def _record_before_closing() -> None:
+        """End the workflow task before the one that closes the run. The server refuses a closing
+        task when a signal arrived meanwhile (UnhandledCommand) and drops its local-activity results
+        with it; the retry would then decide again without them (a market order filled at the
+        venue, then "cancelled before submission" by a cancel that arrived during the fill). A
+        1 ms timer makes the venue's answers durable first."""
+        await workflow.sleep(timedelta(milliseconds=1))
 
     def _requests_to_serve(self) -> bool:
         """Queued amends, or a cancel not yet tried once: carried out before continuing as new."""
@@ -289,6 +299,9 @@ class OrderWorkflow(Release01Paths):
         """Continue as new once the handlers have returned. The loop first serves queued amends and a
         new cancel's first attempt; a cancel still under way travels in the state and cancel_order
         returns the current snapshot. A request arriving meanwhile is served before trying again."""
+        await self._record_before_closing()
+        if self._requests_to_serve():
+            return  # arrived meanwhile: served first
         self._handing_over = True
         await workflow.wait_condition(lambda: workflow.all_handlers_finished() or self._requests_to_serve())
         self._handing_over = False
@@ -301,6 +314,7 @@ class OrderWorkflow(Release01Paths):
         snap = self._state.snapshot
         if snap.is_terminal:
             await workflow.wait_condition(workflow.all_handlers_finished)
+            await self._record_before_closing()
             return
         if self._state.cancel_request is None:
             self._state.cancel_request = CancelRequest(reason="workflow cancellation requested")
