@@ -330,3 +330,25 @@ async def test_a_cancel_arriving_during_the_fill_never_hides_it(time_env, script
     snap = await finish(time_env, handle)
     assert venue.filled(client_order_id_for(handle.id)) == Decimal("1.00")
     assert snap.state == S.FILLED and snap.filled_quantity == Decimal("1.00")
+
+
+async def test_a_status_the_workflow_does_not_expect_is_reconciled(time_env, scripted):
+    """A cancel answered with a status no rule expects there ("not found" as a report; likewise any
+    status a venue table adds later): the order is reconciled, not frozen or failed."""
+    venue = ScriptedVenue()
+
+    def answers_not_found(v, o):
+        o.status = VenueOrderStatus.NOT_FOUND
+
+    def found_cancelled(v, o):
+        o.status = VenueOrderStatus.CANCELLED
+
+    venue.queue("cancel", Step(outcome="ignore", effect=answers_not_found))
+    venue.queue("fetch", Step(effect=found_cancelled))
+    handle, _ = await scripted(venue, **limit())
+    await state_of(handle, {S.ACCEPTED})
+    await handle.signal("cancel", {"reason": "test"})
+    snap = await finish(time_env, handle)
+    assert snap.state == S.CANCELLED
+    unknown = [t for t in snap.transitions if t.state == S.UNKNOWN]
+    assert unknown and "not_found" in unknown[0].reason
