@@ -16,7 +16,7 @@ cancelled, it ends terminal; filled quantity never exceeds the order; the fills 
 counted exactly once (snapshot, published executions); at most one live venue order per order at
 any time, none left live; venue requests per order within the bound.
 
-CI runs TOM_MODEL_EXAMPLES (default 12) examples from TOM_MODEL_SEED (default fixed); more on demand.
+CI runs TOM_MODEL_EXAMPLES (default 30) examples from TOM_MODEL_SEED (default fixed); more on demand.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from tests.helpers import make_signal
 from tests.model_support import ScriptedWorkers, chain_histories, failed_workflow_tasks, resting
 from tests.scripted_venue import STEP, ScriptedVenue
 
-EXAMPLES = int(os.environ.get("TOM_MODEL_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("TOM_MODEL_EXAMPLES", "30"))
 SEED = int(os.environ.get("TOM_MODEL_SEED", "20261127"))
 ACTIONS = ("fill", "fill", "fill", "venue_end", "push", "cancel_signal", "cancel_update", "workflow_cancel",
            "amend_signal", "amend_update", "restart", "sleep", "sleep", "pause")
@@ -64,6 +64,23 @@ async def settle(client, workflow_id: str, first_run_id: str, timeout: float = 8
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+async def skip_time(time_env, seconds: float) -> None:
+    """Skip time in steps of at most 10 minutes. The test server's skip call sometimes drops its
+    connection (an http2 error, a client timeout) under load: a harness fault, retried; whatever the
+    workflow did meanwhile is still checked by the invariants."""
+    while seconds > 0:
+        step = min(seconds, 600)
+        for attempt in range(3):
+            try:
+                await time_env.sleep(timedelta(seconds=step))
+                break
+            except RPCError:
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.2)
+        seconds -= step
 
 
 async def act(action, rng, venue, owner, latest, workers, updates, time_env) -> float:
@@ -95,7 +112,7 @@ async def act(action, rng, venue, owner, latest, workers, updates, time_env) -> 
         await workers.restart()
     elif action == "sleep":
         seconds = rng.choice([1, 20, 90, 600, 3600])
-        await time_env.sleep(timedelta(seconds=seconds))
+        await skip_time(time_env, seconds)
         return float(seconds)
     return 0.0
 
@@ -117,7 +134,9 @@ async def run_example(seed: int, time_env, redis, settings) -> dict:
     queue = f"model-{seed}-{uuid.uuid4().hex[:6]}"
     updates: list[asyncio.Task] = []
     skipped, script = 0.0, []
-    async with ScriptedWorkers(client, queue, venue, settings, redis, retry_delay_ms=50) as workers:
+    # Retries 1 s apart: the test server fails a task that cancels a timer firing at that moment
+    # (sdk-java issue 2606), which short timers racing a cancellation would hit now and then.
+    async with ScriptedWorkers(client, queue, venue, settings, redis, retry_delay_ms=1000) as workers:
         handle = await client.start_workflow("OrderWorkflow", signal, id=signal.workflow_id, task_queue=queue,
                                              result_type=OrderSnapshot, task_timeout=timedelta(seconds=2))
         latest = client.get_workflow_handle(signal.workflow_id, result_type=OrderSnapshot)
@@ -189,7 +208,7 @@ def check(result: dict) -> list[str]:
 
 @pytest.fixture
 def lowered_history_bound(monkeypatch):
-    monkeypatch.setattr(order_module, "HISTORY_BOUND", 60)  # continue-as-new fires within a run
+    monkeypatch.setattr(order_module, "HISTORY_BOUND", 40)  # continue-as-new fires within a run
 
 
 async def test_order_workflow_keeps_its_invariants_under_random_venues_and_operators(

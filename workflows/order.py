@@ -287,8 +287,9 @@ class OrderWorkflow(Release01Paths):
         task when a signal arrived meanwhile (UnhandledCommand) and drops its local-activity results
         with it; the retry would then decide again without them (a market order filled at the
         venue, then "cancelled before submission" by a cancel that arrived during the fill). A
-        1 ms timer makes the venue's answers durable first."""
-        await workflow.sleep(timedelta(milliseconds=1))
+        1 ms timer makes the venue's answers durable first. Shielded: a workflow cancellation
+        arriving meanwhile does not cut it short (the cancellation path then runs its own)."""
+        await asyncio.shield(workflow.sleep(timedelta(milliseconds=1)))
 
     def _requests_to_serve(self) -> bool:
         """Queued amends, or a cancel not yet tried once: carried out before continuing as new."""
