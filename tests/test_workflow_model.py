@@ -46,6 +46,7 @@ ACTIONS = ("fill", "fill", "fill", "venue_end", "push", "cancel_signal", "cancel
            "amend_signal", "amend_update", "restart", "sleep", "sleep", "pause")
 # Venue requests per order: a few per action (a call, its transient retries, a reconcile, a
 # confirmation), plus the backoff-spaced retries while time passes (at most one per half cap).
+MESSAGES = {"push", "cancel_signal", "cancel_update", "workflow_cancel", "amend_signal", "amend_update"}
 REQUESTS_PER_ACTION = 12
 REQUESTS_BASE = 24
 
@@ -81,10 +82,16 @@ async def skip_time(time_env, seconds: float) -> None:
                     raise
                 await asyncio.sleep(0.2)
         seconds -= step
+        await asyncio.sleep(0.02)
 
 
-async def act(action, rng, venue, owner, latest, workers, updates, time_env) -> float:
+async def act(action, rng, venue, owner, latest, workers, updates, time_env, script) -> float:
     """Carry out one generated action; returns the seconds of time skipped."""
+    if "workflow_cancel" in script[:-1] and action in MESSAGES:
+        # The test server fails (an internal error, for good) when a signal or update lands while
+        # a cancellation-requested workflow completes; a real server takes it. After a workflow
+        # cancellation the model only moves the venue, time and workers.
+        return 0.0
     if action == "fill":
         venue.random_fill(owner)
     elif action == "venue_end":
@@ -146,7 +153,7 @@ async def run_example(seed: int, time_env, redis, settings) -> dict:
             script.append(action)
             print(f"  seed {seed}: {action}")
             try:
-                skipped += await act(action, rng, venue, owner, latest, workers, updates, time_env)
+                skipped += await act(action, rng, venue, owner, latest, workers, updates, time_env, script)
             except RPCError as error:  # the order already ended: signals and cancellation are refused
                 assert "completed" in str(error).lower() or "not found" in str(error).lower(), (action, error)
             await asyncio.sleep(rng.choice([0.0, 0.05, 0.2]))
@@ -159,7 +166,7 @@ async def run_example(seed: int, time_env, redis, settings) -> dict:
         venue.calm = True
         venue.land_in_flight()
         snap = await latest.query("status", result_type=OrderSnapshot)
-        if not snap.is_terminal:
+        if not snap.is_terminal and "workflow_cancel" not in script:
             await latest.signal("cancel", {"reason": "end of the model run"})
         final = await asyncio.wait_for(latest.result(), timeout=60)
         done, pending = await asyncio.wait(updates, timeout=30) if updates else (set(), set())

@@ -165,6 +165,10 @@ class OrderWorkflow(Release01Paths):
         self._v2 = workflow.patched(LIFECYCLE_V2)
         self._lock = asyncio.Lock()  # release 0.1's amend_order only
         self._handing_over = False  # continue-as-new is waiting for the handlers to return
+        # A Temporal cancellation request is not carried to a new run by the server: this run sees the
+        # order's cancel through (bounded: every retry waits on the backoff, a month of venue outage
+        # stays far below Temporal's history limit).
+        self._cancelled_run = False
 
     # --- public interface ----------------------------------------------------------------------
     @workflow.query(name="status")
@@ -275,7 +279,7 @@ class OrderWorkflow(Release01Paths):
 
     async def _track_until_terminal(self) -> None:
         while not self._state.snapshot.is_terminal:
-            if self._should_continue_as_new() and not self._requests_to_serve():
+            if self._should_continue_as_new() and not self._requests_to_serve() and not self._cancelled_run:
                 await self._hand_over()
             await self._track_once()
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -311,11 +315,10 @@ class OrderWorkflow(Release01Paths):
             workflow.continue_as_new(self._state)
 
     async def _after_workflow_cancellation(self) -> None:
-        self._handing_over = False
+        self._handing_over, self._cancelled_run = False, True
         snap = self._state.snapshot
-        if snap.is_terminal:
+        if snap.is_terminal:  # the closing barrier was already passed, or is running (shielded)
             await workflow.wait_condition(workflow.all_handlers_finished)
-            await self._record_before_closing()
             return
         if self._state.cancel_request is None:
             self._state.cancel_request = CancelRequest(reason="workflow cancellation requested")
