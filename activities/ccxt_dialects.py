@@ -10,6 +10,25 @@ from typing import Any
 
 import ccxt.async_support as ccxt
 
+from oms.venue_status import StatusRule
+
+O, F, C, E, R = StatusRule.OPEN, StatusRule.FILLED, StatusRule.CANCELLED, StatusRule.EXPIRED, StatusRule.REJECTED
+
+# Binance spot `status` (GET/POST/DELETE /api/v3/order, openOrders, allOrders). PENDING_CANCEL is
+# documented as unused but listed: the order still works until the venue says otherwise.
+# EXPIRED_IN_MATCH: expired by self-trade prevention, possibly after fills.
+BINANCE_STATUS: dict[str, StatusRule] = {
+    "NEW": O, "PENDING_NEW": O, "PARTIALLY_FILLED": O, "PENDING_CANCEL": O, "FILLED": F,
+    "CANCELED": C, "REJECTED": R, "EXPIRED": E, "EXPIRED_IN_MATCH": E,
+}
+# Bybit v5 `orderStatus` (order/realtime, order/history). Untriggered/Triggered/Active are the
+# conditional-order states (still working); Deactivated is a conditional order cancelled before it
+# triggered; PartiallyFilledCanceled is a market or IOC remainder ended after fills (ccxt says `closed`).
+BYBIT_STATUS: dict[str, StatusRule] = {
+    "New": O, "PartiallyFilled": O, "Untriggered": O, "Triggered": O, "Active": O, "Filled": F,
+    "Cancelled": C, "PartiallyFilledCanceled": C, "Deactivated": C, "Rejected": R,
+}
+
 
 class Dialect:
     name: str
@@ -17,6 +36,14 @@ class Dialect:
     open_orders_cost = 1.0  # ccxt cost (request weight) of one open-orders listing
     native_amend = False
     duplicate_markers: tuple[str, ...] = ()
+    status_table: dict[str, StatusRule] = {}
+    raw_status_field = "status"
+
+    def raw_status(self, order: dict) -> str | None:
+        """The venue's own status word from ccxt's `info` (ccxt's unified status loses detail)."""
+        info = order.get("info") or {}
+        value = info.get(self.raw_status_field) if isinstance(info, dict) else None
+        return str(value) if value is not None else None
 
     def options(self, recv_window_ms: int) -> dict[str, Any]:
         raise NotImplementedError
@@ -60,6 +87,7 @@ class BinanceDialect(Dialect):
     order_endpoints = frozenset({("POST", "order"), ("POST", "order/cancelReplace")})
     duplicate_markers = ("Duplicate order sent",)
     open_orders_cost = 16.0  # GET /api/v3/openOrders without a symbol: weight 80
+    status_table = BINANCE_STATUS
 
     def options(self, recv_window_ms: int) -> dict[str, Any]:
         return {"defaultType": "spot", "fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False,
@@ -82,6 +110,8 @@ class BybitDialect(Dialect):
     duplicate_markers = ("110072", "OrderLinkedID is duplicate")
     native_amend = True
     open_orders_cost = 5.0  # one page of GET /v5/order/realtime
+    status_table = BYBIT_STATUS
+    raw_status_field = "orderStatus"
 
     def options(self, recv_window_ms: int) -> dict[str, Any]:
         # A unified trading account (UTA) is assumed, as for every Bybit account opened since 2023:

@@ -35,6 +35,7 @@ from activities.venue_gate import PATIENCE_MS, GateLimits, VenueGate, gate_statu
 from activities.venues import VenueError
 from config.settings import ExchangeSettings, Settings
 from oms.models import OrderType, Side
+from oms.venue_status import resolve
 from oms.venue import (
     OPEN_STATUSES,
     MarketInfo,
@@ -59,9 +60,6 @@ POLL_PATIENCE_MS = 30_000
 # Errors after which the venue certainly did not receive the order (our gate, a 429, a refused connection).
 NOTHING_SENT = frozenset({VenueErrorType.TRANSIENT, VenueErrorType.RATE_LIMITED, VenueErrorType.CIRCUIT_OPEN})
 
-_STATUS = {"open": VenueOrderStatus.NEW, "closed": VenueOrderStatus.FILLED, "canceled": VenueOrderStatus.CANCELLED,
-           "cancelled": VenueOrderStatus.CANCELLED, "expired": VenueOrderStatus.EXPIRED,
-           "rejected": VenueOrderStatus.REJECTED}
 _REFUSALS = (ccxt.InvalidOrder, ccxt.InsufficientFunds, ccxt.BadRequest, ccxt.BadSymbol, ccxt.AuthenticationError,
              ccxt.PermissionDenied, ccxt.AccountSuspended, ccxt.NotSupported, ccxt.ArgumentsRequired)
 
@@ -317,9 +315,9 @@ class CcxtVenue:
     def _to_report(self, order: dict, symbol: str, client_order_id: str, trades: list[dict],
                    complete: bool) -> VenueOrderReport:
         filled = _dec(order.get("filled"))
-        status = _STATUS.get(order.get("status") or "open", VenueOrderStatus.NEW)
-        if status == VenueOrderStatus.NEW and filled > 0:
-            status = VenueOrderStatus.PARTIALLY_FILLED
+        # The venue's own status word, by the dialect's table: ccxt's unified `closed` would call a
+        # partially filled, cancelled remainder filled.
+        status, reason = resolve(self.dialect.status_table, self.name, self.dialect.raw_status(order), filled)
         fills = []
         for trade in trades:
             fee = trade.get("fee") or {}
@@ -331,7 +329,8 @@ class CcxtVenue:
             exchange=self.name, client_order_id=client_order_id, venue_order_id=str(order.get("id") or "") or None,
             symbol=symbol, status=status, quantity=_dec(order.get("amount")) or None,
             limit_price=_dec(order.get("price")) or None, filled_quantity=filled, fills=fills,
-            fills_complete=complete, at=_at(order.get("lastUpdateTimestamp") or order.get("timestamp")))
+            fills_complete=complete, reason=reason,
+            at=_at(order.get("lastUpdateTimestamp") or order.get("timestamp")))
 
     def _read_error(self, error: ccxt.BaseError) -> VenueError:
         """A failed read changed nothing at the venue: retrying is always safe."""

@@ -36,6 +36,7 @@ from oms.venue import (
     VenueOrderStatus,
 )
 from activities.venues import VenueError
+from oms.venue_status import StatusRule, resolve
 
 FAULTS_KEY = "sim:faults"
 REQUESTS_KEY = "sim:requests"
@@ -47,6 +48,22 @@ local n = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 if n > 0 then redis.call('HINCRBY', KEYS[1], ARGV[1], -1) return 1 end
 return 0
 """
+
+
+# The simulated venue's statuses (oms.venue_model keeps them as VenueOrderStatus values). A market,
+# IOC or FOK remainder the book could not fill ends `expired`, with the fills it got.
+SIM_STATUS: dict[str, StatusRule] = {
+    VenueOrderStatus.NEW.value: StatusRule.OPEN, VenueOrderStatus.PARTIALLY_FILLED.value: StatusRule.OPEN,
+    VenueOrderStatus.FILLED.value: StatusRule.FILLED, VenueOrderStatus.CANCELLED.value: StatusRule.CANCELLED,
+    VenueOrderStatus.EXPIRED.value: StatusRule.EXPIRED, VenueOrderStatus.REJECTED.value: StatusRule.REJECTED,
+}
+
+
+def sim_report(order: venue_model.SimOrder, name: str = "simulation") -> VenueOrderReport:
+    """The venue model's order as a report, its status through the table."""
+    report = venue_model.to_report(order)
+    status, reason = resolve(SIM_STATUS, name, order.status.value, report.filled_quantity)
+    return report.model_copy(update={"status": status, "reason": report.reason or reason})
 
 
 def _now() -> datetime:
@@ -143,7 +160,7 @@ class SimulatedVenue:
             raise VenueError(VenueErrorType.UNKNOWN_OUTCOME, "simulated lost acknowledgement")
         if await self._fault("hang"):
             await asyncio.sleep(HANG_SECONDS)
-        return venue_model.to_report(order)
+        return sim_report(order)
 
     async def fetch(self, ref: VenueOrderRef) -> VenueOrderReport:
         await self._enter()
@@ -152,13 +169,13 @@ class SimulatedVenue:
                                     symbol=ref.symbol, status=VenueOrderStatus.NOT_FOUND)
         now = _now()
         order = await self._update(ref.client_order_id, lambda o: venue_model.advance(o, now, self._sim))
-        return venue_model.to_report(order)
+        return sim_report(order)
 
     async def cancel(self, ref: VenueOrderRef) -> VenueOrderReport:
         await self._enter()
         now = _now()
         order = await self._update(ref.client_order_id, lambda o: venue_model.cancel(o, now, self._sim))
-        return venue_model.to_report(order)
+        return sim_report(order)
 
     async def amend(self, request: VenueAmendRequest) -> VenueOrderReport:
         await self._enter()
@@ -170,7 +187,7 @@ class SimulatedVenue:
             except ValueError as exc:
                 raise VenueError(VenueErrorType.REJECTED, f"amend refused: {exc}") from None
 
-        return venue_model.to_report(await self._update(request.client_order_id, change))
+        return sim_report(await self._update(request.client_order_id, change))
 
     async def fetch_open(self, account: str, symbols: list[str] | None = None) -> list[VenueOrderReport]:
         await self._enter()
@@ -182,7 +199,7 @@ class SimulatedVenue:
             except VenueError:
                 continue
             if symbols is None or order.symbol in symbols:
-                reports.append(venue_model.to_report(order))
+                reports.append(sim_report(order))
         return reports
 
     async def close(self) -> None:
