@@ -12,6 +12,7 @@ import ccxt.async_support as ccxt
 
 from oms.venue_status import StatusRule
 
+ORDERS_PAGE = 1000  # Binance allOrders' largest page
 O, F, C, E, R = StatusRule.OPEN, StatusRule.FILLED, StatusRule.CANCELLED, StatusRule.EXPIRED, StatusRule.REJECTED
 
 # Binance spot `status` (GET/POST/DELETE /api/v3/order, openOrders, allOrders). PENDING_CANCEL is
@@ -81,6 +82,10 @@ class Dialect:
     async def open_orders(self, client: ccxt.Exchange) -> list[dict]:
         return await client.fetch_open_orders()
 
+    async def orders_since(self, client: ccxt.Exchange, symbols: list[str], since_ms: int) -> list[dict]:
+        """Orders created at or after `since_ms` (any status) on `symbols`, or account-wide."""
+        raise NotImplementedError
+
 
 class BinanceDialect(Dialect):
     name = "binance"
@@ -102,6 +107,19 @@ class BinanceDialect(Dialect):
 
     async def cancel_by_client_id(self, client: ccxt.Exchange, symbol: str, client_order_id: str) -> dict:
         return await client.cancel_order(None, symbol, {"origClientOrderId": client_order_id})
+
+    async def orders_since(self, client: ccxt.Exchange, symbols: list[str], since_ms: int) -> list[dict]:
+        # GET /api/v3/allOrders needs a symbol (weight 20 each): one call per traded symbol, paged.
+        orders: list[dict] = []
+        for symbol in symbols:
+            start = since_ms
+            while True:
+                page = await client.fetch_orders(symbol, since=start, limit=ORDERS_PAGE)
+                orders += page
+                if len(page) < ORDERS_PAGE:
+                    break
+                start = max(int(o.get("timestamp") or start) for o in page) + 1
+        return orders
 
 
 class BybitDialect(Dialect):
@@ -150,14 +168,20 @@ class BybitDialect(Dialect):
             request["price"] = client.price_to_precision(order["symbol"], price)
         return await client.private_post_v5_order_amend(request)
 
+    async def orders_since(self, client: ccxt.Exchange, symbols: list[str], since_ms: int) -> list[dict]:
+        return await self._pages(client, client.private_get_v5_order_history, {"startTime": since_ms})
+
     async def open_orders(self, client: ccxt.Exchange) -> list[dict]:
+        return await self._pages(client, client.private_get_v5_order_realtime, {})
+
+    async def _pages(self, client: ccxt.Exchange, endpoint: Any, extra: dict[str, Any]) -> list[dict]:
         orders: list[dict] = []
         cursor = None
         while True:  # Bybit pages open orders 50 at a time
-            request: dict[str, Any] = {"category": "spot", "limit": 50}
+            request: dict[str, Any] = {"category": "spot", "limit": 50, **extra}
             if cursor:
                 request["cursor"] = cursor
-            response = await client.private_get_v5_order_realtime(request)
+            response = await endpoint(request)
             result = response.get("result") or {}
             orders += [client.parse_order(row) for row in result.get("list") or []]
             cursor = result.get("nextPageCursor")

@@ -184,8 +184,13 @@ class CcxtVenue:
     def _sent_key(self, client_order_id: str) -> str:
         return f"venue:{self.name}:{self.account}:sent:{client_order_id}"
 
+    def _symbols_key(self) -> str:
+        """The symbols this account trades (Binance lists closed orders per symbol only)."""
+        return f"venue:{self.name}:{self.account}:symbols"
+
     async def submit(self, request: VenueOrderRequest) -> VenueOrderReport:
         await self._ccxt_market(request.symbol)
+        await self._redis.sadd(self._symbols_key(), request.symbol)
         ref = VenueOrderRef(exchange=self.name, account=request.account, client_order_id=request.client_order_id,
                             symbol=request.symbol)
         now_ms = int(time.time() * 1000)
@@ -286,6 +291,25 @@ class CcxtVenue:
             if not order.get("clientOrderId") or (symbols and order.get("symbol") not in symbols):
                 continue
             reports.append(self._to_report(order, order["symbol"], order["clientOrderId"], [], complete=False))
+        return reports
+
+    async def fetch_closed_since(self, account: str, since_ms: int) -> list[VenueOrderReport]:
+        """Our orders created at or after `since_ms` that are no longer open, without their trades
+        (`fills_complete` false): what the poller needs for orders that ended between two listings."""
+        await self._ensure_markets()
+        symbols = sorted(await self._redis.smembers(self._symbols_key()))
+        try:
+            with self._patience(POLL_PATIENCE_MS):
+                orders = await self.dialect.orders_since(self.client, symbols, since_ms)
+        except ccxt.BaseError as error:
+            raise self._read_error(error) from None
+        reports = []
+        for order in orders:
+            if not order.get("clientOrderId") or not order.get("symbol"):
+                continue
+            report = self._to_report(order, order["symbol"], order["clientOrderId"], [], complete=False)
+            if report.status not in OPEN_STATUSES:
+                reports.append(report)
         return reports
 
     @property

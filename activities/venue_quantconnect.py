@@ -585,6 +585,19 @@ class QuantConnectVenue:
             reports.append(self._report(order))
         return reports
 
+    async def fetch_closed_since(self, account: str, since_ms: int) -> list[VenueOrderReport]:
+        """Our closed orders whose last event is at or after `since_ms` (the listing has them all;
+        an order without event times is included: the poller de-duplicates what it signals)."""
+        reports = []
+        for order in await self._all_orders():
+            if parse_tag(order.tag) is None or not order.closed:
+                continue
+            times = [e.time for e in order.events if e.time is not None]
+            if times and max(times) * 1000 < since_ms:
+                continue
+            reports.append(self._report(order))
+        return reports
+
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()

@@ -41,6 +41,7 @@ from oms.venue_status import StatusRule, resolve
 FAULTS_KEY = "sim:faults"
 REQUESTS_KEY = "sim:requests"
 HANG_SECONDS = 3600.0
+CLOSED_KEPT_MS = 86_400_000  # closed orders listed for the poller's catch-up this long
 
 # Atomically take one from a one-shot counter: returns 1 if it fired.
 _TAKE_ONE = """
@@ -70,6 +71,10 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
 class SimulatedVenue:
     name = "simulation"
 
@@ -84,6 +89,10 @@ class SimulatedVenue:
 
     def _open_key(self, account: str) -> str:
         return f"sim:{self.name}:open:{account}"
+
+    def _closed_key(self, account: str) -> str:
+        """Sorted set: client order id by the time (ms) the order closed, for `fetch_closed_since`."""
+        return f"sim:{self.name}:closed:{account}"
 
     # --- plumbing -------------------------------------------------------------------------------
     async def _enter(self) -> None:
@@ -119,6 +128,7 @@ class SimulatedVenue:
                     pipe.set(key, order.model_dump_json())
                     if not order.is_open:
                         pipe.srem(self._open_key(order.account), client_order_id)
+                        pipe.zadd(self._closed_key(order.account), {client_order_id: _ms(_now())}, nx=True)
                     await pipe.execute()
                     return order
                 except WatchError:
@@ -152,6 +162,8 @@ class SimulatedVenue:
                 created, = await pipe.execute()
             if created and order.is_open:
                 await self._redis.sadd(self._open_key(order.account), order.client_order_id)
+            elif created:
+                await self._redis.zadd(self._closed_key(order.account), {order.client_order_id: _ms(_now())})
             if not created:  # another worker placed it between our read and write
                 order = await self._load(request.client_order_id)
         else:
@@ -199,6 +211,17 @@ class SimulatedVenue:
             except VenueError:
                 continue
             if symbols is None or order.symbol in symbols:
+                reports.append(sim_report(order))
+        return reports
+
+    async def fetch_closed_since(self, account: str, since_ms: int) -> list[VenueOrderReport]:
+        await self._enter()
+        key = self._closed_key(account)
+        await self._redis.zremrangebyscore(key, "-inf", since_ms - CLOSED_KEPT_MS)  # bounded
+        reports = []
+        for client_order_id in await self._redis.zrangebyscore(key, since_ms, "+inf"):
+            order = await self._load(client_order_id)
+            if order is not None:
                 reports.append(sim_report(order))
         return reports
 

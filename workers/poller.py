@@ -3,16 +3,26 @@
 Every `interval` it asks the venue for all open orders of the account in one call
 (`fetch_open`), compares each with what it saw last, and signals `venue_update` to the workflows
 whose order changed. Orders that left the open set since the last round (filled or cancelled in
-between) are fetched once by client order id and signalled too. The workflows keep their own
-polling with backoff (up to 5 minutes) as the fallback, so a dead poller delays fills, never loses
-them. With several worker replicas, a Redis lease makes one of them poll each account.
+between) are fetched once by client order id and signalled too. An order that opened and closed
+between two listings is never in the open set: a catch-up listing of orders closed since a cursor
+(`fetch_closed_since`, every CATCH_UP_S) finds it.
+
+What the poller saw (open orders with their fingerprints) and the cursor live in Redis, so the next
+leaseholder after a failover continues where the last one stopped: nothing seen open is forgotten,
+and the catch-up starts from the last round that completed. State is written only after a round's
+signals went out, so a crash re-signals (workflows apply a report idempotently), never skips.
+
+The workflows keep their own polling with backoff as the fallback, so a dead poller delays fills,
+never loses them. With several worker replicas, a Redis lease makes one of them poll each account.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
+import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -25,23 +35,35 @@ from oms.venue import OPEN_STATUSES, VenueOrderRef, VenueOrderReport
 
 log = logging.getLogger("tom.poller")
 LEASE_S = 10
+CATCH_UP_S = 5.0  # closed-orders listing at most this often (Binance: one weighty call per symbol)
+CURSOR_OVERLAP_MS = 5_000  # clock skew between us and the venue, and a listing's own duration
+ENDED_TTL_S = 3600  # how long an ended order's last signalled state is remembered (de-duplication)
 
 
-def _fingerprint(report: VenueOrderReport) -> tuple:
-    return report.status, report.filled_quantity, len(report.fills), report.quantity, report.limit_price
+def _fingerprint(report: VenueOrderReport) -> str:
+    return json.dumps([report.status.value, str(report.filled_quantity), len(report.fills),
+                       str(report.quantity), str(report.limit_price)])
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class AccountPoller:
     def __init__(self, client: Client, redis: aioredis.Redis, registry: VenueRegistry, exchange: str,
-                 account: str = "default", interval_s: float = 1.0) -> None:
+                 account: str = "default", interval_s: float = 1.0, catch_up_s: float = CATCH_UP_S) -> None:
         self._client, self._redis, self._registry = client, redis, registry
-        self.exchange, self.account, self.interval_s = exchange, account, interval_s
-        self._seen: dict[str, tuple] = {}
-        self._symbols: dict[str, str] = {}
+        self.exchange, self.account, self.interval_s, self.catch_up_s = exchange, account, interval_s, catch_up_s
+        prefix = f"poller:{exchange}:{account}"
         self._lease_key = f"poller:lease:{exchange}:{account}"
+        self._seen_key = f"{prefix}:seen"  # hash: client order id -> {"fp", "symbol"} of open orders
+        self._cursor_key = f"{prefix}:cursor"  # ms: the catch-up listing starts here (less the overlap)
+        self._ended_prefix = f"{prefix}:ended:"  # per ended order: the fingerprint last signalled
         self._me = f"{socket.gethostname()}-{os.getpid()}-{id(self)}"
+        self._last_catch_up = 0.0
         self.signals_sent = 0
         self.rounds = 0
+        self.found: list[str] = []  # client order ids whose change the last round reported
 
     def round_interval_s(self) -> float:
         """The configured interval, or longer where one listing is heavy against the venue's limit."""
@@ -57,6 +79,10 @@ class AccountPoller:
             return True
         return False
 
+    async def release_lease(self) -> None:
+        if await self._redis.get(self._lease_key) == self._me:
+            await self._redis.delete(self._lease_key)
+
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
@@ -69,18 +95,55 @@ class AccountPoller:
             except asyncio.TimeoutError:
                 pass
 
-    async def poll_once(self) -> int:
+    async def poll_once(self, catch_up: bool | None = None) -> int:
+        """One round; `catch_up` forces (or skips) the closed-orders listing, else every catch_up_s."""
+        started_ms = _now_ms()
         adapter = self._registry.get(self.exchange)
+        seen = {cid: json.loads(raw) for cid, raw in (await self._redis.hgetall(self._seen_key)).items()}
         reports = {r.client_order_id: r for r in await adapter.fetch_open(self.account)}
-        for gone in set(self._seen) - set(reports):  # left the open set between two rounds
+        changed = [r for cid, r in reports.items() if seen.get(cid, {}).get("fp") != _fingerprint(r)]
+        for gone in set(seen) - set(reports):  # left the open set since the last round
             ref = VenueOrderRef(exchange=self.exchange, account=self.account, client_order_id=gone,
-                                symbol=self._symbols[gone])
-            reports[gone] = await adapter.fetch(ref)
-        changed = [r for cid, r in reports.items() if self._seen.get(cid) != _fingerprint(r)]
-        self._seen = {cid: _fingerprint(r) for cid, r in reports.items() if r.status in OPEN_STATUSES}
-        self._symbols = {cid: r.symbol for cid, r in reports.items() if cid in self._seen}
+                                symbol=seen[gone]["symbol"])
+            report = await adapter.fetch(ref)
+            reports[gone] = report
+            changed.append(report)
+        caught_up = catch_up if catch_up is not None else time.monotonic() - self._last_catch_up >= self.catch_up_s
+        if caught_up:
+            cursor = await self._redis.get(self._cursor_key)
+            since = int(cursor) - CURSOR_OVERLAP_MS if cursor else started_ms - CURSOR_OVERLAP_MS
+            for report in await adapter.fetch_closed_since(self.account, since):
+                if report.client_order_id not in reports:
+                    reports[report.client_order_id] = report
+                    changed.append(report)
+        ended = [r for r in changed if r.status not in OPEN_STATUSES]
+        if ended:  # an ended order is signalled once per state, across rounds and leaseholders
+            last = await self._redis.mget([self._ended_prefix + r.client_order_id for r in ended])
+            repeat = {r.client_order_id for r, fp in zip(ended, last) if fp == _fingerprint(r)}
+            changed = [r for r in changed if r.client_order_id not in repeat]
+        sent = await self._signal(changed)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._seen_key)
+            still_open = {cid: json.dumps({"fp": _fingerprint(r), "symbol": r.symbol})
+                          for cid, r in reports.items() if r.status in OPEN_STATUSES}
+            if still_open:
+                pipe.hset(self._seen_key, mapping=still_open)
+            for report in changed:
+                if report.status not in OPEN_STATUSES:
+                    pipe.set(self._ended_prefix + report.client_order_id, _fingerprint(report), ex=ENDED_TTL_S)
+            if caught_up or not await self._redis.exists(self._cursor_key):
+                pipe.set(self._cursor_key, started_ms)  # the next catch-up, here or elsewhere, starts here
+            await pipe.execute()
+        if caught_up:
+            self._last_catch_up = time.monotonic()
+        self.found = [r.client_order_id for r in changed]
+        self.rounds += 1
+        self.signals_sent += sent
+        return sent
+
+    async def _signal(self, reports: list[VenueOrderReport]) -> int:
         sent = 0
-        for report in changed:
+        for report in reports:
             order_id = await self._redis.get(client_order_key(report.client_order_id))
             if order_id is None:
                 continue
@@ -89,8 +152,6 @@ class AccountPoller:
                 sent += 1
             except RPCError:  # the workflow already finished
                 continue
-        self.rounds += 1
-        self.signals_sent += sent
         return sent
 
 
