@@ -105,7 +105,7 @@ async def test_failover_misses_no_fill_the_next_leaseholder_continues_from_the_c
             final = await asyncio.wait_for(handle.result(), 15)  # the orders' own polls are minutes away
             assert final.state == OrderState.CANCELLED and final.reason == "cancelled at the venue"
             assert _venue_updates([e async for e in handle.fetch_history_events()]) >= 1
-        assert follower.signals_sent >= 2 and await redis.get("poller:lease:simulation:default") == follower._me
+        assert follower.signals_sent >= 2 and await redis.get("poller:lease:simulation:default") == follower._lease.owner
     finally:
         stop.set()
         await follower_task

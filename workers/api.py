@@ -32,6 +32,7 @@ from workers.intake import InvalidSignal, parse_signal, start_order
 from workers.recorder import Recorder
 from workers.runtime import configure_logging, connect_temporal, redis_client
 from workers.storage import DuckDBStore
+from workers.sweep import orphan_reasons
 
 log = logging.getLogger("tom.api")
 ORDER_ID = Annotated[str, Path(pattern=r"^order-[A-Za-z0-9_.:-]{1,64}$", description="order-<signal_id>")]
@@ -79,6 +80,7 @@ class Readiness(BaseModel):
     degraded: bool = False
     checks: dict[str, CheckResult]
     venues: dict[str, VenueState] = {}
+    degraded_reasons: list[str] = []  # e.g. orphan venue orders found by the sweep (workers/sweep.py)
 
 
 class Position(BaseModel):
@@ -254,7 +256,13 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
         }
         venues = await _venue_states(s)
         ready = all(c.ok for c in checks.values())
-        body = Readiness(ready=ready, degraded=not all(v.ok for v in venues.values()), checks=checks, venues=venues)
+        try:
+            reasons = await asyncio.wait_for(orphan_reasons(s.redis), 2.0)
+        except Exception as exc:  # Redis down: the redis check already says so
+            log.warning("orphan reasons: %s", exc)
+            reasons = []
+        degraded = not all(v.ok for v in venues.values()) or bool(reasons)
+        body = Readiness(ready=ready, degraded=degraded, checks=checks, venues=venues, degraded_reasons=reasons)
         return JSONResponse(status_code=200 if ready else 503, content=body.model_dump())
 
     @app.get("/metrics", response_class=Response,
@@ -268,6 +276,7 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             if s.store is not None:
                 metrics.observe_store(await asyncio.to_thread(s.store.report))
             await _venue_states(s)
+            await orphan_reasons(s.redis)
         except Exception as exc:  # metrics must render even when a dependency is down
             log.warning("metrics collection: %s", exc)
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)

@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import socket
 import time
 
 import redis.asyncio as aioredis
@@ -32,6 +30,7 @@ from temporalio.service import RPCError
 from activities.venues import VenueError, VenueRegistry
 from oms.events import client_order_key
 from oms.venue import OPEN_STATUSES, VenueOrderRef, VenueOrderReport
+from workers.lease import Lease
 
 log = logging.getLogger("tom.poller")
 LEASE_S = 10
@@ -55,11 +54,10 @@ class AccountPoller:
         self._client, self._redis, self._registry = client, redis, registry
         self.exchange, self.account, self.interval_s, self.catch_up_s = exchange, account, interval_s, catch_up_s
         prefix = f"poller:{exchange}:{account}"
-        self._lease_key = f"poller:lease:{exchange}:{account}"
+        self._lease = Lease(redis, f"poller:lease:{exchange}:{account}")
         self._seen_key = f"{prefix}:seen"  # hash: client order id -> {"fp", "symbol"} of open orders
         self._cursor_key = f"{prefix}:cursor"  # ms: the catch-up listing starts here (less the overlap)
         self._ended_prefix = f"{prefix}:ended:"  # per ended order: the fingerprint last signalled
-        self._me = f"{socket.gethostname()}-{os.getpid()}-{id(self)}"
         self._last_catch_up = 0.0
         self.signals_sent = 0
         self.rounds = 0
@@ -72,16 +70,7 @@ class AccountPoller:
 
     async def _hold_lease(self) -> bool:
         """Take or renew the account's lease; only its holder polls."""
-        if await self._redis.set(self._lease_key, self._me, nx=True, ex=LEASE_S):
-            return True
-        if await self._redis.get(self._lease_key) == self._me:
-            await self._redis.expire(self._lease_key, LEASE_S)
-            return True
-        return False
-
-    async def release_lease(self) -> None:
-        if await self._redis.get(self._lease_key) == self._me:
-            await self._redis.delete(self._lease_key)
+        return await self._lease.hold(LEASE_S)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
