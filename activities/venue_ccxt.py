@@ -341,7 +341,8 @@ class CcxtVenue:
         filled = _dec(order.get("filled"))
         # The venue's own status word, by the dialect's table: ccxt's unified `closed` would call a
         # partially filled, cancelled remainder filled.
-        status, reason = resolve(self.dialect.status_table, self.name, self.dialect.raw_status(order), filled)
+        status, reason = resolve(self.dialect.status_table, self.name, self.dialect.raw_status(order), filled,
+                                 _dec(order.get("amount")) or None)
         fills = []
         for trade in trades:
             fee = trade.get("fee") or {}

@@ -454,7 +454,7 @@ class QuantConnectVenue:
         ]
         filled = sum((f.quantity for f in fills), Decimal(0))
         lean = order.lean_status
-        status, reason = resolve(LEAN_STATUS_TABLE, self.name, lean, filled)
+        status, reason = resolve(LEAN_STATUS_TABLE, self.name, lean, filled, abs(order.quantity) or None)
         if status == VenueOrderStatus.CANCELLED and lean == "canceled" and ioc:
             status, reason = VenueOrderStatus.EXPIRED, "IOC remainder cancelled (QuantConnect has no IOC)"
         elif lean == "invalid":

@@ -63,7 +63,7 @@ SIM_STATUS: dict[str, StatusRule] = {
 def sim_report(order: venue_model.SimOrder, name: str = "simulation") -> VenueOrderReport:
     """The venue model's order as a report, its status through the table."""
     report = venue_model.to_report(order)
-    status, reason = resolve(SIM_STATUS, name, order.status.value, report.filled_quantity)
+    status, reason = resolve(SIM_STATUS, name, order.status.value, report.filled_quantity, order.quantity)
     return report.model_copy(update={"status": status, "reason": report.reason or reason})
 
 

@@ -6,7 +6,7 @@ tested row by row. `resolve` turns a rule and the fills the answer carries into 
 
 - OPEN: still working at the venue; NEW without fills, PARTIALLY_FILLED with some.
 - FILLED: complete. A venue's "closed" is never read as filled (Bybit's PartiallyFilledCanceled is
-  `closed` in ccxt): only a raw status that means filled maps here.
+  `closed` in ccxt): only a raw status that means filled maps here, and only with the fills to match.
 - CANCELLED / EXPIRED: ended with whatever filled; the fills come with the report.
 - REJECTED: refused. A refusal after fills (a late QuantConnect `Invalid`) ended an order that
   traded, so it is CANCELLED with those fills, never a rejection that loses them.
@@ -35,13 +35,17 @@ _TERMINAL = {StatusRule.FILLED: VenueOrderStatus.FILLED, StatusRule.CANCELLED: V
              StatusRule.EXPIRED: VenueOrderStatus.EXPIRED}
 
 
-def resolve(table: dict[str, StatusRule], venue: str, raw: str | None,
-            filled: Decimal) -> tuple[VenueOrderStatus, str | None]:
-    """(status, reason) of one venue answer; reason is set where the mapping needs saying."""
+def resolve(table: dict[str, StatusRule], venue: str, raw: str | None, filled: Decimal,
+            quantity: Decimal | None = None) -> tuple[VenueOrderStatus, str | None]:
+    """(status, reason) of one venue answer; reason is set where the mapping needs saying.
+    `quantity`, where known, guards FILLED: a "filled" whose fills fall short is not believed."""
     rule = table.get(raw) if raw is not None else None
     if rule is None:
         log.warning("%s: unrecognized venue order status %r", venue, raw)
         return VenueOrderStatus.UNRECOGNIZED, f"unrecognized {venue} order status {raw!r}"
+    if rule == StatusRule.FILLED and quantity and filled < quantity:
+        log.warning("%s: status %r with %s of %s filled", venue, raw, filled, quantity)
+        return VenueOrderStatus.UNRECOGNIZED, f"{venue} says {raw!r} but reports {filled} of {quantity} filled"
     if rule == StatusRule.OPEN:
         return (VenueOrderStatus.PARTIALLY_FILLED if filled > 0 else VenueOrderStatus.NEW), None
     if rule == StatusRule.REJECTED:
