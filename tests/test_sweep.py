@@ -88,8 +88,18 @@ async def test_report_rule_keeps_the_orphan_working_and_reports_it(temporal_env,
     assert await sweep.sweep_once() == []
 
 
-async def test_orphan_records_are_the_reasons_readyz_reports_degraded(redis):
+async def test_readyz_is_degraded_with_the_orphan_reason(temporal_env, fast_settings, redis):
+    import httpx
+
+    from workers.api import Services, create_app
     from workers.sweep import orphans_key
 
-    await redis.set(orphans_key("bybit", "default"), json.dumps({"count": 2, "reason": "2 orphan order(s) at bybit"}))
-    assert await orphan_reasons(redis) == ["2 orphan order(s) at bybit"]
+    app = create_app(fast_settings, Services(fast_settings, temporal_env.client, redis, None), run_recorder=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
+        clean = (await api.get("/readyz")).json()
+        assert clean["degraded"] is False and clean["degraded_reasons"] == []
+        await redis.set(orphans_key("bybit", "default"),
+                        json.dumps({"count": 2, "reason": "2 orphan order(s) at bybit/default (cancelled)"}))
+        body = (await api.get("/readyz")).json()
+        assert body["degraded"] is True and body["degraded_reasons"] == ["2 orphan order(s) at bybit/default (cancelled)"]
+        assert 'tom_orphan_orders{account="default",exchange="bybit"} 2.0' in (await api.get("/metrics")).text
