@@ -88,6 +88,25 @@ async def test_report_rule_keeps_the_orphan_working_and_reports_it(temporal_env,
     assert await sweep.sweep_once() == []
 
 
+async def test_an_order_whose_owner_cannot_be_told_is_an_orphan_only_at_the_second_sweep(fast_settings, redis,
+                                                                                         temporal_env):
+    from decimal import Decimal
+
+    from oms.models import OrderType, Side, client_order_id_for
+    from oms.venue import VenueOrderRequest
+
+    venue = SimulatedVenue(redis, fast_settings.execution.simulation)
+    cid = client_order_id_for("order-" + "a-signal-id-far-too-long-for-the-venue" * 2)
+    assert owner_of(cid) is None
+    await venue.submit(VenueOrderRequest(exchange="simulation", client_order_id=cid, symbol="ETH/USDT",
+                                         side=Side.BUY, order_type=OrderType.LIMIT, quantity=Decimal("0.1"),
+                                         limit_price=Decimal("1000.00")))
+    sweep = OrphanSweep(temporal_env.client, redis, VenueRegistry({"simulation": venue}), "simulation")
+    assert await sweep.sweep_once() == []
+    (orphan,) = await sweep.sweep_once()
+    assert orphan.action == "cancelled" and orphan.order_id is None and orphan.report.status == "cancelled"
+
+
 async def test_readyz_is_degraded_with_the_orphan_reason(temporal_env, fast_settings, redis):
     import httpx
 

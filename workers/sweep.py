@@ -7,7 +7,8 @@ like the poller (one sweeper per account across worker replicas), every `executi
 1. list the account's open orders (one venue call) and keep those whose client order id carries our
    prefix (`order-`: client ids derive from workflow ids `order-<signal_id>`, oms.models);
 2. find the owning workflow: the `cid:` map the workflow's progress writes, else the id itself (less a
-   cancel-and-replace `-r<n>` suffix); a running workflow owns its order, anything else is an orphan;
+   cancel-and-replace `-r<n>` suffix); a running workflow owns its order, anything else is an orphan
+   (a shortened, hashed id without a map is one only if a second sweep still finds it);
 3. look the orphan up again (the listing may be a moment old: a workflow that just ended its order
    is no orphan), then by `execution.orphans`: `cancel` (default) cancels it at the venue, `report`
    leaves it working;
@@ -129,12 +130,20 @@ class OrphanSweep:
                 listed.client_order_id)
             if order_id is not None and await self._running(order_id):
                 continue
+            if order_id is None and await self._first_sighting(listed.client_order_id):
+                continue  # no owner to ask: act only if it is still there at the next sweep
             orphan = await self._settle(adapter, listed, order_id)
             if orphan is not None:
                 orphans.append(orphan)
         await self._report(orphans)
         self.sweeps += 1
         return orphans
+
+    async def _first_sighting(self, client_order_id: str) -> bool:
+        """A hashed client id whose `cid:` map is missing may belong to a workflow whose first
+        progress is not recorded yet: the first sighting only marks it."""
+        key = f"sweep:{self.exchange}:{self.account}:suspect:{client_order_id}"
+        return bool(await self._redis.set(key, 1, nx=True, ex=max(LEASE_S, int(self.interval_s * 3))))
 
     async def _running(self, order_id: str) -> bool:
         try:
