@@ -65,7 +65,7 @@ def chaos_signal(i: int, rng: random.Random) -> dict:
         signal_.update(symbol=BEYOND_DEPTH[0], quantity=BEYOND_DEPTH[1], order_type="market",
                        exchange=VENUES[k % 2], side=("buy", "sell")[(k // 2) % 2])
     if i % 10 == 9:  # a resting limit: amended or cancelled mid-run, or cancelled at the end
-        signal_.update(order_type="limit", limit_price=far_below, side="buy")
+        signal_.update(order_type="limit", limit_price=far_below, side="buy", exchange=VENUES[(i // 10) % 2])
     return signal_
 
 
@@ -73,7 +73,7 @@ def mid_run_action(signal_: dict) -> dict | None:
     """What happens to a resting order while the chaos runs: an amend, a cancel, or nothing."""
     if signal_.get("order_type") != "limit":
         return None
-    k = int(signal_["signal_id"].rsplit("-", 1)[1]) // 10
+    k = int(signal_["signal_id"].rsplit("-", 1)[1]) // 20  # venues alternate with i // 10: each sees every action
     if k % 3 == 0:
         price = (Decimal(signal_["limit_price"]) * Decimal("0.99")).quantize(Decimal("0.01"))
         return {"amend": {"limit_price": str(price), "quantity": str(Decimal(signal_["quantity"]) * 2)}}
@@ -254,7 +254,10 @@ async def run(orders: int, kills: int, rate: float, seed: int, deadline_s: float
         "by_venue": dict(Counter(s.exchange for s in snapshots.values())),
         "partial_then_ended": sum(1 for s in beyond if 0 < s.filled_quantity < s.quantity),
         "beyond_depth_states": dict(Counter(s.state.value for s in beyond)),
+        "rejections": dict(Counter(s.reason for s in snapshots.values() if s.state.value == "rejected")),
         "amends": sum(1 for _, what in actions if what == "amend"),
+        "amended_by_venue": dict(Counter(s.exchange for s in snapshots.values()
+                                         if any(t.state.value == "pending_amend" for t in s.transitions))),
         "amended": sum(1 for s in snapshots.values() if any(t.state.value == "pending_amend" for t in s.transitions)),
         "mid_run_cancels": sum(1 for _, what in actions if what == "cancel"),
         "venue_faults_fired": {v: st.get("faults_fired") for v, st in venue_stats.items()},

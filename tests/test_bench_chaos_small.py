@@ -15,3 +15,4 @@ async def test_small_chaos_run_accounts_for_every_order_and_fill():
     assert set(result["by_venue"]) == {"binance", "bybit"}, result
     assert result["partial_then_ended"] == 8, result  # every order beyond the depth: part filled, rest ended
     assert result["amends"] >= 2 and result["amended"] >= 2 and result["mid_run_cancels"] >= 2, result
+    assert set(result["amended_by_venue"]) == {"binance", "bybit"}, result  # native and cancel-and-replace
