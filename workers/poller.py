@@ -28,7 +28,8 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from activities.venues import VenueError, VenueRegistry
-from oms.events import client_order_key
+from oms.events import client_order_key, order_cache_key
+from oms.models import OrderSnapshot
 from oms.venue import OPEN_STATUSES, VenueOrderRef, VenueOrderReport
 from workers.lease import Lease
 
@@ -136,12 +137,19 @@ class AccountPoller:
             order_id = await self._redis.get(client_order_key(report.client_order_id))
             if order_id is None:
                 continue
+            if report.status not in OPEN_STATUSES and await self._known_terminal(order_id):
+                continue  # most closed orders ended in their own workflow already: spare the RPC
             try:
                 await self._client.get_workflow_handle(order_id).signal("venue_update", report)
                 sent += 1
             except RPCError:  # the workflow already finished
                 continue
         return sent
+
+
+    async def _known_terminal(self, order_id: str) -> bool:
+        raw = await self._redis.get(order_cache_key(order_id))
+        return raw is not None and OrderSnapshot.model_validate_json(raw).is_terminal
 
 
 async def run_pollers(client: Client, redis: aioredis.Redis, registry: VenueRegistry, accounts: list[tuple[str, str]],
