@@ -122,3 +122,30 @@ async def test_readyz_is_degraded_with_the_orphan_reason(temporal_env, fast_sett
         body = (await api.get("/readyz")).json()
         assert body["degraded"] is True and body["degraded_reasons"] == ["2 orphan order(s) at bybit/default (cancelled)"]
         assert 'tom_orphan_orders{account="default",exchange="bybit"} 2.0' in (await api.get("/metrics")).text
+
+
+async def test_tom_worker_runs_the_sweep(temporal_env, stack_settings, redis, tmp_path):
+    import asyncio
+
+    from tests.conftest import stop_process, tom_process
+
+    execution = stack_settings.execution.model_dump(mode="json")
+    settings = stack_settings.with_overrides(execution={**execution, "orphan_sweep_interval_s": 1})
+    config = tmp_path / "sweep.yaml"
+    config.write_text(settings.to_yaml())
+    worker = tom_process(config, "worker", log_path=tmp_path / "worker.log")
+    try:
+        handle = await start_order(temporal_env.client, settings.temporal.task_queue,
+                                   make_signal(order_type="limit", limit_price="1000.00", quantity="0.1"))
+        snap = await wait_for_state(handle, {OrderState.ACCEPTED}, timeout=30)
+        await handle.terminate("operator terminated it")
+        venue = SimulatedVenue(redis, settings.execution.simulation)
+        ref = VenueOrderRef(exchange="simulation", client_order_id=snap.client_order_id, symbol="ETH/USDT")
+        for _ in range(100):
+            if (await venue.fetch(ref)).status == "cancelled":
+                break
+            await asyncio.sleep(0.1)
+        assert (await venue.fetch(ref)).status == "cancelled"
+        assert any(snap.client_order_id in reason for reason in await orphan_reasons(redis))
+    finally:
+        stop_process(worker)
