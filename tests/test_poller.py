@@ -2,12 +2,14 @@
 import asyncio
 import contextlib
 import time
+from datetime import datetime, timezone
+from decimal import Decimal
 
 from activities.venue_sim import SimulatedVenue
 from activities.venues import VenueRegistry
 from oms.models import OrderSnapshot, OrderState
-from oms.venue import VenueOrderRef
-from tests.helpers import make_signal, start_order
+from oms.venue import VenueFill, VenueOrderRef, VenueOrderStatus
+from tests.helpers import executions, make_signal, start_order
 from workers.poller import AccountPoller
 
 
@@ -69,9 +71,19 @@ async def test_failover_misses_no_fill_the_next_leaseholder_continues_from_the_c
     venue = SimulatedVenue(redis, fast_settings.execution.simulation)
     registry = VenueRegistry({"simulation": venue})
 
-    def cancel_at_venue(snap):
-        return venue.cancel(VenueOrderRef(exchange="simulation", client_order_id=snap.client_order_id,
-                                          symbol="ETH/USDT"))
+    async def trade_at_venue(snap, quantity: str, then_cancel: bool) -> None:
+        """The venue fills `quantity` of the resting order (and then cancels the rest, if asked)."""
+        def fill(order):
+            order.fills.append(VenueFill(trade_id=f"{order.venue_order_id}-x", quantity=Decimal(quantity),
+                                         price=Decimal("1000.00"), fee=Decimal("0.01"), fee_currency="USDT",
+                                         liquidity="maker", at=datetime.now(timezone.utc)))
+            order.status = VenueOrderStatus.FILLED if order.remaining <= 0 else VenueOrderStatus.PARTIALLY_FILLED
+            return order
+
+        await venue._update(snap.client_order_id, fill)
+        if then_cancel:
+            await venue.cancel(VenueOrderRef(exchange="simulation", client_order_id=snap.client_order_id,
+                                             symbol="ETH/USDT"))
 
     async def start():
         handle = await start_order(temporal_env.client, task_queue,
@@ -90,21 +102,25 @@ async def test_failover_misses_no_fill_the_next_leaseholder_continues_from_the_c
     leader_task.cancel()  # the leaseholder dies: no release, its lease runs out
     with contextlib.suppress(asyncio.CancelledError):
         await leader_task
-    # While nobody polls: an order the dead poller saw open is cancelled at the venue, and an order
-    # it never saw opens and is cancelled between two listings.
-    await cancel_at_venue(seen_snap)
+    # While nobody polls: an order the dead poller saw open fills at the venue, and an order it never
+    # saw opens, fills in part and is cancelled, all between two listings.
+    await trade_at_venue(seen_snap, "0.1", then_cancel=False)
     unseen_handle, unseen_snap = await start()
-    await cancel_at_venue(unseen_snap)
+    await trade_at_venue(unseen_snap, "0.04", then_cancel=True)
 
     follower = AccountPoller(temporal_env.client, redis, registry, "simulation", interval_s=0.1, catch_up_s=0.1)
     assert not await follower._hold_lease()  # the dead one's lease still holds for a moment
     stop = asyncio.Event()
     follower_task = asyncio.create_task(follower.run(stop))
     try:
-        for handle in (seen_handle, unseen_handle):
+        expected = {seen_handle: (OrderState.FILLED, Decimal("0.1")),
+                    unseen_handle: (OrderState.CANCELLED, Decimal("0.04"))}
+        for handle, (state, filled) in expected.items():
             final = await asyncio.wait_for(handle.result(), 15)  # the orders' own polls are minutes away
-            assert final.state == OrderState.CANCELLED and final.reason == "cancelled at the venue"
+            assert (final.state, final.filled_quantity) == (state, filled), final
             assert _venue_updates([e async for e in handle.fetch_history_events()]) >= 1
+            published = [f for f in await executions(redis) if f["order_id"] == final.order_id]
+            assert sum((Decimal(f["quantity"]) for f in published), Decimal(0)) == filled  # no fill missed
         assert follower.signals_sent >= 2 and await redis.get("poller:lease:simulation:default") == follower._lease.owner
     finally:
         stop.set()
