@@ -7,7 +7,7 @@ Adapters raise `VenueError` with a `VenueErrorType`; the activity layer turns it
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from oms.venue import (
     MarketInfo,
@@ -57,15 +57,16 @@ class VenueAdapter(Protocol):
 class VenueRegistry:
     """One adapter per exchange name in this worker process (pooled clients live in the adapters)."""
 
-    def __init__(self, adapters: dict[str, VenueAdapter] | None = None) -> None:
+    def __init__(self, adapters: dict[str, VenueAdapter] | None = None, redis: Any = None) -> None:
         self._adapters: dict[str, VenueAdapter] = {}
+        self._redis = redis  # where venue calls are counted (activities/venue_requests.py); None: not counted
         for adapter in (adapters or {}).values():
             self.register(adapter)
 
     def register(self, adapter: VenueAdapter) -> None:
         from activities.venue_requests import MeteredVenue  # every venue call counted (by venue, kind)
 
-        self._adapters[adapter.name] = MeteredVenue(adapter)
+        self._adapters[adapter.name] = MeteredVenue(adapter, self._redis)
 
     def get(self, exchange: str) -> VenueAdapter:
         try:

@@ -26,6 +26,7 @@ from config.settings import Settings
 from oms.events import order_cache_key
 from oms.models import AmendRequest, CancelRequest, OrderSnapshot, OrderState, Signal
 from activities.venue_gate import gate_status
+from activities.venue_requests import observe_venue_requests
 from workers import metrics
 from workers.consumer import consumer_lag
 from workers.intake import InvalidSignal, parse_signal, start_order
@@ -277,6 +278,7 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
                 metrics.observe_store(await asyncio.to_thread(s.store.report))
             await _venue_states(s)
             await orphan_reasons(s.redis)
+            await observe_venue_requests(s.redis)
         except Exception as exc:  # metrics must render even when a dependency is down
             log.warning("metrics collection: %s", exc)
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)

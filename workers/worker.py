@@ -32,7 +32,7 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=20)  # k8s terminationGracePeriodSeconds m
 
 
 async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegistry:
-    registry = VenueRegistry()
+    registry = VenueRegistry(redis=redis)
     registry.register(SimulatedVenue(redis, settings.execution.simulation))
     if settings.execution.mode == "direct" or settings.execution.direct.accounts_in_use():
         from activities.venue_ccxt import build_ccxt_adapters  # ccxt is heavy: only where used
