@@ -57,6 +57,7 @@ CLOCK_MARGIN_MS = 1000  # our clocks against the venue's, on top of its receive 
 BOOK_DEPTH = 5
 POLL_WEIGHT_SHARE = 0.5
 POLL_PATIENCE_MS = 30_000
+SYMBOL_SKEW_MS = 60_000  # our clock against the venue's, for which symbols the catch-up asks
 # Errors after which the venue certainly did not receive the order (our gate, a 429, a refused connection).
 NOTHING_SENT = frozenset({VenueErrorType.TRANSIENT, VenueErrorType.RATE_LIMITED, VenueErrorType.CIRCUIT_OPEN})
 
@@ -185,12 +186,13 @@ class CcxtVenue:
         return f"venue:{self.name}:{self.account}:sent:{client_order_id}"
 
     def _symbols_key(self) -> str:
-        """The symbols this account trades (Binance lists closed orders per symbol only)."""
+        """Sorted set: symbol by the last time (ms) we sent it an order (Binance lists closed orders
+        per symbol only; the catch-up asks only the symbols that can have new orders)."""
         return f"venue:{self.name}:{self.account}:symbols"
 
     async def submit(self, request: VenueOrderRequest) -> VenueOrderReport:
         await self._ccxt_market(request.symbol)
-        await self._redis.sadd(self._symbols_key(), request.symbol)
+        await self._redis.zadd(self._symbols_key(), {request.symbol: int(time.time() * 1000)})
         ref = VenueOrderRef(exchange=self.name, account=request.account, client_order_id=request.client_order_id,
                             symbol=request.symbol)
         now_ms = int(time.time() * 1000)
@@ -297,7 +299,8 @@ class CcxtVenue:
         """Our orders created at or after `since_ms` that are no longer open, without their trades
         (`fills_complete` false): what the poller needs for orders that ended between two listings."""
         await self._ensure_markets()
-        symbols = sorted(await self._redis.smembers(self._symbols_key()))
+        # An order created at or after `since_ms` was sent at about that time or later.
+        symbols = await self._redis.zrangebyscore(self._symbols_key(), since_ms - SYMBOL_SKEW_MS, "+inf")
         try:
             with self._patience(POLL_PATIENCE_MS):
                 orders = await self.dialect.orders_since(self.client, symbols, since_ms)

@@ -62,7 +62,6 @@ class AccountPoller:
         self._last_catch_up = 0.0
         self.signals_sent = 0
         self.rounds = 0
-        self.found: list[str] = []  # client order ids whose change the last round reported
 
     def round_interval_s(self) -> float:
         """The configured interval, or longer where one listing is heavy against the venue's limit."""
@@ -126,7 +125,6 @@ class AccountPoller:
             await pipe.execute()
         if caught_up:
             self._last_catch_up = time.monotonic()
-        self.found = [r.client_order_id for r in changed]
         self.rounds += 1
         self.signals_sent += sent
         return sent
