@@ -2,6 +2,8 @@
 client) leaves a live order nobody watches; the sweep cancels it (or only reports it, by
 `execution.orphans`), with a metric, an order event and GET /readyz degraded."""
 import json
+from datetime import datetime, timezone
+from decimal import Decimal
 
 import pytest
 
@@ -9,9 +11,9 @@ from activities.venue_sim import SimulatedVenue
 from activities.venues import VenueRegistry
 from oms.events import EVENT_FIELD, ORDER_EVENTS_STREAM
 from oms.models import OrderState
-from oms.venue import VenueOrderRef
+from oms.venue import VenueFill, VenueOrderRef, VenueOrderStatus
 from tests.conftest import direct_settings
-from tests.helpers import make_signal, start_order
+from tests.helpers import executions, make_signal, start_order
 from tests.test_direct_execution import direct_worker
 from tests.test_workflow_lifecycle import wait_for_state
 from workers import metrics
@@ -77,21 +79,30 @@ async def test_report_rule_keeps_the_orphan_working_and_reports_it(temporal_env,
                                make_signal(order_type="limit", limit_price="1000.00", quantity="0.1"))
     snap = await wait_for_state(handle, {OrderState.ACCEPTED})
     await handle.terminate("reset by an operator")
+
+    def fill(order):  # the venue fills part of it after the workflow stopped
+        order.fills.append(VenueFill(trade_id="late-1", quantity=Decimal("0.04"), price=Decimal("1000.00"),
+                                     at=datetime.now(timezone.utc)))
+        order.status = VenueOrderStatus.PARTIALLY_FILLED
+        return order
+
+    await venue._update(snap.client_order_id, fill)
     sweep = OrphanSweep(temporal_env.client, redis, VenueRegistry({"simulation": venue}), "simulation",
                         rule="report")
     (orphan,) = await sweep.sweep_once()
     assert orphan.action == "kept" and "execution.orphans: report" in orphan.reason
     ref = VenueOrderRef(exchange="simulation", client_order_id=snap.client_order_id, symbol="ETH/USDT")
-    assert (await venue.fetch(ref)).status == "new"
+    assert (await venue.fetch(ref)).status == "partially_filled"
     assert len(await sweep.sweep_once()) == 1 and len(await _orphan_events(redis)) == 1  # one event per action
+    # The fill nobody watched reaches position management, once.
+    published = [f for f in await executions(redis) if f["order_id"] == snap.order_id]
+    assert [(f["fill_id"], f["quantity"]) for f in published] == [(f"{snap.client_order_id}:late-1", "0.04")]
     await venue.cancel(ref)
     assert await sweep.sweep_once() == []
 
 
 async def test_an_order_whose_owner_cannot_be_told_is_an_orphan_only_at_the_second_sweep(fast_settings, redis,
                                                                                          temporal_env):
-    from decimal import Decimal
-
     from oms.models import OrderType, Side, client_order_id_for
     from oms.venue import VenueOrderRequest
 

@@ -14,8 +14,9 @@ like the poller (one sweeper per account across worker replicas), every `executi
    leaves it working;
 4. report it: metrics `tom_orphan_orders` (found in the last sweep) and `tom_orphan_orders_found`
    (by action), an event on `order_events` (the order's last snapshot with the reason; once per order
-   and action), and `orphans:<exchange>:<account>` in Redis, which makes GET /readyz `degraded` with
-   the reason until a sweep finds none.
+   and action), its venue fills on `executions` (each once: a fill after the workflow stopped still
+   reaches position management), and `orphans:<exchange>:<account>` in Redis, which makes GET /readyz
+   `degraded` with the reason until a sweep finds none.
 """
 from __future__ import annotations
 
@@ -34,16 +35,17 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.venues import VenueError, VenueRegistry
+from activities.streams import StreamPublisher
 from oms.events import (
     EVENT_FIELD,
+    EXECUTION_FIELD,
+    EXECUTIONS_STREAM,
     ORDER_EVENTS_STREAM,
-    STREAM_MAXLEN,
     OrderEvent,
     client_order_key,
     order_cache_key,
-    published_marker_key,
 )
-from oms.models import OrderSnapshot
+from oms.models import Fill, OrderSnapshot
 from oms.venue import OPEN_STATUSES, VenueOrderRef, VenueOrderReport
 from workers.lease import Lease
 from workers.metrics import REGISTRY
@@ -106,6 +108,7 @@ class OrphanSweep:
         self._client, self._redis, self._registry = client, redis, registry
         self.exchange, self.account, self.rule, self.interval_s = exchange, account, rule, interval_s
         self._lease = Lease(redis, f"sweep:lease:{exchange}:{account}")
+        self._streams = StreamPublisher(redis)
         self.sweeps = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -192,7 +195,10 @@ class OrphanSweep:
                               ex=max(60, int(self.interval_s * 3)))
 
     async def _publish(self, orphan: Orphan) -> None:
-        """An order_events entry with the order's last snapshot and the sweep's reason, once per action."""
+        """An order_events entry with the order's last snapshot and the sweep's reason (once per
+        order and action), and the venue's fills on `executions` under the workflow's own fill ids,
+        so a fill nobody recorded reaches position management, and one already recorded is not
+        repeated."""
         if orphan.order_id is None:
             log.error("%s: no workflow known, no order event", orphan.reason)
             return
@@ -200,16 +206,20 @@ class OrphanSweep:
         if snapshot is None:
             log.error("%s: no snapshot of %s, no order event", orphan.reason, orphan.order_id)
             return
-        event_id = f"{orphan.order_id}:orphan:{orphan.client_order_id}:{orphan.action}"
-        if not await self._redis.set(published_marker_key(ORDER_EVENTS_STREAM, event_id), 1, nx=True,
-                                     ex=7 * 86400):
-            return
         now = datetime.now(timezone.utc)
+        for venue_fill in orphan.report.fills:
+            fill = Fill(fill_id=f"{orphan.client_order_id}:{venue_fill.trade_id}", order_id=orphan.order_id,
+                        strategy_id=snapshot.strategy_id, symbol=snapshot.symbol, side=snapshot.side,
+                        quantity=venue_fill.quantity, price=venue_fill.price, fee=venue_fill.fee,
+                        fee_currency=venue_fill.fee_currency, liquidity=venue_fill.liquidity,
+                        venue=self.exchange, at=venue_fill.at)
+            await self._streams.publish_once(EXECUTIONS_STREAM, fill.fill_id,
+                                             {EXECUTION_FIELD: fill.model_dump_json()})
+        event_id = f"{orphan.order_id}:orphan:{orphan.client_order_id}:{orphan.action}"
         snapshot = snapshot.model_copy(update={"reason": orphan.reason, "updated_at": now})
         event = OrderEvent(event_id=event_id, order_id=orphan.order_id, state=snapshot.state, at=now,
                            reason=orphan.reason, snapshot=snapshot)
-        await self._redis.xadd(ORDER_EVENTS_STREAM, {EVENT_FIELD: event.model_dump_json()},
-                               maxlen=STREAM_MAXLEN, approximate=True)
+        await self._streams.publish_once(ORDER_EVENTS_STREAM, event_id, {EVENT_FIELD: event.model_dump_json()})
 
     async def _snapshot(self, order_id: str) -> OrderSnapshot | None:
         raw = await self._redis.get(order_cache_key(order_id))
