@@ -49,6 +49,7 @@ class _Strict(BaseModel):
 class ServiceSettings(_Strict):
     host: str = "localhost"
     port: Annotated[int, Field(ge=1, le=65535)] = 8004
+    max_request_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024  # larger bodies: 413
 
 
 class DatabaseSettings(_Strict):
@@ -76,6 +77,10 @@ class MessagingSettings(_Strict):
     consumer_group: str = "order-management"
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 100
     claim_idle_ms: Annotated[int, Field(ge=100)] = 30_000
+    # Intake bounds: a signal older than this (by created_at, else by when it reached the stream) is
+    # dead-lettered, never traded; a payload larger than this is dead-lettered, kept clipped to it.
+    max_signal_age_s: Annotated[int, Field(ge=1, le=30 * 86_400)] = 300
+    max_payload_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
 
     @property
     def redis_url(self) -> str:
@@ -210,6 +215,9 @@ class OrderParams(_Strict):
     rate_limit_window_ms: Annotated[int, Field(ge=1)] = 1000
     track_execution_metrics: bool = True
     log_level: LogLevel = LogLevel.INFO
+    # Horizon of a signal's timing: execution.start_at at most this far ahead, expire_at likewise.
+    max_start_delay_s: Annotated[int, Field(ge=0, le=366 * 86_400)] = 86_400
+    max_order_lifetime_s: Annotated[int, Field(ge=1, le=366 * 86_400)] = 30 * 86_400
 
 
 class TemporalSettings(_Strict):

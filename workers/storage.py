@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     source VARCHAR, message_id VARCHAR, payload VARCHAR, reason VARCHAR, "at" TIMESTAMPTZ,
     PRIMARY KEY (source, message_id)
 );
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS payload_encoding VARCHAR DEFAULT 'utf-8';
 CREATE OR REPLACE VIEW positions AS
 SELECT strategy_id, symbol,
        SUM(CASE WHEN side = 'buy' THEN quantity ELSE -quantity END) AS net_quantity,
@@ -93,8 +94,9 @@ class DuckDBStore:
                           f.fee_currency, f.liquidity, f.venue, f.at) for f in fills])
                 if dead:
                     self._db.executemany(
-                        "INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                        [(d.source, d.message_id, d.payload, d.reason, d.at) for d in dead])
+                        "INSERT INTO dead_letters (source, message_id, payload, reason, \"at\", payload_encoding) "
+                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        [(d.source, d.message_id, d.payload, d.reason, d.at, d.payload_encoding) for d in dead])
                 self._db.execute("COMMIT")
             except Exception:
                 self._db.execute("ROLLBACK")
@@ -199,6 +201,7 @@ class DuckDBStore:
 
 def decode_dead_letter(fields: dict[str, str]) -> DeadLetter:
     return DeadLetter(payload=fields.get("payload", ""), reason=fields.get("reason", ""),
+                      payload_encoding=fields.get("payload_encoding") or "utf-8",
                       source=fields.get("source", "signals"), message_id=fields.get("message_id"),
                       at=fields.get("at") or "1970-01-01T00:00:00Z")
 
