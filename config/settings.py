@@ -49,7 +49,7 @@ class _Strict(BaseModel):
 class ServiceSettings(_Strict):
     host: str = "localhost"
     port: Annotated[int, Field(ge=1, le=65535)] = 8004
-    max_request_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024  # larger bodies: 413
+    max_request_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024  # larger bodies: 413
 
 
 class DatabaseSettings(_Strict):

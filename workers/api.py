@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Annotated, Any
@@ -28,7 +29,7 @@ from oms.models import AmendRequest, CancelRequest, OrderSnapshot, OrderState, S
 from activities.venue_gate import gate_status
 from workers import metrics
 from workers.consumer import consumer_lag
-from workers.intake import InvalidSignal, parse_signal, start_order
+from workers.intake import InvalidSignal, UnstartableSignal, parse_signal, start_order
 from workers.recorder import Recorder
 from workers.runtime import configure_logging, connect_temporal, redis_client
 from workers.storage import DuckDBStore
@@ -72,13 +73,34 @@ class VenueState(BaseModel):
     last_error: str | None = None
 
 
+class RecorderState(BaseModel):
+    """The recorder in this process (workers/recorder.py)."""
+
+    running: bool
+    recorded: int
+    set_aside: int  # entries it could not write, kept on the recorder.dead stream with the reason
+    consecutive_failures: int  # rounds in a row that wrote nothing (database or Redis failing)
+    restarts: int  # times its task ended unexpectedly and was started again
+    last_error: str | None = None
+    last_error_age_s: float | None = None
+
+
 class Readiness(BaseModel):
-    # Ready to serve: Temporal, Redis and the database answer. A venue that is down does not make
-    # the API unready (cancels and reads must keep working); it shows under `venues` and `degraded`.
+    # Ready to serve: Temporal, Redis and the database answer, and the recorder (when this process
+    # runs it) is running and writing. A recorder that cannot write at all (RECORDER_STUCK failed
+    # rounds in a row) makes the pod unready: its reads would be stale. An entry it set aside, or a
+    # failure it recovered from in the last RECORDER_DEGRADED_S, shows as `degraded`, ready stays true.
+    # A venue that is down does not make the API unready (cancels and reads must keep working); it
+    # shows under `venues` and `degraded`.
     ready: bool
     degraded: bool = False
     checks: dict[str, CheckResult]
     venues: dict[str, VenueState] = {}
+    recorder: RecorderState | None = None
+
+
+RECORDER_STUCK = 3
+RECORDER_DEGRADED_S = 300.0
 
 
 class Position(BaseModel):
@@ -97,10 +119,85 @@ class Services:
     def __init__(self, settings: Settings, client: Client | None, redis: aioredis.Redis,
                  store: DuckDBStore | None) -> None:
         self.settings, self.client, self.redis, self.store = settings, client, redis, store
+        self.recorder: Recorder | None = None
+        self.recorder_task: asyncio.Task | None = None
+        self.recorder_restarts = 0
+
+
+async def _supervise_recorder(svc: Services, stop: asyncio.Event) -> None:
+    """Run the recorder until stop; should its task ever end on an error, report it and start it again."""
+    while not stop.is_set():
+        try:
+            await svc.recorder.run(stop)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            svc.recorder_restarts += 1
+            svc.recorder.record_failure(exc)
+            log.exception("recorder stopped on an error; restarting")
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+
+
+def recorder_state(svc: Services) -> RecorderState | None:
+    if svc.recorder is None:
+        return None
+    h = svc.recorder.health()
+    age = time.time() - h["last_error_at"] if h["last_error_at"] else None
+    running = svc.recorder_task is not None and not svc.recorder_task.done()
+    return RecorderState(running=running, recorded=h["recorded"], set_aside=h["set_aside"],
+                         consecutive_failures=h["consecutive_failures"], restarts=svc.recorder_restarts,
+                         last_error=h["last_error"], last_error_age_s=round(age, 1) if age is not None else None)
 
 
 def _problem(status: int, detail: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": detail})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse a request body over `limit` bytes with 413, without reading it whole: by its
+    Content-Length before anything is read, else (chunked) as soon as the bytes received pass it."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await self._refuse(send)
+        received, started = 0, False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send) -> None:
+        await _problem(413, f"request body larger than service.max_request_bytes ({self.limit} bytes)")(
+            {"type": "http"}, None, send)
 
 
 def create_app(settings: Settings, services: Services | None = None, run_recorder: bool = True) -> FastAPI:
@@ -114,7 +211,9 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
         if own:
             tasks.append(asyncio.create_task(_connect_temporal_forever(svc, stop)))
         if run_recorder and svc.store is not None:
-            tasks.append(asyncio.create_task(Recorder(svc.redis, svc.store).run(stop)))
+            svc.recorder = Recorder(svc.redis, svc.store)
+            svc.recorder_task = asyncio.create_task(_supervise_recorder(svc, stop))
+            tasks.append(svc.recorder_task)
         try:
             yield
         finally:
@@ -131,6 +230,7 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
                   description="Signals in, orders out: each order is a durable Temporal workflow.")
     if services is not None:
         app.state.services = services
+    app.add_middleware(BodyLimit, limit=settings.service.max_request_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def readable_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -140,8 +240,8 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             where = ".".join(str(p) for p in error["loc"] if p != "body") or "body"
             parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
         return _problem(422, "; ".join(parts))
-    responses = {404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem},
-                 503: {"model": Problem}}
+    responses = {404: {"model": Problem}, 409: {"model": Problem}, 413: {"model": Problem},
+                 422: {"model": Problem}, 503: {"model": Problem}}
 
     def svc(request: Request) -> Services:
         return request.app.state.services
@@ -175,6 +275,9 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             return _problem(422, str(exc))
         try:
             result = await start_order(temporal(request), settings, parsed)
+        except UnstartableSignal as exc:
+            metrics.SIGNALS_REJECTED.inc()
+            return _problem(422, str(exc))
         except RPCError as exc:
             raise HTTPException(503, f"Temporal unavailable: {exc.message}") from None
         return SignalAccepted(order_id=result.order_id, created=result.created)
@@ -253,8 +356,15 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             "database": await _check(_database_ok(s)),
         }
         venues = await _venue_states(s)
+        recorder = recorder_state(s)
+        recorder_degraded = False
+        if recorder is not None:
+            stuck = not recorder.running or recorder.consecutive_failures >= RECORDER_STUCK
+            checks["recorder"] = CheckResult(ok=not stuck, detail=recorder.last_error if stuck else None)
+            recorder_degraded = recorder.last_error_age_s is not None and recorder.last_error_age_s < RECORDER_DEGRADED_S
         ready = all(c.ok for c in checks.values())
-        body = Readiness(ready=ready, degraded=not all(v.ok for v in venues.values()), checks=checks, venues=venues)
+        degraded = recorder_degraded or not all(v.ok for v in venues.values())
+        body = Readiness(ready=ready, degraded=degraded, checks=checks, venues=venues, recorder=recorder)
         return JSONResponse(status_code=200 if ready else 503, content=body.model_dump())
 
     @app.get("/metrics", response_class=Response,

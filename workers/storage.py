@@ -52,6 +52,11 @@ SELECT strategy_id, symbol,
 FROM fills GROUP BY strategy_id, symbol;
 """
 
+# Errors a row causes by itself (a value the column cannot hold, a malformed field): writing it again
+# will fail again, so the recorder sets that entry aside instead of retrying the batch forever.
+ROW_ERRORS = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputException, ValueError, TypeError,
+              OverflowError)
+
 _ORDER_COLUMNS = ("order_id", "signal_id", "strategy_id", "client_order_id", "symbol", "side", "order_type",
                   "time_in_force", "quantity", "limit_price", "state", "filled_quantity", "average_fill_price",
                   "fees", "exchange", "reference_price", "slippage_bps", "reason", "created_at", "updated_at")
