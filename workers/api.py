@@ -345,7 +345,7 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+        return {"status": "ok", "environment": settings.environment}
 
     @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
     async def readyz(request: Request) -> Any:

@@ -145,6 +145,16 @@ def _check_timing(signal: Signal, settings: Settings, now: datetime, received_at
             raise InvalidSignal("expire_at: the order would expire before execution.start_at")
 
 
+def _check_defaults(signal: Signal, settings: Settings) -> None:
+    """The configured defaults (orders.default_order_type, orders.time_in_force) must give an order
+    that can exist: a limit order needs a price, GTD needs an expiry."""
+    orders = settings.orders
+    if signal.order_type is None and signal.limit_price is None and orders.default_order_type == "limit":
+        raise InvalidSignal("limit_price: required (orders.default_order_type is limit and the signal names no order_type)")
+    if signal.time_in_force is None and signal.expire_at is None and orders.time_in_force == "GTD":
+        raise InvalidSignal("expire_at: required (orders.time_in_force is GTD and the signal names no time_in_force)")
+
+
 def parse_signal(payload: str | bytes, settings: Settings, now: datetime | None = None,
                  received_at: datetime | None = None) -> Signal:
     """Validate a raw signal; raises InvalidSignal with a readable reason.
@@ -176,6 +186,7 @@ def parse_signal(payload: str | bytes, settings: Settings, now: datetime | None 
         signal = Signal.model_validate(data)
     except ValidationError as exc:
         raise InvalidSignal("; ".join(_describe(e) for e in exc.errors(include_url=False))) from None
+    _check_defaults(signal, settings)
     problem = exchange_problem(signal.exchange, settings)
     if problem:
         raise InvalidSignal(problem)
