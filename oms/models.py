@@ -42,13 +42,16 @@ def _plain_decimal(value: object) -> object:
 
 
 def _bounded_scale(value: Decimal) -> Decimal:
+    if value >= MAX_AMOUNT:
+        raise ValueError("not a plausible value: must be below 10^12")
     if value != value.quantize(Decimal(1).scaleb(-MAX_SCALE)):
         raise ValueError(f"at most {MAX_SCALE} decimal places")
     return value
 
 
 # A quantity or price a caller asks for: finite, positive, below MAX_AMOUNT, at most MAX_SCALE decimals.
-Amount = Annotated[Decimal, BeforeValidator(_plain_decimal), Field(gt=0, lt=MAX_AMOUNT, allow_inf_nan=False),
+# (The bound is checked before the scale: quantizing a huge value would overflow the context.)
+Amount = Annotated[Decimal, BeforeValidator(_plain_decimal), Field(gt=0, allow_inf_nan=False),
                    AfterValidator(_bounded_scale)]
 
 

@@ -31,7 +31,7 @@ async def test_cancel_and_amend_refuse_bad_arguments_in_one_line(config_file):
     code, _, err = await tom(config_file, "cancel", "order-x", "--reason", "r" * 600)
     assert code == 1 and "Traceback" not in err and "reason: String should have at most 500 characters" in err, err
     code, _, err = await tom(config_file, "amend", "order-x", "--quantity", "1e30")
-    assert code == 1 and "Traceback" not in err and "quantity: Input should be less than" in err, err
+    assert code == 1 and "Traceback" not in err and "quantity: Value error, not a plausible value" in err or "quantity: not a plausible value" in err, err
     code, _, err = await tom(config_file, "amend", "order-x")
     assert code == 1 and "amend needs quantity or limit_price" in err, err
 
