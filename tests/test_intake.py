@@ -146,3 +146,73 @@ def test_amend_and_cancel_requests_forbid_unknown_fields_and_bound_values():
     with pytest.raises(ValidationError, match="force"):
         CancelRequest.model_validate({"reason": "r", "force": True})
     assert AmendRequest.model_validate({"limit_price": "70000.5"}).limit_price is not None
+
+
+# --- property: every signal is refused with a reason, or taken exactly as asked -----------------
+
+from decimal import Decimal, InvalidOperation  # noqa: E402
+
+from hypothesis import given, settings as hypothesis_settings, strategies as st  # noqa: E402
+
+from oms.models import MAX_AMOUNT, MAX_SCALE  # noqa: E402
+
+amount_text = st.one_of(
+    st.decimals(min_value=Decimal("-10"), max_value=Decimal("1e14"), allow_nan=False, allow_infinity=False).map(str),
+    st.integers(0, 14).flatmap(lambda places: st.decimals(min_value=0, max_value=Decimal("1e13"), places=places)).map(str),
+    st.sampled_from(["1_0", "+1", " 1", "\u0661", "1e400", "NaN", "Infinity", "-0", "0", "1e-13", "0.000000000001",
+                     "999999999999.999999999999", "1e12", "12", "0x1"]),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+offsets = st.one_of(st.none(), st.integers(-10**7, 10**10))
+
+
+def _exact(text) -> Decimal | None:
+    """The decimal a caller meant, when it is spelled plainly."""
+    if isinstance(text, float):
+        return Decimal(repr(text)) if text == text and abs(text) != float("inf") else None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return None
+    return value if text.strip() == text and "_" not in text and text.isascii() and not text.startswith("+") else None
+
+
+@given(quantity=amount_text, price=st.one_of(st.none(), amount_text), start=offsets, expire=offsets,
+       created=offsets, exchange=st.sampled_from([None, "simulation", "binance", "bybit", "quantconnect", "kraken"]))
+@hypothesis_settings(max_examples=400, deadline=None)
+def test_every_signal_is_refused_with_a_reason_or_taken_exactly_as_sent(quantity, price, start, expire, created,
+                                                                        exchange):
+    data = signal(quantity=quantity)
+    if price is not None:
+        data.update(order_type="limit", limit_price=price)
+    if start is not None:
+        data["execution"] = {"start_at": (NOW + timedelta(seconds=start)).isoformat()}
+    if expire is not None:
+        data.update(time_in_force="GTD", expire_at=(NOW + timedelta(seconds=expire)).isoformat())
+        data.setdefault("order_type", "limit")
+        data.setdefault("limit_price", "100")
+    if created is not None:
+        data["created_at"] = (NOW - timedelta(seconds=created)).isoformat()
+    if exchange is not None:
+        data["exchange"] = exchange
+    try:
+        parsed = parse_signal(json.dumps(data), LOCAL, now=NOW)
+    except InvalidSignal as exc:
+        reason = str(exc)
+        assert reason and len(reason) < 500 and "Traceback" not in reason
+        return
+    # Accepted: exactly what was sent, within every bound.
+    for field, sent in (("quantity", quantity), ("limit_price", data.get("limit_price"))):
+        if sent is None:
+            continue
+        value, meant = getattr(parsed, field), _exact(sent)
+        assert meant is not None and value == meant, (field, sent, value)
+        assert 0 < value < MAX_AMOUNT and value == value.quantize(Decimal(1).scaleb(-MAX_SCALE))
+    if start is not None:
+        assert parsed.execution.start_at == NOW + timedelta(seconds=start)
+        assert start <= LOCAL.orders.max_start_delay_s
+    if expire is not None:
+        assert parsed.expire_at == NOW + timedelta(seconds=expire) and expire <= LOCAL.orders.max_order_lifetime_s
+    if created is not None:
+        assert -60 <= created <= LOCAL.messaging.max_signal_age_s
+    assert exchange in (None, "simulation")  # config/local.yaml: simulation mode
