@@ -148,3 +148,32 @@ async def test_the_recorder_survives_a_decimal_overflow_reports_it_and_loses_no_
             store.close()
         except Exception:
             pass
+
+
+async def test_the_recorder_sets_aside_entries_that_are_not_utf8(settings, redis, redis_url, tmp_path):
+    import base64
+
+    import redis.asyncio as aioredis
+
+    from oms.events import RECORDER_GROUP
+    from workers.consumer import ensure_group
+    from workers.recorder import STREAMS, Recorder
+
+    store = DuckDBStore(tmp_path / "utf8.duckdb")
+    raw = aioredis.from_url(redis_url)
+    try:
+        for stream in STREAMS:
+            await ensure_group(redis, stream, RECORDER_GROUP)
+        bad_id = (await raw.xadd(ORDER_EVENTS_STREAM, {EVENT_FIELD: b"\xff\xfe\x00\x80garbage"})).decode()
+        await publish_event(redis, event("order-after", "2"))
+        recorder = Recorder(redis, store)
+        assert await recorder.catch_up() == 2
+        assert store.get_order("order-after") is not None
+        aside = {f["message_id"]: f for _, f in await redis.xrange(RECORDER_DEAD_STREAM)}
+        assert "not UTF-8" in aside[bad_id]["reason"]
+        kept = json.loads(aside[bad_id]["fields"])
+        assert base64.b64decode(kept[base64.b64encode(EVENT_FIELD.encode()).decode()]) == b"\xff\xfe\x00\x80garbage"
+        assert recorder.health()["set_aside"] == 1
+    finally:
+        await raw.aclose()
+        store.close()

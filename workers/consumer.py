@@ -57,6 +57,12 @@ class ConsumerStats:
     last_error: str | None = field(default=None)
 
 
+def undecoded(redis: aioredis.Redis) -> aioredis.Redis:
+    """A client to the same server that returns bytes: for reading entries anyone may have written."""
+    return aioredis.Redis(connection_pool=aioredis.ConnectionPool(
+        **{**redis.connection_pool.connection_kwargs, "decode_responses": False}))
+
+
 async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:
     try:
         # From the start of the stream: signals published before the first consumer are not lost.
@@ -71,8 +77,7 @@ class SignalConsumer:
         self._client = client
         self._redis = redis
         # Entries are read undecoded: one that is not UTF-8 must become a dead letter, not a crash.
-        self._raw = aioredis.Redis(connection_pool=aioredis.ConnectionPool(
-            **{**redis.connection_pool.connection_kwargs, "decode_responses": False}))
+        self._raw = undecoded(redis)
         self._settings = settings
         m = settings.messaging
         self._stream, self._group = m.signals_stream, m.consumer_group
@@ -85,7 +90,7 @@ class SignalConsumer:
         try:
             await self._run(stop)
         finally:
-            await self._raw.aclose()
+            await self._raw.connection_pool.disconnect()  # a pool handed to a client is not closed with it
 
     async def _run(self, stop: asyncio.Event) -> None:
         await ensure_group(self._redis, self._stream, self._group)

@@ -16,6 +16,7 @@ It survives any error and loses no event:
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import time
@@ -34,7 +35,7 @@ from oms.events import (
 )
 from activities.streams import StreamPublisher
 from oms.models import Fill
-from workers.consumer import ensure_group
+from workers.consumer import ensure_group, undecoded
 from workers.storage import ROW_ERRORS, DuckDBStore, decode_dead_letter
 
 log = logging.getLogger("tom.recorder")
@@ -48,6 +49,7 @@ KEPT_FIELD_CHARS = 1_000_000  # a set-aside entry keeps its fields up to this si
 class Recorder:
     def __init__(self, redis: aioredis.Redis, store: DuckDBStore, name: str = "recorder-1") -> None:
         self._redis = redis
+        self._raw = undecoded(redis)  # entries are decoded one by one: one that is not UTF-8 is set aside
         self._store = store
         self._name = name
         self._aside = StreamPublisher(redis)
@@ -65,6 +67,12 @@ class Recorder:
                 "last_error_at": self.last_error_at, "last_success_at": self.last_success_at}
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._run(stop)
+        finally:
+            await self._raw.connection_pool.disconnect()  # a pool handed to a client is not closed with it
+
+    async def _run(self, stop: asyncio.Event) -> None:
         delay = 0.5
         while not stop.is_set():
             try:
@@ -97,16 +105,24 @@ class Recorder:
     async def drain(self, block_ms: int | None = None, pending: bool = False) -> int:
         """Record one round of entries from every stream; returns how many were handled."""
         position = "0" if pending else ">"
-        response = await self._redis.xreadgroup(RECORDER_GROUP, self._name, {s: position for s in STREAMS},
-                                                count=BATCH, block=block_ms)
+        response = await self._raw.xreadgroup(RECORDER_GROUP, self._name, {s: position for s in STREAMS},
+                                              count=BATCH, block=block_ms)
         if not response:
             return 0
         items: list[tuple[str, str, dict, object]] = []  # (stream, entry id, fields, decoded item)
         aside: list[tuple[str, str, dict, str]] = []  # (stream, entry id, fields, reason)
-        for stream, entries in response:
-            for entry_id, fields in entries:
-                if fields is None:  # trimmed from the stream while pending: nothing left to write
+        for raw_stream, entries in response:
+            stream = raw_stream.decode()
+            for raw_id, raw_fields in entries:
+                entry_id = raw_id.decode()
+                if raw_fields is None:  # trimmed from the stream while pending: nothing left to write
                     items.append((stream, entry_id, {}, None))
+                    continue
+                try:
+                    fields = {k.decode(): v.decode() for k, v in raw_fields.items()}
+                except UnicodeDecodeError:
+                    shown = {base64.b64encode(k).decode(): base64.b64encode(v).decode() for k, v in raw_fields.items()}
+                    aside.append((stream, entry_id, shown, "cannot be decoded: not UTF-8 (fields kept base64-encoded)"))
                     continue
                 try:
                     items.append((stream, entry_id, fields, _decode(stream, fields)))
