@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
@@ -29,7 +29,7 @@ from oms.models import AmendRequest, CancelRequest, OrderSnapshot, OrderState, S
 from activities.venue_gate import gate_status
 from workers import metrics
 from workers.consumer import consumer_lag
-from workers.intake import InvalidSignal, UnstartableSignal, parse_signal, start_order
+from workers.intake import InvalidSignal, UnstartableSignal, loads_strict, parse_signal, start_order
 from workers.recorder import Recorder
 from workers.runtime import configure_logging, connect_temporal, redis_client
 from workers.storage import DuckDBStore
@@ -156,6 +156,15 @@ def _problem(status: int, detail: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": detail})
 
 
+def readable(errors: list[dict]) -> str:
+    """Validation errors as one line: `field: why; ...`."""
+    parts = []
+    for error in errors:
+        where = ".".join(str(p) for p in error["loc"] if p != "body") or "body"
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -235,11 +244,7 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
     @app.exception_handler(RequestValidationError)
     async def readable_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         """One readable line, the same shape as every other error: {"detail": "..."}."""
-        parts = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"] if p != "body") or "body"
-            parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
-        return _problem(422, "; ".join(parts))
+        return _problem(422, readable(exc.errors()))
     responses = {404: {"model": Problem}, 409: {"model": Problem}, 413: {"model": Problem},
                  422: {"model": Problem}, 503: {"model": Problem}}
 
@@ -324,15 +329,42 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             return _problem(404, f"no order {order_id}")
         return _problem(409, f"order is already {final.state.value}")
 
-    @app.post("/orders/{order_id}/cancel", response_model=OrderSnapshot, responses=responses)
-    async def cancel_order(request: Request, order_id: ORDER_ID, body: CancelRequest | None = None) -> Any:
-        """Cancel through the `cancel_order` update; returns the order once the venue confirmed."""
-        return await _update(request, order_id, "cancel_order", body or CancelRequest())
+    # Cancel and amend bodies are parsed as strictly as signals (duplicate keys, NaN refused), then
+    # validated by their models (unknown fields refused, values bounded); documented as those models.
+    def body_of(model: type[BaseModel], required: bool) -> dict[str, Any]:
+        return {"requestBody": {"required": required, "content": {"application/json": {
+            "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
 
-    @app.patch("/orders/{order_id}", response_model=OrderSnapshot, responses=responses)
-    async def amend_order(request: Request, order_id: ORDER_ID, body: AmendRequest) -> Any:
+    async def strict_body(request: Request, model: type[BaseModel], required: bool) -> BaseModel | JSONResponse:
+        raw = await request.body()
+        if not raw.strip():
+            return _problem(422, "body: a JSON object is required") if required else model()
+        try:
+            data = loads_strict(raw)
+        except InvalidSignal as exc:
+            return _problem(422, f"body: {exc}")
+        except ValueError as exc:  # not JSON, not UTF-8, a number Python will not convert
+            return _problem(422, f"body: malformed JSON: {str(exc).split(':')[0][:120]}")
+        except RecursionError:
+            return _problem(422, "body: malformed JSON: nested too deeply")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            return _problem(422, readable(exc.errors(include_url=False)))
+
+    @app.post("/orders/{order_id}/cancel", response_model=OrderSnapshot, responses=responses,
+              openapi_extra=body_of(CancelRequest, required=False))
+    async def cancel_order(request: Request, order_id: ORDER_ID) -> Any:
+        """Cancel through the `cancel_order` update; returns the order once the venue confirmed."""
+        body = await strict_body(request, CancelRequest, required=False)
+        return body if isinstance(body, JSONResponse) else await _update(request, order_id, "cancel_order", body)
+
+    @app.patch("/orders/{order_id}", response_model=OrderSnapshot, responses=responses,
+               openapi_extra=body_of(AmendRequest, required=True))
+    async def amend_order(request: Request, order_id: ORDER_ID) -> Any:
         """Amend quantity and/or limit price through the `amend_order` update."""
-        return await _update(request, order_id, "amend_order", body)
+        body = await strict_body(request, AmendRequest, required=True)
+        return body if isinstance(body, JSONResponse) else await _update(request, order_id, "amend_order", body)
 
     @app.get("/positions", response_model=list[Position], responses=responses)
     async def positions(request: Request) -> Any:
