@@ -161,3 +161,44 @@ async def test_a_start_temporal_refuses_for_good_is_dead_lettered_and_acknowledg
     for entry_id in ids:
         assert "Temporal refused to start the order (NOT_FOUND)" in dead[entry_id]["reason"], dead[entry_id]["reason"]
     assert consumer.consumer.stats.backoff_s == 0
+
+
+async def test_transient_start_errors_are_retried_while_the_rest_of_the_batch_goes_on(fast_settings, redis):
+    """Temporal goes away: the good signal waits (pending, retried with backoff, never dead-lettered)
+    while the bad one in its batch is dead-lettered and acknowledged; Temporal comes back on the same
+    address and the waiting signal becomes its order."""
+    from temporalio.testing import WorkflowEnvironment
+
+    from tests.conftest import dev_server_args, free_port
+    from workers.runtime import find_binary
+
+    port = free_port()
+
+    async def server() -> WorkflowEnvironment:
+        return await WorkflowEnvironment.start_local(
+            port=port, dev_server_existing_path=find_binary("temporal"), dev_server_extra_args=dev_server_args(),
+            data_converter=pydantic_data_converter, ui=False)
+
+    first = await server()
+    client = first.client
+    await first.shutdown()  # down before anything is read
+    good = make_signal()
+    ids = {"good": await redis.xadd(SIGNALS_STREAM, {"signal": good.model_dump_json()}),
+           "bad": await redis.xadd(SIGNALS_STREAM, {"signal": "{not json"})}
+    consumer = RunningConsumer(SignalConsumer(client, redis, fast_settings, name="patient"))
+    second = None
+    try:
+        await eventually(lambda: consumer.consumer.stats.start_failures >= 2, 30, "retried starts")
+        assert consumer.consumer.stats.backoff_s > 0
+        dead = await dead_letters(redis)
+        assert ids["bad"] in dead and ids["good"] not in dead
+        pending = await redis.xpending(SIGNALS_STREAM, GROUP)
+        assert pending["pending"] == 1 and pending["min"] == ids["good"]
+        second = await server()
+        await eventually(lambda: lag_is_zero(redis, fast_settings), 30, "the waiting signal started")
+        assert consumer.consumer.stats.started == 1
+        assert (await second.client.get_workflow_handle(good.workflow_id).describe()).id == good.workflow_id
+    finally:
+        await consumer.close()
+        if second is not None:
+            await second.shutdown()
