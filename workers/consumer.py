@@ -93,12 +93,15 @@ class SignalConsumer:
             await self._raw.connection_pool.disconnect()  # a pool handed to a client is not closed with it
 
     async def _run(self, stop: asyncio.Event) -> None:
-        await ensure_group(self._redis, self._stream, self._group)
         log.info("consumer %s reading %r in group %r", self.name, self._stream, self._group)
         next_claim = 0.0
+        grouped = False
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             try:
+                if not grouped:  # inside the retry: Redis may not be up yet, or the group was deleted
+                    await ensure_group(self._redis, self._stream, self._group)
+                    grouped = True
                 if loop.time() >= next_claim:
                     await self._reclaim(stop)
                     next_claim = loop.time() + self._settings.messaging.claim_idle_ms / 2000
@@ -112,8 +115,7 @@ class SignalConsumer:
                     await asyncio.wait_for(stop.wait(), 1.0)
                 except asyncio.TimeoutError:
                     pass
-                if "NOGROUP" in str(exc):
-                    await ensure_group(self._redis, self._stream, self._group)
+                grouped = grouped and "NOGROUP" not in str(exc)
             except Exception as exc:  # a bug must not stop intake: say so, wait, carry on
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
                 log.exception("consumer error; retrying in 1s")
