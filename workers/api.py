@@ -32,6 +32,7 @@ from workers.consumer import consumer_lag
 from workers.intake import InvalidSignal, UnstartableSignal, loads_strict, parse_signal, start_order
 from workers.recorder import Recorder
 from workers.runtime import configure_logging, connect_temporal, redis_client
+from workers.body_limit import BodyLimit
 from workers.storage import DuckDBStore
 
 log = logging.getLogger("tom.api")
@@ -163,50 +164,6 @@ def readable(errors: list[dict]) -> str:
         where = ".".join(str(p) for p in error["loc"] if p != "body") or "body"
         parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """Refuse a request body over `limit` bytes with 413, without reading it whole: by its
-    Content-Length before anything is read, else (chunked) as soon as the bytes received pass it."""
-
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await self._refuse(send)
-        received, started = 0, False
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise _BodyTooLarge()
-            return message
-
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._refuse(send)
-
-    async def _refuse(self, send) -> None:
-        await _problem(413, f"request body larger than service.max_request_bytes ({self.limit} bytes)")(
-            {"type": "http"}, None, send)
 
 
 def create_app(settings: Settings, services: Services | None = None, run_recorder: bool = True) -> FastAPI:
