@@ -15,6 +15,7 @@ from oms.models import OrderSnapshot, OrderState
 from tests.conftest import stop_process, tom_process
 from tests.helpers import make_signal
 from tests.test_consumer import GROUP, RunningConsumer, eventually, lag_is_zero
+from tests.test_dev_stack import dev_config  # noqa: F401  (fixture)
 from workers.consumer import SignalConsumer, ensure_group
 from workers.recorder import STREAMS, Recorder
 from workers.storage import DuckDBStore
@@ -202,3 +203,40 @@ async def test_transient_start_errors_are_retried_while_the_rest_of_the_batch_go
         await consumer.close()
         if second is not None:
             await second.shutdown()
+
+
+def test_a_poison_entry_does_not_stop_tom_dev(dev_config, tmp_path):
+    """The entry that used to take the whole local stack down: `tom dev` keeps running, dead-letters
+    it, and the next signal on the stream still becomes an order."""
+    import signal as signals
+    import time
+
+    import httpx
+    import redis as sync_redis
+
+    from config.settings import load_settings
+    from tests.test_dev_stack import read_until, start_dev, stop_and_check_no_orphans
+
+    settings = load_settings(dev_config)
+    proc = start_dev(dev_config, tmp_path)
+    try:
+        read_until(proc, "stop with Ctrl-C")
+        client = sync_redis.Redis(host="127.0.0.1", port=settings.messaging.port)
+        poison = client.xadd(SIGNALS_STREAM, {"signal": GARBAGE}).decode()
+        good = make_signal(quantity="0.05")
+        client.xadd(SIGNALS_STREAM, {"signal": good.model_dump_json()})
+        url = f"http://127.0.0.1:{settings.service.port}/orders/{good.workflow_id}"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            response = httpx.get(url)
+            if response.status_code == 200 and response.json()["state"] == "filled":
+                break
+            time.sleep(0.2)
+        assert response.status_code == 200 and response.json()["state"] == "filled", response.text
+        letters = {f[b"message_id"].decode(): f for _, f in client.xrange(DEAD_LETTER_STREAM)}
+        assert b"not UTF-8" in letters[poison][b"reason"]
+        assert proc.poll() is None
+        client.close()
+    finally:
+        if proc.poll() is None:
+            stop_and_check_no_orphans(proc, signals.SIGINT)
