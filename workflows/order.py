@@ -27,7 +27,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.execution import OrderContext
+    from activities.execution import OrderContext, PriceQuery
     from activities.limits import DailyOrderDecision, DailyOrderReservation
     from activities.publish import OrderProgress
     from oms.events import OrderEvent
@@ -44,8 +44,10 @@ with workflow.unsafe.imports_passed_through():
         Transition,
         client_order_id_for,
     )
+    from oms.pricing import VenuePrices
     from oms.states import apply, apply_fill
-    from oms.validation import Denial, DenialReason, validate_order
+    from oms.validation import Denial, DenialReason, validate_amend, validate_order
+    from oms.validation_legacy import validate_order_v1
     from oms.venue import (
         OPEN_STATUSES,
         VenueAmendRequest,
@@ -220,12 +222,21 @@ class OrderWorkflow:
         if refusal:
             raise ApplicationError(refusal, type="AmendRefused")
 
-    def _amend_refusal(self, request: AmendRequest) -> str | None:
+    def _amend_refusal(self, request: AmendRequest, prices: VenuePrices | None = None) -> str | None:
+        """Why an amend cannot apply, or None. Validated as the order it would become, at `prices`
+        (default: the prices recorded when the order was prepared; `_amend_at_venue` reads fresh
+        ones before anything reaches the venue)."""
         snap = self._state.snapshot
         if snap.is_terminal:
             return f"order is already {snap.state.value}"
         if self._state.cancel_request is not None or snap.state == S.PENDING_CANCEL:
             return "order is being cancelled"
+        context = self._state.context
+        if context is not None and context.prices is not None and context.market is not None:
+            denial = validate_amend(snap, request, context.market, context.limits, workflow.now(),
+                                    prices or context.prices, self._state.signal.reference_price)
+            return str(denial) if denial else None
+        # A release-0.1 order (or one still being prepared: checked again when carried out).
         if request.limit_price is not None and snap.order_type != OrderType.LIMIT:
             return "a market order has no limit price to amend"
         if request.quantity is not None and request.quantity <= snap.filled_quantity:
@@ -279,7 +290,11 @@ class OrderWorkflow:
         if self._state.cancel_request is not None:
             await self._transition(S.CANCELLED, self._state.cancel_request.reason or "cancelled before submission")
             return
-        denial = validate_order(instruction, signal.side, context.market, context.limits, workflow.now())
+        if context.prices is None:  # prepared by release 0.1: that release's rules, so its history replays
+            denial = validate_order_v1(instruction, signal.side, context.market, context.limits, workflow.now())
+        else:
+            denial = validate_order(instruction, signal.side, context.market, context.limits, workflow.now(),
+                                    context.prices, signal.reference_price)
         if denial is None:
             # prepare_order took the slot (one round trip fewer). Its recorded answer decides the
             # branch, so orders prepared before it did so replay their own reservation call.
@@ -310,13 +325,74 @@ class OrderWorkflow:
     async def _wait_for_start(self) -> None:
         signal = self._state.signal
         start_at = signal.execution.start_at if signal.execution else None
+        waited = False
         if start_at is not None and start_at > workflow.now():
             await self._publish()
-            await self._wait(lambda: self._state.cancel_request is not None, start_at - workflow.now())
+            if self._state.context.prices is None:  # a release-0.1 order waits as it did then
+                await self._wait(lambda: self._state.cancel_request is not None, start_at - workflow.now())
+            else:
+                waited = True
+                await self._wait_applying_amends(start_at)
         if self._state.cancel_request is not None:
             await self._transition(S.CANCELLED, self._state.cancel_request.reason or "cancelled before submission")
         elif self._state.snapshot.expire_at is not None and workflow.now() >= self._state.snapshot.expire_at:
             await self._transition(S.EXPIRED, "expire_at reached before submission")
+        elif waited:
+            await self._revalidate_at_current_prices()
+
+    async def _wait_applying_amends(self, start_at: datetime) -> None:
+        """Until start_at: amends apply to the order not yet placed (validated, answered at once)."""
+        while self._state.cancel_request is None:
+            self._apply_amends_before_placement()
+            if workflow.now() >= start_at:
+                return
+            await self._wait(lambda: self._state.cancel_request is not None or bool(self._state.amend_requests),
+                             start_at - workflow.now())
+
+    def _apply_amends_before_placement(self) -> None:
+        snap = self._state.snapshot
+        while self._state.amend_requests:
+            pending = self._state.amend_requests.pop(0)
+            refusal = self._amend_refusal(pending.request)
+            if refusal is None:
+                if pending.request.quantity is not None:
+                    snap.quantity = pending.request.quantity
+                if pending.request.limit_price is not None:
+                    snap.limit_price = pending.request.limit_price
+                snap.updated_at = workflow.now()
+            self._state.amend_results[pending.id] = refusal
+
+    async def _revalidate_at_current_prices(self) -> None:
+        """After a start_at wait the prices read at signal time are stale: read them again, and
+        rebuild and validate the order (as amended meanwhile) at the venue's current price."""
+        context, snap, signal = self._state.context, self._state.snapshot, self._state.signal
+        try:
+            prices = await self._read_prices()
+        except VENUE_ERRORS as error:
+            await self._deny(Denial(reason=DenialReason.NO_PRICE,
+                                    message=f"cannot read the venue's price after the start_at wait: {_error_message(error)}"))
+            return
+        context.prices, context.bid, context.ask = prices, prices.bid, prices.ask
+        current = signal.model_copy(update={"quantity": snap.quantity, "limit_price": snap.limit_price})
+        instruction = generate_order(current, context.params, context.exchange, context.market, prices.mid,
+                                     context.estimated_slippage_bps)
+        denial = validate_order(instruction, signal.side, context.market, context.limits, workflow.now(),
+                                prices, signal.reference_price)
+        if denial is not None:
+            await self._deny(denial)
+            return
+        snap.reference_price = instruction.reference_price
+        self._state.price_collar = instruction.price_collar
+
+    async def _read_prices(self) -> VenuePrices:
+        context, snap = self._state.context, self._state.snapshot
+        return await workflow.execute_local_activity(
+            "read_prices", PriceQuery(exchange=snap.exchange, symbol=snap.symbol, quote_currency=context.market.quote,
+                                      account_currency=context.limits.currency),
+            result_type=VenuePrices, start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_attempts=5,
+                                     non_retryable_error_types=[VenueErrorType.REJECTED.value]),
+        )
 
     # --- venue calls ---------------------------------------------------------------------------
     def _ref(self) -> VenueOrderRef:
@@ -491,6 +567,12 @@ class OrderWorkflow:
 
     async def _amend_at_venue(self, pending: PendingAmend) -> None:
         refusal = self._amend_refusal(pending.request)
+        if refusal is None and self._state.context.prices is not None:
+            # Validated again at the venue's current price before anything reaches the venue.
+            try:
+                refusal = self._amend_refusal(pending.request, await self._read_prices())
+            except VENUE_ERRORS as error:
+                refusal = f"cannot read the venue's price to validate the amend: {_error_message(error)}"
         if refusal:
             self._state.amend_results[pending.id] = refusal
             return
@@ -554,23 +636,53 @@ class OrderWorkflow:
             await self._publish()
             self._state.amend_results[pending.id] = "order filled before the amend could apply"
             return
-        self._state.generation += 1
-        snap.client_order_id = client_order_id_for(snap.order_id, self._state.generation)
-        snap.quantity, snap.limit_price = new_qty, new_price
+        original = (snap.quantity, snap.limit_price)
         await self._transition(S.ACCEPTED if snap.filled_quantity == 0 else S.PARTIALLY_FILLED,
                                "replaced (cancel-and-replace amend)")
-        request = VenueOrderRequest(
-            exchange=snap.exchange, account=self._state.context.account, client_order_id=snap.client_order_id,
-            symbol=snap.symbol, side=snap.side, order_type=snap.order_type,
-            quantity=new_qty - snap.filled_quantity, limit_price=new_price, time_in_force=TimeInForce.GTC)
         try:
-            report = await self._venue("venue_submit", request)
+            report = await self._place_replacement(new_qty, new_price)
         except VENUE_ERRORS as error:
-            self._state.amend_results[pending.id] = f"replacement order: {_error_message(error)}"
-            await self._on_submit_error(error)
+            if _error_type(error) != VenueErrorType.REJECTED.value or self._state.context.prices is None:
+                self._state.amend_results[pending.id] = f"replacement order: {_error_message(error)}"
+                await self._on_submit_error(error)
+                return
+            await self._restore_after_refused_replacement(pending, original, error)
             return
         await self._apply_report(report)
         self._state.amend_results[pending.id] = None
+
+    async def _place_replacement(self, quantity: Decimal, limit_price: Decimal | None) -> VenueOrderReport:
+        """The next generation of the order, under a new client order id, for what is left of `quantity`."""
+        snap = self._state.snapshot
+        self._state.generation += 1
+        snap.client_order_id = client_order_id_for(snap.order_id, self._state.generation)
+        snap.quantity, snap.limit_price = quantity, limit_price
+        request = VenueOrderRequest(
+            exchange=snap.exchange, account=self._state.context.account, client_order_id=snap.client_order_id,
+            symbol=snap.symbol, side=snap.side, order_type=snap.order_type,
+            quantity=quantity - snap.filled_quantity, limit_price=limit_price, time_in_force=TimeInForce.GTC)
+        return await self._venue("venue_submit", request)
+
+    async def _restore_after_refused_replacement(self, pending: PendingAmend, original: tuple[Decimal, Decimal | None],
+                                                 refused: BaseException) -> None:
+        """The venue refused the amended replacement although it passed our validation: the working
+        order is not dropped. Its remainder is placed again at the original terms (the venue took
+        them before), and the amend answers with the venue's refusal."""
+        snap = self._state.snapshot
+        why = f"venue refused the amended replacement ({_error_message(refused)})"
+        try:
+            report = await self._place_replacement(*original)
+        except VENUE_ERRORS as error:
+            self._state.amend_results[pending.id] = f"{why}; re-placing the original terms failed: {_error_message(error)}"
+            if _error_type(error) == VenueErrorType.REJECTED.value:
+                # The original was cancelled for the amend and nothing replaces it: say so.
+                await self._transition(S.CANCELLED, f"{why}; re-placing the original terms was refused too "
+                                                    f"({_error_message(error)}): the order is no longer working")
+            else:
+                await self._on_submit_error(error)
+            return
+        await self._apply_report(report)
+        self._state.amend_results[pending.id] = f"{why}; the order was placed again at its original terms"
 
     # --- applying what the venue says ----------------------------------------------------------
     async def _apply_fills(self, report: VenueOrderReport) -> None:
