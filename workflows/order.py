@@ -184,8 +184,11 @@ class OrderWorkflow:
 
     @workflow.signal(name="amend")
     def amend(self, request: AmendRequest) -> None:
-        if self._amend_refusal(request) is None:
+        refusal = self._amend_refusal(request)
+        if refusal is None:
             self._state.amend_requests.append(PendingAmend(request=request, id=str(workflow.uuid4())))
+        else:
+            workflow.logger.warning("amend signal refused, order unchanged: %s", refusal)
 
     @workflow.signal(name="venue_update")
     def venue_update(self, report: VenueOrderReport) -> None:
@@ -574,6 +577,7 @@ class OrderWorkflow:
             except VENUE_ERRORS as error:
                 refusal = f"cannot read the venue's price to validate the amend: {_error_message(error)}"
         if refusal:
+            workflow.logger.warning("amend refused, order unchanged: %s", refusal)
             self._state.amend_results[pending.id] = refusal
             return
         snap = self._state.snapshot
