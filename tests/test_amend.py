@@ -178,3 +178,73 @@ async def test_prices_are_read_again_after_a_start_at_wait(temporal_env, order_w
     prices = read_after_wait[0]
     mid = (D(prices["bid"]) + D(prices["ask"])) / 2
     assert final.reference_price == mid  # the market order was priced from the fresh read
+
+
+# --- property, through the workflow: refused with a reason, or carried out as asked -------------
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+
+from oms.validation import DenialReason  # noqa: E402
+from tests.test_workflow_lifecycle import touch  # noqa: E402
+
+REASONS = tuple(r.value for r in DenialReason)
+
+
+@st.composite
+def workflow_cases(draw):
+    side = draw(st.sampled_from(["buy", "sell"]))
+    value_usdt = draw(st.sampled_from([3, 20, 200, 900, 5000]))
+    quantity = (D(value_usdt) / D(60000)).quantize(D("0.00001")) or D("0.00001")
+    resting = draw(st.integers(0, 2)) > 0
+    signal = {"symbol": "BTC/USDT", "side": side, "quantity": str(quantity)}
+    if resting:  # a limit that rests: 5 % away from the market, on the passive side
+        signal.update(order_type="limit", limit_price=str(D("57000.00") if side == "buy" else D("63000.00")))
+    if draw(st.integers(0, 4)) == 4:
+        signal["reference_price"] = draw(st.sampled_from(["600", "60000"]))
+    amend = {}
+    if resting:
+        factor = draw(st.sampled_from([D(2), D(100), D("1.000001"), None]))
+        price = draw(st.sampled_from(["56000.00", "70000.00", "50000.00", "57000.005", "62000.00", None]))
+        if factor is not None:
+            amend["quantity"] = str(quantity * factor)
+        if price is not None or not amend:
+            amend["limit_price"] = price or "56500.00"
+    return signal, amend
+
+
+@hsettings(max_examples=10, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=workflow_cases())
+async def test_workflow_orders_and_amends_are_refused_with_a_reason_or_done_as_asked(
+        temporal_env, fast_settings, redis, task_queue, case):
+    signal_fields, amend = case
+    settings = limited(fast_settings, max_order_value=1000, min_order_size=10)
+    async with await build_worker(temporal_env.client, settings, redis):
+        handle = await start_order(temporal_env.client, task_queue, make_signal(**signal_fields))
+        snap = await wait_for_state(handle, {S.DENIED, S.ACCEPTED, S.FILLED, S.EXPIRED, S.REJECTED})
+        if snap.state == S.DENIED:
+            assert snap.reason.split(":")[0] in REASONS and snap.filled_quantity == 0
+            return
+        if signal_fields.get("order_type") != "limit":  # market: within the collar of the venue's price
+            final = await handle.result()
+            assert final.filled_quantity <= final.quantity == D(signal_fields["quantity"])
+            if final.filled_quantity:
+                bps = D(repr(settings.orders.max_slippage_bps)) / 10_000
+                mid = touch("BTC/USDT", "buy")
+                band = mid * (bps + D("0.01"))  # collar plus the price path's move meanwhile
+                assert abs(final.average_fill_price - mid) <= band
+            return
+        before = snap
+        if amend:
+            try:
+                after = await handle.execute_update("amend_order", amend, result_type=OrderSnapshot)
+            except WorkflowUpdateFailedError as failure:
+                why = str(failure.cause).removeprefix("AmendRefused: ")
+                assert why.startswith(REASONS), why
+                after = await handle.query("status", result_type=OrderSnapshot)
+                assert (after.quantity, after.limit_price, after.state) == (before.quantity, before.limit_price, S.ACCEPTED)
+            else:
+                assert after.quantity == D(amend.get("quantity", before.quantity))
+                assert after.limit_price == D(amend.get("limit_price", before.limit_price))
+        final = await handle.execute_update("cancel_order", {"reason": "done"}, result_type=OrderSnapshot)
+        orders = await venue_orders(redis, final.client_order_id)
+        assert [(D(o["quantity"]), D(o["limit_price"])) for o in orders] == [(final.quantity, final.limit_price)]
