@@ -195,6 +195,11 @@ def validate_amend(order: OrderSnapshot, request: AmendRequest, market: MarketIn
         return denial
     if order.time_in_force == TimeInForce.GTD and order.expire_at is not None and order.expire_at <= now:
         return _deny(DenialReason.GTD_IN_PAST, f"expire_at {order.expire_at} has passed")
+    venue = prices.mid if prices is not None else None
+    if venue is not None and signal_reference is not None and abs(signal_reference - venue) > venue * REFERENCE_BAND:
+        # The market has moved away from the decision price since the order was placed: that is
+        # no reason to refuse every amend, and the venue's price still bounds it.
+        signal_reference = None
     instruction = OrderInstruction(
         order_type=order.order_type, time_in_force=order.time_in_force, exchange=order.exchange,
         quantity=quantity, limit_price=price, expire_at=order.expire_at, start_at=None,

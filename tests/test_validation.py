@@ -247,6 +247,14 @@ def test_amend_fat_finger_is_against_the_current_venue_price():
     assert validate_amend(order, request, BTC, LIMITS, NOW, moved, None).reason == DenialReason.LIMIT_OUTSIDE_COLLAR
 
 
+def test_an_amend_after_the_market_moved_from_the_reference_is_judged_at_the_venue_price():
+    order = resting_btc_buy()
+    moved = usdt_prices(D("50000"))  # 17 % under the signal's reference of 60000
+    assert validate_amend(order, AmendRequest(limit_price=D("54000")), BTC, LIMITS, NOW, moved, D("60000")) is None
+    denial = validate_amend(order, AmendRequest(limit_price=D("56000")), BTC, LIMITS, NOW, moved, D("60000"))
+    assert denial.reason == DenialReason.LIMIT_OUTSIDE_COLLAR and "venue price" in denial.message
+
+
 # --- money ----------------------------------------------------------------------------------------
 def _fill(fee: str, currency: str, fill_id: str = "f1") -> Fill:
     return Fill(fill_id=fill_id, order_id="order-a", strategy_id="t", symbol="BTC/USDT", side=Side.BUY,
