@@ -22,6 +22,7 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from oms.models import OrderSnapshot, OrderState
 from tests.conftest import direct_settings
+from tests.test_api import api_url  # noqa: F401  (fixture: a `tom worker` and `tom api` process)
 from tests.helpers import make_signal, start_order
 from tests.test_direct_execution import direct_worker
 from tests.test_workflow_lifecycle import states, venue_orders, wait_for_state
@@ -156,6 +157,27 @@ async def test_amends_during_a_start_at_wait_apply_before_placement(temporal_env
     assert [D(o["quantity"]) for o in orders] == [D("0.003")]  # placed once, already amended
     submitted = next(t.at for t in final.transitions if t.state == S.SUBMITTED)
     assert submitted >= start_at
+
+
+def test_patch_during_a_start_at_wait_answers_at_once_over_http(api_url):
+    import httpx
+
+    from tests.test_api import wait_state
+
+    start_at = datetime.now(timezone.utc) + timedelta(seconds=5)
+    signal = make_signal(symbol="BTC/USDT", quantity="0.001", execution={"start_at": start_at.isoformat()})
+    assert httpx.post(f"{api_url}/signals", json=signal.model_dump(mode="json", exclude_none=True)).status_code == 202
+    wait_state(api_url, signal.workflow_id, {"validated"})
+    began = time.monotonic()
+    amended = httpx.patch(f"{api_url}/orders/{signal.workflow_id}", json={"quantity": "0.002"}, timeout=60)
+    assert amended.status_code == 200 and time.monotonic() - began < 5, amended.text
+    assert amended.json()["quantity"] == "0.002" and amended.json()["state"] == "validated"
+    refused_ = httpx.patch(f"{api_url}/orders/{signal.workflow_id}", json={"quantity": "1e30"}, timeout=60)
+    # Refused by the workflow's validation (409), or by the API's own input bounds (422) where it has them.
+    assert refused_.status_code in (409, 422), refused_.text
+    assert refused_.status_code == 422 or "out_of_bounds" in refused_.json()["detail"]
+    final = wait_state(api_url, signal.workflow_id, {"filled"}, timeout=30)
+    assert final["quantity"] == final["filled_quantity"] == "0.002"
 
 
 async def test_prices_are_read_again_after_a_start_at_wait(temporal_env, order_worker, task_queue):
