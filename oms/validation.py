@@ -180,9 +180,12 @@ def validate_order(order: OrderInstruction, side: Side, market: MarketInfo, limi
 
 
 def validate_amend(order: OrderSnapshot, request: AmendRequest, market: MarketInfo, limits: AccountLimits,
-                   now: datetime, prices: VenuePrices | None, signal_reference: Decimal | None) -> Denial | None:
+                   now: datetime, prices: VenuePrices | None, signal_reference: Decimal | None,
+                   check_prices: bool = True) -> Denial | None:
     """An amend, validated as the order it would become: every rule of `validate_order` on the
-    new total quantity and price, and the venue's minimums on what would remain to fill."""
+    new total quantity and price, and the venue's minimums on what would remain to fill.
+    `check_prices=False`: only the rules that need no price (an update validator, which cannot
+    read the venue; the full check follows at the venue's current price)."""
     if request.limit_price is not None and order.order_type != OrderType.LIMIT:
         return _deny(DenialReason.AMEND_NOT_APPLICABLE, "a market order has no limit price to amend")
     quantity = request.quantity if request.quantity is not None else order.quantity
@@ -205,5 +208,7 @@ def validate_amend(order: OrderSnapshot, request: AmendRequest, market: MarketIn
         quantity=quantity, limit_price=price, expire_at=order.expire_at, start_at=None,
         reference_price=signal_reference, price_collar=None, estimated_fee=None, estimated_slippage_bps=None)
     remainder = quantity - order.filled_quantity
-    return (_exchange_rules(quantity, remainder, price, market)
-            or _price_rules(instruction, order.side, signal_reference, quantity, remainder, market, limits, prices))
+    denial = _exchange_rules(quantity, remainder, price, market)
+    if denial or not check_prices:
+        return denial
+    return _price_rules(instruction, order.side, signal_reference, quantity, remainder, market, limits, prices)

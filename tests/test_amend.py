@@ -46,7 +46,7 @@ async def test_main_denial_reasons_through_the_workflow(temporal_env, fast_setti
     settings = limited(fast_settings, max_order_value=1000, min_order_size=10)
     cases = {
         "above_max_order_value": make_signal(symbol="ETH/BTC", quantity="1000"),  # 50 BTC, ~3M USDT
-        "below_min_order_size": make_signal(symbol="ETH/BTC", quantity="0.002"),  # ~6 USDT
+        "below_min_order_size": make_signal(symbol="ETH/BTC", quantity="0.003"),  # ~9 USDT, 0.00015 BTC
         "reference_price_far": make_signal(symbol="BTC/USDT", side="sell", quantity="1", reference_price="600"),
         "algo_not_supported": make_signal(quantity="0.1", execution={"algo": "twap", "slices": 4, "duration_s": 60}),
         "limit_outside_collar": make_signal(quantity="0.0002", order_type="limit", limit_price="80000.00",

@@ -226,9 +226,10 @@ class OrderWorkflow:
             raise ApplicationError(refusal, type="AmendRefused")
 
     def _amend_refusal(self, request: AmendRequest, prices: VenuePrices | None = None) -> str | None:
-        """Why an amend cannot apply, or None. Validated as the order it would become, at `prices`
-        (default: the prices recorded when the order was prepared; `_amend_at_venue` reads fresh
-        ones before anything reaches the venue)."""
+        """Why an amend cannot apply, or None. Validated as the order it would become: without
+        `prices` (signal handler, update validator: no I/O there) only the rules that need no price;
+        `_amend_at_venue` then checks them all at the venue's current prices before anything
+        reaches the venue."""
         snap = self._state.snapshot
         if snap.is_terminal:
             return f"order is already {snap.state.value}"
@@ -237,7 +238,7 @@ class OrderWorkflow:
         context = self._state.context
         if context is not None and context.prices is not None and context.market is not None:
             denial = validate_amend(snap, request, context.market, context.limits, workflow.now(),
-                                    prices or context.prices, self._state.signal.reference_price)
+                                    prices, self._state.signal.reference_price, check_prices=prices is not None)
             return str(denial) if denial else None
         # A release-0.1 order (or one still being prepared: checked again when carried out).
         if request.limit_price is not None and snap.order_type != OrderType.LIMIT:
@@ -356,7 +357,8 @@ class OrderWorkflow:
         snap = self._state.snapshot
         while self._state.amend_requests:
             pending = self._state.amend_requests.pop(0)
-            refusal = self._amend_refusal(pending.request)
+            # At the prices read before the wait; all is validated again at current ones after it.
+            refusal = self._amend_refusal(pending.request, self._state.context.prices)
             if refusal is None:
                 if pending.request.quantity is not None:
                     snap.quantity = pending.request.quantity
