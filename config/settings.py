@@ -187,6 +187,12 @@ class AccountLimits(_Strict):
     max_daily_orders: Annotated[int, Field(ge=1)] = 50  # per account, across all workers (Redis)
     min_order_size: Annotated[float, Field(ge=0)] = 10  # minimum order value, account currency
 
+    @model_validator(mode="after")
+    def _possible(self) -> "AccountLimits":
+        if self.min_order_size > self.max_order_value:
+            raise ValueError("min_order_size above max_order_value: every order would be denied")
+        return self
+
 
 class OrderCacheSettings(_Strict):
     enabled: bool = True

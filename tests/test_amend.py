@@ -222,6 +222,8 @@ def workflow_cases(draw):
         signal.update(order_type="limit", limit_price=str(D("57000.00") if side == "buy" else D("63000.00")))
     if draw(st.integers(0, 4)) == 4:
         signal["reference_price"] = draw(st.sampled_from(["600", "60000"]))
+    if draw(st.integers(0, 3)) == 3:  # timing: placed no earlier than asked
+        signal["execution"] = {"start_at": "+2s"}
     amend = {}
     if resting:
         factor = draw(st.sampled_from([D(2), D(100), D("1.000001"), None]))
@@ -239,6 +241,10 @@ def workflow_cases(draw):
 async def test_workflow_orders_and_amends_are_refused_with_a_reason_or_done_as_asked(
         temporal_env, fast_settings, redis, task_queue, case):
     signal_fields, amend = case
+    start_at = None
+    if "execution" in signal_fields:
+        start_at = datetime.now(timezone.utc) + timedelta(seconds=2)
+        signal_fields = {**signal_fields, "execution": {"start_at": start_at.isoformat()}}
     settings = limited(fast_settings, max_order_value=1000, min_order_size=10)
     async with await build_worker(temporal_env.client, settings, redis):
         handle = await start_order(temporal_env.client, task_queue, make_signal(**signal_fields))
@@ -246,6 +252,8 @@ async def test_workflow_orders_and_amends_are_refused_with_a_reason_or_done_as_a
         if snap.state == S.DENIED:
             assert snap.reason.split(":")[0] in REASONS and snap.filled_quantity == 0
             return
+        if start_at is not None:
+            assert next(t.at for t in snap.transitions if t.state == S.SUBMITTED) >= start_at
         if signal_fields.get("order_type") != "limit":  # market: within the collar of the venue's price
             final = await handle.result()
             assert final.filled_quantity <= final.quantity == D(signal_fields["quantity"])

@@ -157,6 +157,15 @@ def test_other_account_currency():
     assert denial.reason == DenialReason.ABOVE_MAX_ORDER_VALUE and "BTC" in denial.message
 
 
+def test_limits_that_deny_every_order_are_refused_at_start():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="min_order_size above max_order_value"):
+        AccountLimits(min_order_size=2000, max_order_value=1000)
+    with pytest.raises(ValidationError):
+        AccountLimits(currency="usd t")
+
+
 def test_simulated_minimums_are_in_each_markets_quote_currency():
     assert simulated_market("BTC/USDT").min_notional == D("5")
     eth_btc = simulated_market("ETH/BTC")
