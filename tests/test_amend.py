@@ -130,6 +130,7 @@ async def test_a_replacement_the_venue_refuses_puts_the_original_terms_back(
         reason = await refused(handle, {"limit_price": "1490.00"})
         snap = await handle.query("status", result_type=OrderSnapshot)
         venue_orders_now = emulators["binance"].orders()
+        cached_before_cancel = await redis.get(f"order:{handle.id}")
         final = await handle.execute_update("cancel_order", {"reason": "done"}, result_type=OrderSnapshot)
     assert "venue refused the amended replacement" in reason and "original terms" in reason
     assert snap.state == S.ACCEPTED and (snap.quantity, snap.limit_price) == (D("0.02"), D("1500.00"))
@@ -137,6 +138,11 @@ async def test_a_replacement_the_venue_refuses_puts_the_original_terms_back(
     live = [cid for cid, o in mine.items() if o["status"] == "new"]
     assert live == [snap.client_order_id] and D(mine[snap.client_order_id]["price"]) == D("1500")
     assert final.state == S.CANCELLED
+    tail = [(t.state, t.reason or "") for t in snap.transitions][-2:]
+    assert tail[0][0] == S.PENDING_AMEND and "venue refused the amended replacement" in tail[0][1]
+    assert tail[1][0] == S.ACCEPTED and "original terms placed again" in tail[1][1]
+    cached = OrderSnapshot.model_validate_json(cached_before_cancel)  # what the API and the cache show
+    assert (cached.client_order_id, cached.limit_price) == (snap.client_order_id, D("1500.00"))
 
 
 async def test_amends_during_a_start_at_wait_apply_before_placement(temporal_env, order_worker, redis, task_queue):

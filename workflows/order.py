@@ -643,10 +643,11 @@ class OrderWorkflow:
             self._state.amend_results[pending.id] = "order filled before the amend could apply"
             return
         original = (snap.quantity, snap.limit_price)
+        self._next_generation(new_qty, new_price)
         await self._transition(S.ACCEPTED if snap.filled_quantity == 0 else S.PARTIALLY_FILLED,
                                "replaced (cancel-and-replace amend)")
         try:
-            report = await self._place_replacement(new_qty, new_price)
+            report = await self._venue("venue_submit", self._replacement_request())
         except VENUE_ERRORS as error:
             if _error_type(error) != VenueErrorType.REJECTED.value or self._state.context.prices is None:
                 self._state.amend_results[pending.id] = f"replacement order: {_error_message(error)}"
@@ -657,37 +658,43 @@ class OrderWorkflow:
         await self._apply_report(report)
         self._state.amend_results[pending.id] = None
 
-    async def _place_replacement(self, quantity: Decimal, limit_price: Decimal | None) -> VenueOrderReport:
-        """The next generation of the order, under a new client order id, for what is left of `quantity`."""
+    def _next_generation(self, quantity: Decimal, limit_price: Decimal | None) -> None:
+        """The order's next venue order (cancel-and-replace): a new client order id and its terms."""
         snap = self._state.snapshot
         self._state.generation += 1
         snap.client_order_id = client_order_id_for(snap.order_id, self._state.generation)
         snap.quantity, snap.limit_price = quantity, limit_price
-        request = VenueOrderRequest(
+
+    def _replacement_request(self) -> VenueOrderRequest:
+        snap = self._state.snapshot
+        return VenueOrderRequest(
             exchange=snap.exchange, account=self._state.context.account, client_order_id=snap.client_order_id,
             symbol=snap.symbol, side=snap.side, order_type=snap.order_type,
-            quantity=quantity - snap.filled_quantity, limit_price=limit_price, time_in_force=TimeInForce.GTC)
-        return await self._venue("venue_submit", request)
+            quantity=snap.quantity - snap.filled_quantity, limit_price=snap.limit_price, time_in_force=TimeInForce.GTC)
 
     async def _restore_after_refused_replacement(self, pending: PendingAmend, original: tuple[Decimal, Decimal | None],
                                                  refused: BaseException) -> None:
-        """The venue refused the amended replacement although it passed our validation: the working
-        order is not dropped. Its remainder is placed again at the original terms (the venue took
-        them before), and the amend answers with the venue's refusal."""
-        snap = self._state.snapshot
+        """The venue refused the amended replacement although it passed our validation. The working
+        order is not dropped: its remainder is placed again at the original terms (which the venue
+        took before) under the next client order id, and the amend answers with the refusal."""
         why = f"venue refused the amended replacement ({_error_message(refused)})"
+        await self._transition(S.PENDING_AMEND, f"{why}; placing the original terms again")
+        self._next_generation(*original)
         try:
-            report = await self._place_replacement(*original)
+            report = await self._venue("venue_submit", self._replacement_request())
         except VENUE_ERRORS as error:
-            self._state.amend_results[pending.id] = f"{why}; re-placing the original terms failed: {_error_message(error)}"
-            if _error_type(error) == VenueErrorType.REJECTED.value:
-                # The original was cancelled for the amend and nothing replaces it: say so.
-                await self._transition(S.CANCELLED, f"{why}; re-placing the original terms was refused too "
+            kind = _error_type(error)
+            self._state.amend_results[pending.id] = f"{why}; placing the original terms again failed: {_error_message(error)}"
+            if kind == VenueErrorType.REJECTED.value or kind in NOTHING_SENT:
+                # The original was cancelled for the amend and the venue holds nothing: say so.
+                await self._transition(S.CANCELLED, f"{why}; placing the original terms again failed "
                                                     f"({_error_message(error)}): the order is no longer working")
-            else:
-                await self._on_submit_error(error)
+            else:  # it may be at the venue: reconciled by its client order id
+                await self._transition(S.UNKNOWN, f"re-placing the original terms: {_error_message(error)}")
             return
         await self._apply_report(report)
+        self._settle_after_amend(S.ACCEPTED, "original terms placed again after the venue refused the amend")
+        await self._publish()
         self._state.amend_results[pending.id] = f"{why}; the order was placed again at its original terms"
 
     # --- applying what the venue says ----------------------------------------------------------
