@@ -178,6 +178,8 @@ def test_patch_during_a_start_at_wait_answers_at_once_over_http(api_url):
     amended = httpx.patch(f"{api_url}/orders/{signal.workflow_id}", json={"quantity": "0.002"}, timeout=60)
     assert amended.status_code == 200 and time.monotonic() - began < 5, amended.text
     assert amended.json()["quantity"] == "0.002" and amended.json()["state"] == "validated"
+    shown = httpx.get(f"{api_url}/orders/{signal.workflow_id}").json()
+    assert shown["quantity"] == "0.002" and shown["state"] == "validated"  # the API shows the new terms
     refused_ = httpx.patch(f"{api_url}/orders/{signal.workflow_id}", json={"quantity": "1e30"}, timeout=60)
     # Refused by the workflow's validation (409), or by the API's own input bounds (422) where it has them.
     assert refused_.status_code in (409, 422), refused_.text

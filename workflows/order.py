@@ -347,14 +347,16 @@ class OrderWorkflow:
     async def _wait_applying_amends(self, start_at: datetime) -> None:
         """Until start_at: amends apply to the order not yet placed (validated, answered at once)."""
         while self._state.cancel_request is None:
-            self._apply_amends_before_placement()
+            if self._apply_amends_before_placement():
+                await self._refresh_cached_snapshot()
             if workflow.now() >= start_at:
                 return
             await self._wait(lambda: self._state.cancel_request is not None or bool(self._state.amend_requests),
                              start_at - workflow.now())
 
-    def _apply_amends_before_placement(self) -> None:
-        snap = self._state.snapshot
+    def _apply_amends_before_placement(self) -> bool:
+        """Whether any amend applied."""
+        snap, applied = self._state.snapshot, False
         while self._state.amend_requests:
             pending = self._state.amend_requests.pop(0)
             # At the prices read before the wait; all is validated again at current ones after it.
@@ -365,7 +367,18 @@ class OrderWorkflow:
                 if pending.request.limit_price is not None:
                     snap.limit_price = pending.request.limit_price
                 snap.updated_at = workflow.now()
+                applied = True
             self._state.amend_results[pending.id] = refusal
+        return applied
+
+    async def _refresh_cached_snapshot(self) -> None:
+        """An amend before placement is no transition: the order cache (the API's view) gets the
+        new terms now; the order's events and table row follow with its next transition."""
+        await workflow.execute_local_activity(
+            "record_progress", OrderProgress(snapshot=self._state.snapshot),
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_interval=timedelta(seconds=5)),
+        )
 
     async def _revalidate_at_current_prices(self) -> None:
         """After a start_at wait the prices read at signal time are stale: read them again, and
