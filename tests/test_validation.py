@@ -134,9 +134,9 @@ def test_eth_btc_is_valued_in_usdt_through_btc_usdt():
     assert denial.reason == DenialReason.ABOVE_MAX_ORDER_VALUE and "USDT" in denial.message
     # 0.2 ETH = 0.01 BTC = 600 USDT: inside both limits, above the venue's BTC minimum notional.
     assert check(signal(symbol="ETH/BTC", quantity="0.2"), ethbtc_prices(), ETHBTC) is None
-    # 0.002 ETH = 6 USDT: below min_order_size 10 USDT (the venue's 0.0001 BTC minimum is met).
-    denial = check(signal(symbol="ETH/BTC", quantity="0.03"), ethbtc_prices(), ETHBTC)
-    assert denial is None  # 0.0015 BTC = 90 USDT
+    # 0.03 ETH = 0.0015 BTC = 90 USDT: fine. 0.003 ETH = 0.00015 BTC = 9 USDT: below min_order_size
+    # 10 USDT, although the venue's own 0.0001 BTC minimum is met.
+    assert check(signal(symbol="ETH/BTC", quantity="0.03"), ethbtc_prices(), ETHBTC) is None
     denial = check(signal(symbol="ETH/BTC", quantity="0.003"), ethbtc_prices(), ETHBTC)
     assert denial.reason == DenialReason.BELOW_MIN_ORDER_SIZE and "USDT" in denial.message
 
@@ -406,3 +406,39 @@ def test_every_signal_and_amend_is_refused_with_a_reason_or_carried_out_as_asked
     price = request.limit_price or order.limit_price
     assert quantity > filled
     assert_carried_out_as_asked(quantity, quantity - filled, price, sig.side, market, prices, sig.reference_price)
+
+
+# --- prepare_order / read_prices: the conversion price -----------------------------------------------
+class _QuotingVenue:
+    """An adapter that lists only the given books (the rest: unknown symbol, as venues answer)."""
+
+    name = "stub"
+
+    def __init__(self, books: dict[str, tuple[str, str]]) -> None:
+        self._books = books
+
+    async def quote(self, symbol: str):
+        from activities.venues import VenueError
+        from oms.venue import MarketQuote, VenueErrorType
+
+        if symbol not in self._books:
+            raise VenueError(VenueErrorType.REJECTED, f"unknown symbol {symbol}")
+        bid, ask = self._books[symbol]
+        return MarketQuote(market=ETHBTC, bid=D(bid), ask=D(ask), at=NOW)
+
+
+@pytest.mark.parametrize("books, expected_symbol, expected_price", [
+    ({"BTC/USDT": ("59990", "60010")}, "BTC/USDT", D("60000")),
+    ({"USDT/BTC": ("0.00002", "0.00002")}, "USDT/BTC", D("50000")),  # inverted
+    ({}, None, None),  # no pair: the order will be refused, never misvalued
+])
+async def test_the_quote_currency_is_priced_through_a_pair_of_the_same_venue(books, expected_symbol, expected_price):
+    from activities.execution import ExecutionActivities
+    from activities.venues import VenueRegistry
+    from config.settings import Settings
+
+    activities = ExecutionActivities(VenueRegistry(), Settings())
+    prices = await activities._prices(_QuotingVenue(books), "ETH/BTC", "BTC", "USDT", None)
+    assert (prices.conversion_symbol, prices.conversion_price) == (expected_symbol, expected_price)
+    same = await activities._prices(_QuotingVenue({}), "BTC/USDT", "USDT", "USDT", None)
+    assert same.conversion_price == 1
