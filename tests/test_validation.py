@@ -442,3 +442,17 @@ async def test_the_quote_currency_is_priced_through_a_pair_of_the_same_venue(boo
     assert (prices.conversion_symbol, prices.conversion_price) == (expected_symbol, expected_price)
     same = await activities._prices(_QuotingVenue({}), "BTC/USDT", "USDT", "USDT", None)
     assert same.conversion_price == 1
+
+
+def test_the_ccxt_adapter_keeps_a_rebate_negative_and_the_fee_asset():
+    from types import SimpleNamespace
+
+    from activities.venue_ccxt import CcxtVenue
+
+    order = {"id": "1", "status": "closed", "filled": 0.002, "amount": 0.002, "price": 55000, "timestamp": 1_700_000_000_000}
+    trades = [{"id": "t1", "amount": 0.001, "price": 55000, "fee": {"cost": -0.011, "currency": "USDT"},
+               "takerOrMaker": "maker", "timestamp": 1_700_000_000_000},
+              {"id": "t2", "amount": 0.001, "price": 55000, "fee": {"cost": 0.00004, "currency": "BNB"},
+               "takerOrMaker": "taker", "timestamp": 1_700_000_000_000}]
+    report = CcxtVenue._to_report(SimpleNamespace(name="bybit"), order, "BTC/USDT", "order-x", trades, True)
+    assert [(f.fee, f.fee_currency) for f in report.fills] == [(D("-0.011"), "USDT"), (D("0.00004"), "BNB")]
