@@ -105,12 +105,15 @@ class ExecutionActivities:
                 return context.model_copy(update={"problem": str(error)})
             raise to_application_error(error) from None
         update: dict = {"market": market}
+        try:
+            update["prices"] = await self._prices(adapter, signal.symbol, market.quote, s.account_limits.currency, quote)
+        except VenueError as error:  # the conversion pair's book: retried like any venue read
+            raise to_application_error(error) from None
         if self._daily_limit is not None:
             reservation = DailyOrderReservation(
                 account=f"{exchange}:{getattr(adapter, 'account', 'default')}", order_id=activity.info().workflow_id,
                 day=datetime.now(timezone.utc).strftime("%Y-%m-%d"), limit=s.account_limits.max_daily_orders)
             update.update(daily_reservation=reservation, daily_decision=await self._daily_limit.reserve(reservation))
-        update["prices"] = await self._prices(adapter, signal.symbol, market.quote, s.account_limits.currency, quote)
         if quote is not None:
             update.update(bid=quote.bid, ask=quote.ask)
             estimate = getattr(adapter, "estimate_slippage_bps", None)
