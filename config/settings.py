@@ -216,9 +216,18 @@ class ExecutionSettings(_Strict):
 
 
 class AccountLimits(_Strict):
-    max_order_value: Annotated[float, Field(gt=0)] = 1000  # quote currency, per order
+    # The account currency: every order is valued in it at the venue's price (through a conversion
+    # pair such as BTC/USDT for ETH/BTC) before the two value limits below are applied.
+    currency: Annotated[str, Field(pattern=r"^[A-Z0-9]{1,20}$")] = "USDT"
+    max_order_value: Annotated[float, Field(gt=0)] = 1000  # account currency, per order
     max_daily_orders: Annotated[int, Field(ge=1)] = 50  # per account, across all workers (Redis)
-    min_order_size: Annotated[float, Field(ge=0)] = 10  # minimum order value, quote currency
+    min_order_size: Annotated[float, Field(ge=0)] = 10  # minimum order value, account currency
+
+    @model_validator(mode="after")
+    def _possible(self) -> "AccountLimits":
+        if self.min_order_size > self.max_order_value:
+            raise ValueError("min_order_size above max_order_value: every order would be denied")
+        return self
 
 
 class OrderCacheSettings(_Strict):

@@ -216,7 +216,7 @@ class Fill(BaseModel):
     side: Side
     quantity: PositiveDecimal
     price: PositiveDecimal
-    fee: NonNegativeDecimal = Decimal(0)
+    fee: Annotated[Decimal, Field(allow_inf_nan=False)] = Decimal(0)  # negative: a maker rebate
     fee_currency: str | None = None
     liquidity: str | None = None  # maker | taker
     venue: str
@@ -239,7 +239,7 @@ class OrderSnapshot(BaseModel):
     state: OrderState = OrderState.CREATED
     filled_quantity: NonNegativeDecimal = Decimal(0)
     average_fill_price: Decimal | None = None
-    fees: NonNegativeDecimal = Decimal(0)
+    fees: Annotated[Decimal, Field(allow_inf_nan=False)] = Decimal(0)  # quote currency; rebates negative
     exchange: str
     reference_price: Decimal | None = None
     slippage_bps: Decimal | None = None
@@ -251,6 +251,8 @@ class OrderSnapshot(BaseModel):
     venue_order_id: str | None = None
     expire_at: datetime | None = None
     intent: Intent = Intent.ENTRY
+    # Fees charged in a third asset (a BNB discount): per currency, never added to `fees`.
+    other_fees: dict[str, Decimal] = Field(default_factory=dict)
 
     @property
     def is_terminal(self) -> bool:

@@ -46,8 +46,10 @@ SELECT strategy_id, symbol,
          / NULLIF(SUM(CASE WHEN side = 'buy' THEN quantity ELSE 0 END), 0) AS average_buy_price,
        SUM(CASE WHEN side = 'sell' THEN quantity::DOUBLE * price::DOUBLE ELSE 0 END)
          / NULLIF(SUM(CASE WHEN side = 'sell' THEN quantity ELSE 0 END), 0) AS average_sell_price,
-       -- fees in the quote currency: a fee charged in the base asset is valued at its fill's price
-       SUM(CASE WHEN fee_currency = split_part(symbol, '/', 1) THEN fee * price ELSE fee END) AS fees,
+       -- fees in the quote currency (rebates negative): a fee charged in the base asset is valued at its
+       -- fill's price; one in a third asset (BNB) has no price here and is left out, never added as quote
+       SUM(CASE WHEN fee_currency IS NULL OR fee_currency = split_part(symbol, '/', 2) THEN fee
+                WHEN fee_currency = split_part(symbol, '/', 1) THEN fee * price END) AS fees,
        COUNT(*) AS fills
 FROM fills GROUP BY strategy_id, symbol;
 """
