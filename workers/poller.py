@@ -37,6 +37,9 @@ log = logging.getLogger("tom.poller")
 LEASE_S = 10
 CATCH_UP_S = 5.0  # closed-orders listing at most this often (Binance: one weighty call per symbol)
 CURSOR_OVERLAP_MS = 5_000  # clock skew between us and the venue, and a listing's own duration
+# After a long stop, look back at most this far (orders seen open before it are in the seen set;
+# nothing can have been placed while no worker ran); venues bound their history windows too.
+CATCH_UP_MAX_MS = 86_400_000
 ENDED_TTL_S = 3600  # how long an ended order's last signalled state is remembered (de-duplication)
 
 
@@ -100,7 +103,7 @@ class AccountPoller:
         caught_up = catch_up if catch_up is not None else time.monotonic() - self._last_catch_up >= self.catch_up_s
         if caught_up:
             cursor = await self._redis.get(self._cursor_key)
-            since = int(cursor) - CURSOR_OVERLAP_MS if cursor else started_ms - CURSOR_OVERLAP_MS
+            since = max(int(cursor) if cursor else started_ms, started_ms - CATCH_UP_MAX_MS) - CURSOR_OVERLAP_MS
             for report in await adapter.fetch_closed_since(self.account, since):
                 if report.client_order_id not in reports:
                     reports[report.client_order_id] = report
