@@ -38,8 +38,8 @@ LEASE_S = 10
 CATCH_UP_S = 5.0  # closed-orders listing at most this often (Binance: one weighty call per symbol)
 CURSOR_OVERLAP_MS = 5_000  # clock skew between us and the venue, and a listing's own duration
 # After a long stop, look back at most this far (orders seen open before it are in the seen set;
-# nothing can have been placed while no worker ran); venues bound their history windows too.
-CATCH_UP_MAX_MS = 86_400_000
+# nothing can have been placed while no worker ran), inside Binance allOrders' 24 h time window.
+CATCH_UP_MAX_MS = 12 * 3_600_000
 ENDED_TTL_S = 3600  # how long an ended order's last signalled state is remembered (de-duplication)
 
 
