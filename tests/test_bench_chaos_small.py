@@ -13,6 +13,10 @@ async def test_small_chaos_run_accounts_for_every_order_and_fill():
     assert {k: result[k] for k in checks} == dict.fromkeys(checks, 0), result
     assert result["states"].get("filled", 0) >= 56 and result["venue_orders"] >= 80, result
     assert set(result["by_venue"]) == {"binance", "bybit"}, result
-    assert result["partial_then_ended"] == 8, result  # every order beyond the depth: part filled, rest ended
+    # Every order beyond the depth was part filled with the rest ended by the venue (or, rarely, refused
+    # by it for the account's balance after the earlier ones).
+    beyond = result["beyond_depth_states"]
+    assert result["partial_then_ended"] + beyond.get("rejected", 0) == 8 and result["partial_then_ended"] >= 6, result
+    assert set(beyond) <= {"cancelled", "expired", "rejected"}, result
     assert result["amends"] >= 2 and result["amended"] >= 2 and result["mid_run_cancels"] >= 2, result
     assert set(result["amended_by_venue"]) == {"binance", "bybit"}, result  # native and cancel-and-replace
