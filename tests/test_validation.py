@@ -467,10 +467,13 @@ def test_the_ccxt_adapter_keeps_a_rebate_negative_and_the_fee_asset():
 
     from activities.venue_ccxt import CcxtVenue
 
-    order = {"id": "1", "status": "closed", "filled": 0.002, "amount": 0.002, "price": 55000, "timestamp": 1_700_000_000_000}
+    from activities.ccxt_dialects import BybitDialect
+
+    order = {"id": "1", "status": "closed", "filled": 0.002, "amount": 0.002, "price": 55000, "timestamp": 1_700_000_000_000,
+             "info": {"orderStatus": "Filled"}}
     trades = [{"id": "t1", "amount": 0.001, "price": 55000, "fee": {"cost": -0.011, "currency": "USDT"},
                "takerOrMaker": "maker", "timestamp": 1_700_000_000_000},
               {"id": "t2", "amount": 0.001, "price": 55000, "fee": {"cost": 0.00004, "currency": "BNB"},
                "takerOrMaker": "taker", "timestamp": 1_700_000_000_000}]
-    report = CcxtVenue._to_report(SimpleNamespace(name="bybit"), order, "BTC/USDT", "order-x", trades, True)
+    report = CcxtVenue._to_report(SimpleNamespace(name="bybit", dialect=BybitDialect()), order, "BTC/USDT", "order-x", trades, True)
     assert [(f.fee, f.fee_currency) for f in report.fills] == [(D("-0.011"), "USDT"), (D("0.00004"), "BNB")]
