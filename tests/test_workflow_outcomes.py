@@ -332,13 +332,14 @@ async def test_a_cancel_arriving_during_the_fill_never_hides_it(time_env, script
     assert snap.state == S.FILLED and snap.filled_quantity == Decimal("1.00")
 
 
-async def test_a_status_the_workflow_does_not_expect_is_reconciled(time_env, scripted):
-    """A cancel answered with a status no rule expects there ("not found" as a report; likewise any
-    status a venue table adds later): the order is reconciled, not frozen or failed."""
+@pytest.mark.parametrize("status", [VenueOrderStatus.NOT_FOUND, VenueOrderStatus.UNRECOGNIZED])
+async def test_a_status_the_workflow_does_not_expect_is_reconciled(time_env, scripted, status):
+    """A cancel answered with a status no rule expects there ("not found" as a report, a status no
+    venue table knows): the order is reconciled, not frozen or failed."""
     venue = ScriptedVenue()
 
     def answers_not_found(v, o):
-        o.status = VenueOrderStatus.NOT_FOUND
+        o.status = status
 
     def found_cancelled(v, o):
         o.status = VenueOrderStatus.CANCELLED
@@ -351,4 +352,4 @@ async def test_a_status_the_workflow_does_not_expect_is_reconciled(time_env, scr
     snap = await finish(time_env, handle)
     assert snap.state == S.CANCELLED
     unknown = [t for t in snap.transitions if t.state == S.UNKNOWN]
-    assert unknown and "not_found" in unknown[0].reason
+    assert unknown and status.value in unknown[0].reason
