@@ -1,8 +1,9 @@
 """OrderWorkflow: one order, from signal to terminal state, durable across any worker crash.
 
-The workflow decides; activities do I/O. Every state change goes through `oms.states.apply` /
-`apply_fill` (the transition table), then `_publish` records it (search attributes, the
-`order_events` / `executions` streams, the order cache).
+The workflow decides; activities do I/O. Every state change goes through `oms.states.apply_safely`
+/ `apply_fill` (the transition table), then `_publish` records it (search attributes, the
+`order_events` / `executions` streams, the order cache). An outcome the table did not foresee never
+fails a workflow task: it is recorded on the order, counted, and the order reconciles.
 
 Venue calls are local activities (a normal activity hop costs ~45 ms on the submission path), each
 attempted once per call; the retry loop is here, so the workflow chooses per error type:
@@ -10,10 +11,15 @@ attempted once per call; the retry loop is here, so the workflow chooses per err
 - VenueTransient / RateLimited -> retried with exponential backoff (retry_attempts, retry_delay_ms)
 - VenueUnknownOutcome, or no answer within execution_timeout_ms -> `unknown`, then reconciled by
   fetching the order by its client order id; only a confirmed NOT_FOUND resubmits (same client id,
-  which the venue deduplicates anyway). Never a blind second order.
-Cancel and amend arrive as signals or updates; the main loop carries them out, so every venue call
-is made from one place and a cancel racing a fill ends in whatever the venue decided (late fills
-are counted). History stays bounded: long-lived orders continue-as-new with their whole state.
+  which the venue deduplicates anyway), and never for an order being cancelled or expired, whose
+  NOT_FOUND is final only after the venue's receive window. Never a blind second order.
+Every call the venue may need again (a cancel that did not take, a look-up) waits on a durable,
+capped, jittered backoff first: no hot loops, and `venue_requests` counts them.
+Cancel and amend arrive as signals, updates or a Temporal cancellation request; the main loop
+carries them out, so every venue call is made from one place and a cancel racing a fill ends in
+whatever the venue decided (late fills are counted). History stays bounded: long-lived orders
+continue-as-new with their whole state, pending requests included.
+Orders started before the `order-lifecycle-v2` patch keep release 0.1's paths (order_release01.py).
 """
 from __future__ import annotations
 
