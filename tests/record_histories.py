@@ -509,6 +509,48 @@ async def _(st: Stage) -> None:
     expect(snap.state == S.CANCELLED, snap)
 
 
+@scenario("sim-amend-refused-on-arrival-by-signal")
+async def _(st: Stage) -> None:
+    """Amend signals the order refuses as they arrive: at or below the filled quantity, off the tick
+    size; then one it takes, and a cancel."""
+    async with st.worker():
+        handle = await st.start(quantity="60", order_type="limit", limit_price=price_touching())
+        first = await wait_for(handle, {S.PARTIALLY_FILLED, S.FILLED})
+        expect(first.state == S.PARTIALLY_FILLED, first)
+        await handle.signal("amend", {"quantity": str(first.filled_quantity)})
+        await handle.signal("amend", {"limit_price": "1000.001"})
+        await handle.signal("amend", {"quantity": "61"})
+        await wait_for(handle, lambda s: s.quantity == Decimal("61"))
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(snap.state == S.CANCELLED and states(snap).count(S.PENDING_AMEND) == 1, snap)
+
+
+@scenario("sim-amend-market-price-refused-while-waiting")
+async def _(st: Stage) -> None:
+    """A market order waiting for its start_at: a new limit price is refused (it has none)."""
+    async with st.worker():
+        start_at = datetime.now(timezone.utc) + timedelta(hours=1)
+        handle = await st.start(execution={"start_at": start_at.isoformat()})
+        await wait_for(handle, {S.VALIDATED})
+        await handle.signal("amend", {"limit_price": "3000.00"})
+        await asyncio.sleep(0.3)
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(snap.state == S.CANCELLED and S.SUBMITTED not in states(snap), snap)
+
+
+@scenario("sim-cancel-then-amend-in-one-task")
+async def _(st: Stage) -> None:
+    """A cancel, then at once an amend: the amend is refused on arrival (the order is being cancelled,
+    or already cancelled while its last state is published)."""
+    async with st.worker():
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        await wait_for(handle, {S.ACCEPTED})
+        await handle.signal("cancel", {"reason": "changed my mind"})
+        await handle.signal("amend", {"limit_price": "999.00"})
+        snap = await handle.result()
+    expect(snap.state == S.CANCELLED and S.PENDING_AMEND not in states(snap), snap)
+
+
 @scenario("sim-lost-ack-reconciled")
 async def _(st: Stage) -> None:
     await st.redis.hset(FAULTS_KEY, "lost_ack_next", 1)
@@ -750,6 +792,42 @@ async def _(st: Stage) -> None:
         await wait_for(handle, {S.ACCEPTED})
         snap = await update(handle, "cancel_order", {"reason": "done"})
     expect(S.UNKNOWN in states(snap) and snap.state == S.CANCELLED, snap)
+
+
+@scenario("binance-partial-cancel-unknown-reconciled-live")
+async def _(st: Stage) -> None:
+    """Partially filled; the cancel meets a 5xx (the venue may have acted): unknown; reconciliation
+    finds the order still open with the fills already counted, so partially filled again; the
+    cancel is retried."""
+    async with st.worker(st.direct(("binance",)), poller_s=None):
+        handle = await st.start(quantity="60", order_type="limit", limit_price=price_touching(), exchange="binance")
+        first = await wait_for(handle, {S.PARTIALLY_FILLED, S.FILLED})
+        expect(first.state == S.PARTIALLY_FILLED, first)
+        st.emulator("binance").fault(kind="server_error", endpoints=["cancel"])
+        await handle.signal("cancel", {"reason": "done"})
+        snap = await asyncio.wait_for(handle.result(), 30)
+    expect(snap.state == S.CANCELLED and states(snap)[-4:] == [S.UNKNOWN, S.PARTIALLY_FILLED, S.PENDING_CANCEL,
+                                                             S.CANCELLED], snap)
+
+
+@scenario("binance-replace-after-partial-venue-fill")
+async def _(st: Stage) -> None:
+    """Filled in part at the venue, not yet seen (no poller): the cancel half of a cancel-and-replace
+    finds more filled than the new quantity, so the order ends filled at what it got."""
+    async with st.worker(st.direct(("binance",)), poller_s=None):
+        side, price, fills_at = future_crossing("ETH/USDT")
+        quantity = "250" if side == "buy" else "95"  # more than one second of the book's level; within balance
+        handle = await st.start(quantity=quantity, side=side, order_type="limit", limit_price=str(price),
+                                exchange="binance")
+        await wait_for(handle, {S.ACCEPTED})
+        await sleep_until(fills_at + 0.3)
+        try:
+            await update(handle, "amend_order", {"quantity": "1"})
+        except WorkflowUpdateFailedError as error:
+            expect("filled before the amend" in str(error.cause), None, str(error.cause))
+        snap = await handle.result()
+    expect(snap.state == S.FILLED and Decimal(1) <= snap.filled_quantity < Decimal(quantity)
+           and snap.reason == "filled before the amend could apply", snap)
 
 
 @scenario("binance-cancel-unknown-reconciled")
