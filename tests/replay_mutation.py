@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import contextlib
 import copy
 import itertools
 import sys
@@ -177,6 +178,17 @@ class WorkflowModule:
     def __post_init__(self) -> None:
         self.tree = ast.parse(self.source, str(self.path))
 
+    def imports(self, names: set[str]) -> set[str]:
+        """Which of the modules `names` this one imports."""
+        found = set()
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module)
+                found |= {f"{node.module}.{alias.name}" for alias in node.names}
+        return (found & names) - {self.module}
+
     def branches(self) -> list[Branch]:
         lines = self.source.splitlines()
         out = []
@@ -235,15 +247,70 @@ def mutation_for(branch: Branch) -> ast.stmt:
 
 
 def workflow_modules(root: Path = WORKFLOWS_DIR) -> list[WorkflowModule]:
-    """Every module in workflows/ that defines a workflow (found, not listed by hand)."""
+    """Every module in workflows/ that has functions: the workflows and the helpers, mixins and
+    shared functions they import (found, not listed by hand)."""
     found = []
     for path in sorted(root.rglob("*.py")):
         source = path.read_text()
-        if "workflow.defn" not in source:
-            continue
-        module = ".".join(path.relative_to(REPO).with_suffix("").parts)
-        found.append(WorkflowModule(module, path, source))
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        candidate = WorkflowModule(module, path, source)
+        if any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(candidate.tree)):
+            found.append(candidate)
     return found
+
+
+def build_set(modules: list[WorkflowModule], inserts: dict[str, dict[int, ast.stmt]],
+              changed: set[str]) -> dict[str, types.ModuleType]:
+    """Fresh builds of the `changed` modules and of every module that imports one of them (directly
+    or through another), in import order; while they are built each is visible under its real name,
+    so a workflow module picks up its mutated helper module."""
+    by_name = {m.module: m for m in modules}
+    names = set(by_name)
+    deps = {m.module: m.imports(names) for m in modules}
+    rebuild = set(changed)
+    while True:
+        more = {name for name, uses in deps.items() if uses & rebuild} - rebuild
+        if not more:
+            break
+        rebuild |= more
+    built: dict[str, types.ModuleType] = {}
+    with contextlib.ExitStack() as visible:
+        while len(built) < len(rebuild):
+            ready = sorted(n for n in rebuild - set(built) if not (deps[n] & rebuild) - set(built))
+            if not ready:
+                raise RuntimeError(f"import cycle among {sorted(rebuild - set(built))}")
+            for name in ready:
+                built[name] = by_name[name].build(inserts.get(name, {}))
+                visible.enter_context(_visible_as(name, built[name]))
+    return built
+
+
+_MISSING = object()
+
+
+@contextlib.contextmanager
+def _visible_as(name: str, module: types.ModuleType) -> Iterator[None]:
+    """`import name` and `from package import leaf` give `module` until the block ends."""
+    parent, _, leaf = name.rpartition(".")
+    package = sys.modules.get(parent) if parent else None
+    saved_module = sys.modules.get(name, _MISSING)
+    saved_attribute = getattr(package, leaf, _MISSING) if package is not None else _MISSING
+    sys.modules[name] = module
+    if package is not None:
+        setattr(package, leaf, module)
+    try:
+        yield
+    finally:
+        if saved_module is _MISSING:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = saved_module
+        if package is not None:
+            if saved_attribute is _MISSING:
+                delattr(package, leaf)
+            else:
+                setattr(package, leaf, saved_attribute)
 
 
 def installed_workflows() -> list[type]:
@@ -257,10 +324,6 @@ def workflow_classes(module: types.ModuleType) -> list[type]:
     return [value for value in vars(module).values()
             if isinstance(value, type) and value.__module__ == module.__name__
             and workflow._Definition.from_class(value) is not None]
-
-
-def _workflow_name(cls: type) -> str:
-    return workflow._Definition.must_from_class(cls).name
 
 
 # --- replaying ---------------------------------------------------------------------------------
@@ -347,14 +410,16 @@ async def run_check(modules: list[WorkflowModule] | None = None,
     started = time.monotonic()
     modules = modules if modules is not None else workflow_modules()
     histories = histories if histories is not None else load_histories()
-    originals = {m.module: workflow_classes(m.build({})) for m in modules}
+    everything = {m.module for m in modules}
+    originals = build_set(modules, {}, everything)
 
     # Probe: which histories reach which branch (the probe build issues no extra command).
-    probes, branches = {}, {}
-    for m in modules:
-        branches[m.module] = m.branches()
-        probes[m.module] = workflow_classes(m.build({b.index: _call(HIT, m.module, b.index) for b in branches[m.module]}))
-    probe_classes = [cls for classes in probes.values() for cls in classes]
+    branches = {m.module: m.branches() for m in modules}
+    probe = build_set(modules, {name: {b.index: _call(HIT, name, b.index) for b in found}
+                                for name, found in branches.items()}, everything)
+    probe_classes = [cls for module in probe.values() for cls in workflow_classes(module)]
+    if not probe_classes:
+        raise AssertionError("no workflow class found in workflows/")
     reached: dict[tuple[str, int], list[str]] = {}
     for name, history in histories:
         _hits.clear()
@@ -369,14 +434,13 @@ async def run_check(modules: list[WorkflowModule] | None = None,
 
     outcomes = []
     for m in modules:
-        others = [cls for module, classes in originals.items() if module != m.module for cls in classes]
         for branch in branches[m.module]:
             names = reached.get((m.module, branch.index), [])
             outcome = Outcome(branch, sorted(names))
             if names:
-                mutant = workflow_classes(m.build({branch.index: mutation_for(branch)}))
-                mutant_names = {_workflow_name(c) for c in mutant}
-                workflows = mutant + [c for c in others if _workflow_name(c) not in mutant_names]
+                mutant = build_set(modules, {m.module: {branch.index: mutation_for(branch)}}, {m.module})
+                workflows = [cls for name, module in {**originals, **mutant}.items()
+                             for cls in workflow_classes(module)]
                 # The histories that caught most so far first, then the shortest.
                 for name in sorted(names, key=lambda n: (-catches.get(n, 0), size[n])):
                     error = await _replay_fails(workflows, by_name[name])

@@ -6,7 +6,15 @@ tests/replay_mutation_report.md (`python -m tests.replay_mutation --write tests/
 import ast
 import textwrap
 
-from tests.replay_mutation import REQUIRED_SHARE, WorkflowModule, mutation_for, run_check, workflow_modules
+from tests.replay_mutation import (
+    REQUIRED_SHARE,
+    WorkflowModule,
+    build_set,
+    mutation_for,
+    run_check,
+    workflow_classes,
+    workflow_modules,
+)
 
 
 async def test_an_extra_command_on_a_workflow_branch_fails_replay_of_a_recorded_history():
@@ -87,3 +95,33 @@ def test_branches_are_found_in_every_construct_and_skip_queries_and_validators(t
 def test_every_workflow_module_is_checked():
     names = {m.module for m in workflow_modules()}
     assert "workflows.order" in names
+
+
+def test_a_mutated_helper_module_reaches_the_workflow_module_that_imports_it(tmp_path, monkeypatch):
+    package = tmp_path / "wfpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("def pick(x):\n    if x:\n        return 1\n    return 2\n")
+    (package / "flows.py").write_text(textwrap.dedent('''
+        from temporalio import workflow
+        from wfpkg.helpers import pick
+
+        @workflow.defn
+        class Flow:
+            @workflow.run
+            async def run(self) -> int:
+                return pick(True)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    modules = workflow_modules(package)
+    assert sorted(m.module for m in modules) == ["wfpkg.flows", "wfpkg.helpers"]
+    helpers = next(m for m in modules if m.module == "wfpkg.helpers")
+    branch = next(b for b in helpers.branches() if b.kind == "if")
+    built = build_set(modules, {"wfpkg.helpers": {branch.index: mutation_for(branch)}}, {"wfpkg.helpers"})
+    assert set(built) == {"wfpkg.helpers", "wfpkg.flows"}  # the importer is rebuilt on the mutant
+    assert built["wfpkg.flows"].pick is built["wfpkg.helpers"].pick
+    assert "__mutation_command__" in built["wfpkg.helpers"].pick.__code__.co_names
+    assert [cls.__name__ for cls in workflow_classes(built["wfpkg.flows"])] == ["Flow"]
+    import wfpkg.helpers  # the real module is untouched
+
+    assert "__mutation_command__" not in wfpkg.helpers.pick.__code__.co_names
