@@ -1,16 +1,18 @@
 """Mutation check of the recorded histories: do they notice a changed workflow?
 
-For every branch of every module in workflows/ (a function's body; each body of if/elif/else,
-for/while and their else, try/except/else/finally, with, match case), one mutant inserts an extra
-workflow command at the start of that branch: `await workflow.sleep(0.001)` in async code, a timer
-task in sync code. The branch's change is caught if some recorded history (tests/histories/**) fails
-to replay against the mutant, as a real unguarded change would fail replay of running orders.
-Queries and update validators are left out: they cannot issue commands.
+For every branch of every module in workflows/ (the workflows and the helper modules and mixins
+they import; a function's body, each body of if/elif/else, for/while and their else,
+try/except/else/finally, with, match case), one mutant inserts an extra workflow command at the
+start of that branch: `await workflow.sleep(0.001)` in async code, a timer task in sync code. The
+branch is caught if some recorded history (tests/histories/**) fails to replay against the mutant
+with a command mismatch, as an unguarded change would fail the replay of running orders. Queries
+and update validators are left out: they cannot issue commands.
 
-One process, no server: the mutated source is compiled into a fresh module and replayed with the
-UnsandboxedWorkflowRunner. A probe build first records which histories reach which branch (a plain
-function call at each branch, no command), so each mutant replays only the histories that reach it,
-and a branch no history reaches is reported as such without replaying anything.
+One process, no server: the mutated source is compiled into a fresh module (with fresh copies of
+the modules that import it) and replayed with the UnsandboxedWorkflowRunner. A probe build first
+records which histories reach which branch (a plain function call at each branch, no command), so
+each mutant replays only the histories that reach it, and a branch no history reaches is reported
+as such without replaying anything.
 
     python -m tests.replay_mutation                       # print the figure and the uncaught branches
     python -m tests.replay_mutation --write tests/replay_mutation_report.md
@@ -22,6 +24,7 @@ import ast
 import asyncio
 import contextlib
 import copy
+import importlib
 import itertools
 import sys
 import time
@@ -315,8 +318,6 @@ def _visible_as(name: str, module: types.ModuleType) -> Iterator[None]:
 
 def installed_workflows() -> list[type]:
     """The workflow classes of every workflow module, as imported normally (for plain replay)."""
-    import importlib
-
     return [cls for m in workflow_modules() for cls in workflow_classes(importlib.import_module(m.module))]
 
 
@@ -397,9 +398,9 @@ class Result:
     def share(self) -> float:
         return self.caught / len(self.outcomes) if self.outcomes else 0.0
 
-    def summary(self) -> str:
+    def summary(self, timed: bool = True) -> str:
         return (f"{self.caught} of {len(self.outcomes)} branches caught ({self.share:.1%}) by {self.histories} "
-                f"recorded histories, in {self.seconds:.0f} s")
+                f"recorded histories" + (f", in {self.seconds:.0f} s" if timed else ""))
 
     def uncaught(self) -> list[Outcome]:
         return [o for o in self.outcomes if not o.caught]
@@ -411,7 +412,7 @@ async def run_check(modules: list[WorkflowModule] | None = None,
     modules = modules if modules is not None else workflow_modules()
     histories = histories if histories is not None else load_histories()
     everything = {m.module for m in modules}
-    originals = build_set(modules, {}, everything)
+    originals = {m.module: importlib.import_module(m.module) for m in modules}  # as the worker runs them
 
     # Probe: which histories reach which branch (the probe build issues no extra command).
     branches = {m.module: m.branches() for m in modules}
@@ -462,7 +463,7 @@ def report(result: Result) -> str:
         "An extra workflow command at the start of a branch listed here replays cleanly against every",
         "recorded history (tests/histories/), so a change there would not be caught by tests/test_replay.py.",
         "",
-        f"**{result.summary()}.**",
+        f"**{result.summary(timed=False)}.**",
         "",
         "| where | function | branch | first statement | why |",
         "| --- | --- | --- | --- | --- |",
