@@ -325,7 +325,7 @@ class CcxtVenue:
             fee = trade.get("fee") or {}
             fills.append(VenueFill(
                 trade_id=str(trade["id"]), quantity=_dec(trade["amount"]), price=_dec(trade["price"]),
-                fee=abs(_dec(fee.get("cost"))), fee_currency=fee.get("currency"),
+                fee=_dec(fee.get("cost")), fee_currency=fee.get("currency"),
                 liquidity=trade.get("takerOrMaker"), at=_at(trade.get("timestamp"))))
         return VenueOrderReport(
             exchange=self.name, client_order_id=client_order_id, venue_order_id=str(order.get("id") or "") or None,

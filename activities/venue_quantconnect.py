@@ -439,7 +439,7 @@ class QuantConnectVenue:
         client_order_id, ioc = parse_tag(order.tag) or (order.tag or "", False)
         fills = [
             VenueFill(trade_id=f"{order.id}-{e.order_event_id}", quantity=abs(e.fill_quantity),
-                      price=e.fill_price, fee=abs(e.order_fee_amount or Decimal(0)),
+                      price=e.fill_price, fee=e.order_fee_amount or Decimal(0),
                       fee_currency=e.order_fee_currency,
                       at=datetime.fromtimestamp(e.time, timezone.utc) if e.time is not None else _now())
             for e in order.events if e.fill_quantity != 0

@@ -104,7 +104,7 @@ class VenueFill(BaseModel):
     trade_id: str  # unique per venue order; fills are counted once per trade_id
     quantity: PositiveDecimal
     price: PositiveDecimal
-    fee: NonNegativeDecimal = Decimal(0)
+    fee: Decimal = Field(default=Decimal(0), allow_inf_nan=False)  # as the venue reports it; negative: a rebate
     fee_currency: str | None = None
     liquidity: str | None = None  # maker | taker
     at: datetime

@@ -1039,6 +1039,70 @@ async def _(st: Stage) -> None:
 
 
 # --- running ---------------------------------------------------------------------------------
+# --- validation at the venue's price, amends validated in full, start_at amends (issue 11) --------
+@scenario("sim-denied-algo-not-supported")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        snap = await st.run(execution={"algo": "twap", "slices": 4, "duration_s": 60})
+    expect(snap.state == S.DENIED and "algo_not_supported" in (snap.reason or ""), snap)
+
+
+@scenario("sim-denied-account-currency-eth-btc")
+async def _(st: Stage) -> None:
+    """1,000 ETH on ETH/BTC, valued in USDT through BTC/USDT."""
+    async with st.worker():
+        snap = await st.run(symbol="ETH/BTC", quantity="1000")
+    expect(snap.state == S.DENIED and "above_max_order_value" in (snap.reason or "") and "USDT" in snap.reason, snap)
+
+
+@scenario("sim-denied-reference-price-far")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        snap = await st.run(symbol="BTC/USDT", side="sell", quantity="0.001", reference_price="600")
+    expect(snap.state == S.DENIED and "reference_price_far" in (snap.reason or ""), snap)
+
+
+@scenario("sim-amend-refused-by-validation-then-applied")
+async def _(st: Stage) -> None:
+    limits = st.settings.account_limits.model_dump(mode="json")
+    async with st.worker(st.settings.with_overrides(account_limits={**limits, "max_order_value": 1000})):
+        handle = await st.start(symbol="BTC/USDT", quantity="0.0002", order_type="limit", limit_price="55000.00")
+        await wait_for(handle, {S.ACCEPTED})
+        too_big = await refused_update(handle, "amend_order", {"quantity": "10"})
+        expect("above_max_order_value" in too_big, None, too_big)
+        await handle.signal("amend", {"limit_price": "70000"})  # through the fat-finger band: refused
+        amended = await update(handle, "amend_order", {"quantity": "0.0003"})
+        expect(amended.quantity == Decimal("0.0003") and amended.limit_price == Decimal("55000.00"), amended)
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(snap.state == S.CANCELLED and states(snap).count(S.PENDING_AMEND) == 1, snap)
+
+
+@scenario("sim-start-at-amended-before-placement")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        start_at = datetime.now(timezone.utc) + timedelta(seconds=3)
+        handle = await st.start(symbol="BTC/USDT", quantity="0.001", execution={"start_at": start_at.isoformat()})
+        await wait_for(handle, {S.VALIDATED})
+        amended = await update(handle, "amend_order", {"quantity": "0.002"})
+        expect(amended.quantity == Decimal("0.002") and amended.state == S.VALIDATED, amended)
+        await handle.signal("amend", {"quantity": "0.003"})
+        snap = await handle.result()
+    expect(snap.state == S.FILLED and snap.filled_quantity == Decimal("0.003"), snap)
+
+
+@scenario("binance-replacement-refused-original-placed-again")
+async def _(st: Stage) -> None:
+    async with st.worker(st.direct(("binance",)), poll_exchanges=("binance",)):
+        handle = await st.start(quantity="0.02", order_type="limit", limit_price=resting_price("binance"),
+                                exchange="binance")
+        await wait_for(handle, {S.ACCEPTED})
+        st.emulator("binance").fault(kind="reject", endpoints=["create"])
+        reason = await refused_update(handle, "amend_order", {"limit_price": "1490.00"})
+        expect("original terms" in reason, None, reason)
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(snap.state == S.CANCELLED and snap.limit_price == Decimal(resting_price("binance")), snap)
+
+
 async def save_histories(st: Stage, out: Path, mkdir: bool = False) -> list[Path]:
     """Every run of every kept order (a continue-as-new chain is several runs)."""
     if mkdir:
