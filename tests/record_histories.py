@@ -347,7 +347,10 @@ async def _(st: Stage) -> None:
 
 @scenario("sim-fok-expired")
 async def _(st: Stage) -> None:
-    async with st.worker():
+    """700 ETH on ETH/BTC (10 levels of ~60 ETH) cannot fill at once; its value (~2 M USDT where
+    orders are valued in the account currency) is let through."""
+    limits = st.settings.account_limits.model_dump(mode="json")
+    async with st.worker(st.settings.with_overrides(account_limits={**limits, "max_order_value": 10_000_000})):
         snap = await st.run(symbol="ETH/BTC", quantity="700", time_in_force="FOK", reference_price="0.05")
     expect(snap.state == S.EXPIRED and snap.filled_quantity == 0 and "FOK" in snap.reason, snap)
 
@@ -413,6 +416,18 @@ async def _(st: Stage) -> None:
         snap = await st.run(execution={"start_at": start_at.isoformat()})
     submitted = next(t for t in snap.transitions if t.state == S.SUBMITTED)
     expect(snap.state == S.FILLED and submitted.at >= start_at, snap)
+
+
+@scenario("sim-start-at-limit-amended-before-placement")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        start_at = datetime.now(timezone.utc) + timedelta(seconds=2)
+        handle = await st.start(order_type="limit", limit_price="1000.00", execution={"start_at": start_at.isoformat()})
+        await wait_for(handle, {S.VALIDATED})
+        await handle.signal("amend", {"limit_price": "999.00"})
+        await wait_for(handle, lambda s: s.state == S.ACCEPTED and s.limit_price == Decimal("999.00"))
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(snap.state == S.CANCELLED and snap.limit_price == Decimal("999.00"), snap)
 
 
 @scenario("sim-start-at-cancelled-by-update")
@@ -961,10 +976,11 @@ async def _(st: Stage) -> None:
     expect(snap.state == S.FILLED, snap)
 
 
-@scenario("binance-unreachable-retries-exhausted-failed")
+@scenario("binance-unreachable-after-start-wait")
 async def _(st: Stage) -> None:
-    """The venue goes away while the order waits for its start: every create is refused at connect
-    (nothing sent), retried retry_attempts times, then the order is failed."""
+    """The venue goes away while the order waits for its start: nothing can be sent (connections
+    refused). Release 0.1 retries the create and fails the order; a release that reads the venue's
+    price again after the wait denies it (no price)."""
     logs = st.svc.workdir / st.task_queue
     logs.mkdir()
     with contextlib.ExitStack() as stack:
@@ -976,6 +992,18 @@ async def _(st: Stage) -> None:
             await wait_for(handle, {S.VALIDATED})
             stack.close()  # the emulator stops: connections are refused from now on
             snap = await asyncio.wait_for(handle.result(), 30)
+    expect(snap.state in (S.FAILED, S.DENIED), snap)
+
+
+@scenario("binance-stale-requests-retries-exhausted-failed")
+async def _(st: Stage) -> None:
+    """Every create reaches the venue after its receive window (held 1.5 s, window 1 s): refused
+    unprocessed (-1021, nothing placed), retried retry_attempts times, then the order is failed."""
+    settings = st.direct(("binance",), orders={"execution_timeout_ms": 4000}, recv_window_ms=1000, timeout_ms=3000)
+    async with st.worker(settings, poller_s=None):
+        attempts = settings.orders.retry_attempts + 1
+        st.emulator("binance").fault(kind="slow", endpoints=["create"], count=attempts, delay_ms=1500)
+        snap = await asyncio.wait_for(st.run(quantity="0.01", exchange="binance"), 60)
     expect(snap.state == S.FAILED and "after retries" in snap.reason, snap)
 
 

@@ -23,7 +23,9 @@ async def test_an_extra_command_on_a_workflow_branch_fails_replay_of_a_recorded_
     for outcome in result.uncaught():
         print(f"  uncaught {outcome.branch.where} {outcome.branch.function} ({outcome.branch.kind}): {outcome.why}")
     assert len(result.outcomes) >= 100, "branch enumeration found too few branches in workflows/"
-    assert result.share >= REQUIRED_SHARE, result.summary()
+    assert result.share >= REQUIRED_SHARE, (
+        f"{result.summary()}: record the release's histories (python -m tests.record_histories --out "
+        f"tests/histories/<release>), with a scenario for each new path")
 
 
 def test_branches_are_found_in_every_construct_and_skip_queries_and_validators(tmp_path):
