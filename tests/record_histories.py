@@ -230,7 +230,8 @@ async def wait_for(handle: WorkflowHandle, wanted: set[OrderState] | Callable[[O
         if test(snap):
             return snap
         if time.monotonic() > deadline:
-            raise AssertionError(f"{handle.id} stuck in {snap.state.value}: {[t.state.value for t in snap.transitions]}")
+            path = [t.state.value for t in snap.transitions]
+            raise AssertionError(f"{handle.id} stuck in {snap.state.value}: {path}")
         await asyncio.sleep(0.05)
 
 
@@ -660,7 +661,8 @@ async def _(st: Stage) -> None:
         handle = await st.start(order_type="limit", limit_price="1000.00")
         accepted = await wait_for(handle, {S.ACCEPTED})
         await handle.signal("venue_update", VenueOrderReport(
-            exchange="simulation", client_order_id=accepted.client_order_id, symbol="ETH/USDT", status="partially_filled",
+            exchange="simulation", client_order_id=accepted.client_order_id, symbol="ETH/USDT",
+            status="partially_filled",
             quantity=Decimal("0.1"), limit_price=Decimal("1000.00"), filled_quantity=Decimal("0.05"),
             fills_complete=False))
         await asyncio.sleep(1.0)

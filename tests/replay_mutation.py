@@ -163,7 +163,8 @@ def _blocks(tree: ast.Module) -> Iterator[tuple[str, str, bool, list[ast.stmt]]]
 def _insert_at(stmts: list[ast.stmt]) -> int:
     """After a docstring: the mutation goes before the branch's first real statement."""
     first = stmts[0]
-    is_doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
+    is_doc = (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+              and isinstance(first.value.value, str))
     return 1 if is_doc and len(stmts) > 1 else 0
 
 
@@ -478,8 +479,10 @@ def report(result: Result) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Replay the recorded histories against one mutant per workflow branch.")
-    parser.add_argument("--write", type=Path, help=f"write the report of uncaught branches here (e.g. {REPORT.relative_to(REPO)})")
+    parser = argparse.ArgumentParser(
+        description="Replay the recorded histories against one mutant per workflow branch.")
+    parser.add_argument("--write", type=Path,
+                        help=f"write the report of uncaught branches here (e.g. {REPORT.relative_to(REPO)})")
     parser.add_argument("--verbose", action="store_true", help="list every branch, caught or not")
     args = parser.parse_args(argv)
     result = asyncio.run(run_check())
