@@ -203,6 +203,10 @@ class ExecutionSettings(_Strict):
     simulation: SimulationSettings = SimulationSettings()
     quantconnect: QuantConnectSettings = QuantConnectSettings()
     direct: DirectSettings = DirectSettings()
+    # Venue orders of ours that no running workflow watches (after a terminate or reset): the sweep
+    # in `tom worker` cancels them at the venue, or only reports them (workers/sweep.py).
+    orphans: Literal["cancel", "report"] = "cancel"
+    orphan_sweep_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
 
     @model_validator(mode="after")
     def _mode_configured(self) -> "ExecutionSettings":

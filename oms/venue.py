@@ -34,6 +34,9 @@ class VenueOrderStatus(StrEnum):
     REJECTED = "rejected"
     EXPIRED = "expired"  # IOC/FOK remainder, GTD reached on the venue
     NOT_FOUND = "not_found"  # the venue never received it (reconciliation answer)
+    # A status no adapter table knows (a new venue status, a malformed answer): never guessed; the
+    # report's `reason` carries the raw status and the workflow reconciles it as unknown.
+    UNRECOGNIZED = "unrecognized"
 
 
 # Still working at the venue: it can fill, be cancelled or amended.

@@ -27,6 +27,7 @@ from config.settings import Settings
 from oms.events import order_cache_key
 from oms.models import AmendRequest, CancelRequest, OrderSnapshot, OrderState, Signal
 from activities.venue_gate import gate_status
+from activities.venue_requests import observe_venue_requests
 from workers import metrics
 from workers.consumer import consumer_lag
 from workers.intake import InvalidSignal, UnstartableSignal, loads_strict, parse_signal, start_order
@@ -34,6 +35,7 @@ from workers.recorder import Recorder
 from workers.runtime import configure_logging, connect_temporal, redis_client
 from workers.body_limit import BodyLimit
 from workers.storage import DuckDBStore
+from workers.sweep import orphan_reasons
 
 log = logging.getLogger("tom.api")
 ORDER_ID = Annotated[str, Path(pattern=r"^order-[A-Za-z0-9_.:-]{1,64}$", description="order-<signal_id>")]
@@ -98,6 +100,7 @@ class Readiness(BaseModel):
     checks: dict[str, CheckResult]
     venues: dict[str, VenueState] = {}
     recorder: RecorderState | None = None
+    degraded_reasons: list[str] = []  # e.g. orphan venue orders found by the sweep (workers/sweep.py)
 
 
 RECORDER_STUCK = 3
@@ -352,8 +355,14 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             checks["recorder"] = CheckResult(ok=not stuck, detail=recorder.last_error if stuck else None)
             recorder_degraded = recorder.last_error_age_s is not None and recorder.last_error_age_s < RECORDER_DEGRADED_S
         ready = all(c.ok for c in checks.values())
-        degraded = recorder_degraded or not all(v.ok for v in venues.values())
-        body = Readiness(ready=ready, degraded=degraded, checks=checks, venues=venues, recorder=recorder)
+        try:
+            reasons = await asyncio.wait_for(orphan_reasons(s.redis), 2.0)
+        except Exception as exc:  # Redis down: the redis check already says so
+            log.warning("orphan reasons: %s", exc)
+            reasons = []
+        degraded = recorder_degraded or not all(v.ok for v in venues.values()) or bool(reasons)
+        body = Readiness(ready=ready, degraded=degraded, checks=checks, venues=venues, recorder=recorder,
+                         degraded_reasons=reasons)
         return JSONResponse(status_code=200 if ready else 503, content=body.model_dump())
 
     @app.get("/metrics", response_class=Response,
@@ -367,6 +376,8 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             if s.store is not None:
                 metrics.observe_store(await asyncio.to_thread(s.store.report))
             await _venue_states(s)
+            await orphan_reasons(s.redis)
+            await observe_venue_requests(s.redis)
         except Exception as exc:  # metrics must render even when a dependency is down
             log.warning("metrics collection: %s", exc)
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)

@@ -23,6 +23,7 @@ from activities.venues import VenueRegistry
 from config.settings import Settings
 from workers.consumer import SignalConsumer
 from workers.poller import run_pollers
+from workers.sweep import run_sweeps
 from workers.runtime import configure_logging, connect_temporal, redis_client
 from workflows.order import OrderWorkflow
 
@@ -31,7 +32,7 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=20)  # k8s terminationGracePeriodSeconds m
 
 
 async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegistry:
-    registry = VenueRegistry()
+    registry = VenueRegistry(redis=redis)
     registry.register(SimulatedVenue(redis, settings.execution.simulation))
     if settings.execution.mode == "direct" or settings.execution.direct.accounts_in_use():
         from activities.venue_ccxt import build_ccxt_adapters  # ccxt is heavy: only where used
@@ -84,7 +85,10 @@ async def serve(settings: Settings, max_concurrent: int | None = None, with_cons
                  settings.temporal.namespace, ", ".join(registry.names))
         accounts = [(name, getattr(registry.get(name), "account", "default")) for name in registry.names]
         interval_s = settings.execution.direct.poll_interval_ms / 1000
-        tasks = [asyncio.create_task(run_pollers(client, redis, registry, accounts, stop, interval_s))]
+        execution = settings.execution
+        tasks = [asyncio.create_task(run_pollers(client, redis, registry, accounts, stop, interval_s)),
+                 asyncio.create_task(run_sweeps(client, redis, registry, accounts, stop, execution.orphans,
+                                                execution.orphan_sweep_interval_s))]
         if with_consumer:  # same client as the worker: workflow starts are eager, their first task runs here
             tasks.append(asyncio.create_task(SignalConsumer(client, redis, settings).run(stop)))
         async with worker:
