@@ -177,6 +177,7 @@ class OrderWorkflow(Release01Paths):
         # order's cancel through (bounded: every retry waits on the backoff, a month of venue outage
         # stays far below Temporal's history limit).
         self._cancelled_run = False
+        self._local_activity_at = 0  # history length when a local activity last answered
 
     # --- public interface ----------------------------------------------------------------------
     @workflow.query(name="status")
@@ -306,14 +307,15 @@ class OrderWorkflow(Release01Paths):
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._record_before_closing()
 
-    @staticmethod
-    async def _record_before_closing() -> None:
+    async def _record_before_closing(self) -> None:
         """End the workflow task before the one that closes the run. The server refuses a closing
         task when a signal arrived meanwhile (UnhandledCommand) and drops its local-activity results
         with it; the retry would then decide again without them (a market order filled at the
         venue, then "cancelled before submission" by a cancel that arrived during the fill). A
         1 ms timer makes the venue's answers durable first. Shielded: a workflow cancellation
         arriving meanwhile does not cut it short (the cancellation path then runs its own)."""
+        if workflow.info().get_current_history_length() > self._local_activity_at:
+            return  # a workflow task completed since the last venue answer: already durable
         await asyncio.shield(workflow.sleep(timedelta(milliseconds=1)))
 
     def _requests_to_serve(self) -> bool:
@@ -516,6 +518,18 @@ class OrderWorkflow(Release01Paths):
         return VenueOrderRef(exchange=snap.exchange, account=self._state.context.account,
                              client_order_id=snap.client_order_id, symbol=snap.symbol)
 
+    async def _venue_call(self, activity: str, arg: BaseModel) -> VenueOrderReport:
+        """One attempt; notes when its answer came (durable once a later workflow task starts)."""
+        try:
+            return await workflow.execute_local_activity(
+                activity, arg, result_type=VenueOrderReport,
+                start_to_close_timeout=timedelta(milliseconds=self._state.context.params.execution_timeout_ms),
+                retry_policy=RetryPolicy(maximum_attempts=1),
+                local_retry_threshold=LOCAL_TASK_TIMEOUT,
+            )
+        finally:
+            self._local_activity_at = workflow.info().get_current_history_length()
+
     async def _venue(self, activity: str, arg: BaseModel, attempts: int | None = None) -> VenueOrderReport:
         """One venue call with the order's retry policy for transient errors; raises on the rest."""
         params = self._state.context.params
@@ -525,12 +539,7 @@ class OrderWorkflow(Release01Paths):
         while True:
             self._state.snapshot.venue_requests += 1
             try:
-                return await workflow.execute_local_activity(
-                    activity, arg, result_type=VenueOrderReport,
-                    start_to_close_timeout=timedelta(milliseconds=params.execution_timeout_ms),
-                    retry_policy=RetryPolicy(maximum_attempts=1),
-                    local_retry_threshold=LOCAL_TASK_TIMEOUT,
-                )
+                return await self._venue_call(activity, arg)
             except VENUE_ERRORS as error:
                 if self._v2 and is_cancelled_exception(error):
                     raise  # the workflow is being cancelled: not a venue error to retry
@@ -991,6 +1000,7 @@ class OrderWorkflow(Release01Paths):
         )
         self._state.published_transitions = len(snap.transitions)
         self._state.published_anomalies = snap.anomalies
+        self._local_activity_at = workflow.info().get_current_history_length()
 
     def _unused_daily_slot(self) -> DailyOrderReservation | None:
         """prepare_order reserved a daily-cap slot, and the order ended without ever going out."""
