@@ -216,6 +216,16 @@ class StopTimeout(AssertionError):
     """A process did not stop within its bound after SIGTERM (it was then killed)."""
 
 
+def run_tom(config_path: Path, *args: str, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`tom --config <file> <args>` run to completion, output captured (stdout, stderr as text)."""
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "workers.cli", "--config", str(config_path), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
 def stop_process(proc: subprocess.Popen, timeout: float = WORKER_DRAIN_S + 10, expect: int | None = 0) -> int:
     """SIGTERM the process group and wait up to `timeout` (the worker's drain bound and a margin);
     returns the exit code. A process that does not stop in time is SIGKILLed and the test fails
@@ -234,6 +244,16 @@ def stop_process(proc: subprocess.Popen, timeout: float = WORKER_DRAIN_S + 10, e
         if expect is not None:
             assert proc.returncode == expect, f"{proc.args}: exit code {proc.returncode} after SIGTERM, expected {expect}"
     return proc.returncode
+
+
+def stop_api(proc: subprocess.Popen, log_path: Path) -> None:
+    """Stop `tom api`: uvicorn shuts down gracefully on SIGTERM, then re-raises the signal, so a
+    clean stop exits by SIGTERM after logging its completed shutdown."""
+    import signal as signals
+
+    stop_process(proc, expect=-signals.SIGTERM)
+    log = log_path.read_text()
+    assert "Application shutdown complete." in log and "Finished server process" in log, log[-2000:]
 
 
 @pytest.fixture

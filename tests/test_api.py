@@ -7,7 +7,7 @@ import schemathesis
 from schemathesis.checks import positive_data_acceptance
 from hypothesis import HealthCheck, Phase, given, settings as hypothesis_settings
 
-from tests.conftest import stop_process, tom_process, wait_for_http
+from tests.conftest import stop_api, stop_process, tom_process, wait_for_http
 from tests.helpers import make_signal
 
 
@@ -20,7 +20,7 @@ def api_url(config_file, stack_settings, tmp_path):
         wait_for_http(f"{url}/healthz", proc=api)
         yield url
     finally:
-        stop_process(api)
+        stop_api(api, tmp_path / "api.log")
         stop_process(worker)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Callable
 
@@ -130,9 +131,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+# Client commands end by leaving without interpreter finalization: the Temporal SDK's runtime
+# threads can call into a finalizing interpreter and abort it (sdk-python issue 300; seen as exit
+# code -6 after `tom submit --wait` had printed its result, about one run in seven). They hold no
+# state that needs finalizing; servers (worker, api, dev, ...) exit normally.
+CLIENT_COMMANDS = frozenset({"submit", "cancel", "amend", "status", "orders", "report", "demo"})
+
+
+def run() -> None:
+    """The `tom` console script."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    if build_parser().parse_args(argv).command in CLIENT_COMMANDS:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
     # Run the imported module's main: commands raise `workers.cli.UserError`, which is not this
     # `__main__` module's class of the same name.
-    from workers.cli import main as cli_main
+    from workers.cli import run as cli_run
 
-    sys.exit(cli_main())
+    cli_run()

@@ -97,7 +97,7 @@ def submit(settings: Settings, args) -> int:
             result = await start_order(client, settings, signal)
             print(f"{result.order_id} {'started' if result.created else 'already exists'}")
             if args.wait:
-                final = await client.get_workflow_handle(result.order_id).result(result_type=OrderSnapshot)
+                final = await client.get_workflow_handle(result.order_id, result_type=OrderSnapshot).result()
                 print(_snapshot_table(final))
         return 0
 
