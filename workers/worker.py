@@ -30,6 +30,7 @@ from workflows.order import OrderWorkflow
 
 log = logging.getLogger("tom.worker")
 GRACEFUL_SHUTDOWN = timedelta(seconds=20)  # k8s terminationGracePeriodSeconds must exceed this
+DRAIN_MARGIN_S = 2.0  # past GRACEFUL_SHUTDOWN, for the pollers and the worker's own shutdown
 
 
 async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegistry:
@@ -109,10 +110,20 @@ async def serve(settings: Settings, max_concurrent: int | None = None, with_cons
         stack.push_async_callback(redis.aclose)
         registry = await build_registry(settings, redis)
         stack.push_async_callback(registry.close)
-        async with running_worker(client, settings, redis, registry, max_concurrent, with_consumer):
-            log.info("worker on task queue %r (namespace %s, venues %s)", settings.temporal.task_queue,
-                     settings.temporal.namespace, ", ".join(registry.names))
-            await stop.wait()
+        running = AsyncExitStack()
+        await running.enter_async_context(running_worker(client, settings, redis, registry, max_concurrent,
+                                                         with_consumer))
+        log.info("worker on task queue %r (namespace %s, venues %s)", settings.temporal.task_queue,
+                 settings.temporal.namespace, ", ".join(registry.names))
+        await stop.wait()
+        # The SDK does not cancel a local activity (our venue calls) at the end of the graceful
+        # shutdown: one that hangs up to execution_timeout_ms would hold the stop past the grace
+        # period. Bound the drain; an abandoned call's order is picked up by another worker
+        # (its workflow task times out) and reconciled by client order id.
+        try:
+            await asyncio.wait_for(running.aclose(), GRACEFUL_SHUTDOWN.total_seconds() + DRAIN_MARGIN_S)
+        except asyncio.TimeoutError:
+            log.error("drain not finished after %s: abandoning in-flight tasks", GRACEFUL_SHUTDOWN)
     log.info("worker stopped")
 
 
