@@ -1,12 +1,23 @@
 """The per-account poller: one venue call per round for all open orders, changes signalled."""
 import asyncio
 
+import pytest
+
 from activities.venue_sim import SimulatedVenue
 from activities.venues import VenueRegistry
 from oms.models import OrderSnapshot, OrderState
 from oms.venue import VenueOrderRef
 from tests.helpers import make_signal, start_order
+from tests.test_workflow_lifecycle import wait_for_state
 from workers.poller import AccountPoller
+
+
+@pytest.fixture
+def fast_settings(fast_settings):
+    """The production worker's own poller polls once at start only: this test drives a poller itself."""
+    execution = fast_settings.execution.model_dump(mode="json")
+    execution["direct"]["poll_interval_ms"] = 600_000
+    return fast_settings.with_overrides(execution=execution)
 
 
 async def test_poller_signals_an_order_cancelled_at_the_venue(temporal_env, order_worker, fast_settings, task_queue,
@@ -15,14 +26,7 @@ async def test_poller_signals_an_order_cancelled_at_the_venue(temporal_env, orde
     handles = [await start_order(temporal_env.client, task_queue,
                                  make_signal(order_type="limit", limit_price="1000.00", quantity="0.1"))
                for _ in range(5)]
-    snaps = []
-    for handle in handles:
-        for _ in range(100):
-            snap = await handle.query("status", result_type=OrderSnapshot)
-            if snap.state == OrderState.ACCEPTED:
-                break
-            await asyncio.sleep(0.05)
-        snaps.append(snap)
+    snaps = [await wait_for_state(handle, {OrderState.ACCEPTED}) for handle in handles]
     poller = AccountPoller(temporal_env.client, redis, VenueRegistry({"simulation": venue}), "simulation",
                            interval_s=0.2)
     await poller.poll_once()  # the first round learns the open orders (and may signal them)
