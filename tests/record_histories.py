@@ -1,0 +1,976 @@
+"""Record OrderWorkflow histories, one per path of the workflow, for the replay tests of later releases.
+
+    python -m tests.record_histories --out tests/histories/release-0.2      # every scenario
+    python -m tests.record_histories --out DIR --only sim-market-fill ...    # some of them
+    python -m tests.record_histories --list
+
+Each release records its own set with the code it ships (tests/histories/release-X/); the replay test
+(tests/test_replay.py) replays every set against the current code, so a change that would break an
+order started by an earlier release fails CI. The recorder starts its own services as the tests do: a
+Temporal dev server (continue-as-new suggested at 200 events), the time-skipping test server, Redis,
+and Binance and Bybit exchange-emulator processes that the real ccxt client talks to over HTTP.
+
+A scenario drives one order down one path and asserts that it took that path (its states, its
+reason) before its history is written, so a file's name says what it holds. A continued-as-new
+order is written one file per run (`<workflow id>@run<N>.json`). A scenario that fails is reported
+and nothing is written for it; the exit status is then 1 (rerun it with --only).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from activities.venue_gate import GateLimits, VenueGate
+from activities.venue_sim import FAULTS_KEY, SimulatedVenue
+from config.settings import Settings, load_settings
+from oms.models import OrderSnapshot, OrderState, Signal
+from oms.venue import VenueOrderRef, VenueOrderReport
+from tests.conftest import REPO, SEARCH_ATTRIBUTES, dev_server_args, direct_settings, free_port, redis_server_binary
+from tests.emulators import Emulator, running_emulators
+from tests.test_direct_execution import future_crossing, resting_price
+from tests.test_workflow_lifecycle import touch
+from workers.poller import AccountPoller
+from workers.runtime import find_binary
+from workers.worker import build_registry, build_worker
+
+S = OrderState
+ScenarioFn = Callable[["Stage"], Awaitable[None]]
+SCENARIOS: dict[str, ScenarioFn] = {}
+
+
+def scenario(name: str) -> Callable[[ScenarioFn], ScenarioFn]:
+    def register(fn: ScenarioFn) -> ScenarioFn:
+        SCENARIOS[name] = fn
+        return fn
+    return register
+
+
+def states(snap: OrderSnapshot) -> list[OrderState]:
+    return [t.state for t in snap.transitions]
+
+
+def expect(condition: bool, snap: OrderSnapshot | None = None, what: str = "") -> None:
+    """The path the scenario is named after was taken; otherwise its history is not written."""
+    if not condition:
+        detail = f" {snap.state.value}: {[(t.state.value, t.reason) for t in snap.transitions]}" if snap else ""
+        raise AssertionError(f"unexpected path {what}{detail}")
+
+
+# --- services --------------------------------------------------------------------------------
+@dataclass
+class Services:
+    dev: WorkflowEnvironment
+    skipping: WorkflowEnvironment
+    redis_url: str
+    emulators: dict[str, Emulator]
+    workdir: Path
+
+
+@contextlib.asynccontextmanager
+async def redis_server(workdir: Path) -> AsyncIterator[str]:
+    port = free_port()
+    proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = aioredis.from_url(f"redis://127.0.0.1:{port}/0")
+        for _ in range(200):
+            try:
+                await client.ping()
+                break
+            except (OSError, RedisError):
+                await asyncio.sleep(0.05)
+        await client.aclose()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextlib.asynccontextmanager
+async def services() -> AsyncIterator[Services]:
+    from temporalio.api.enums.v1 import IndexedValueType
+    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+
+    workdir = Path(tempfile.mkdtemp(prefix="tom-record-"))
+    try:
+        async with redis_server(workdir) as redis_url:
+            dev = await WorkflowEnvironment.start_local(
+                dev_server_existing_path=find_binary("temporal"), dev_server_extra_args=dev_server_args(),
+                data_converter=pydantic_data_converter, ui=False)
+            skipping = await WorkflowEnvironment.start_time_skipping(
+                test_server_existing_path=find_binary("temporal-test-server"), data_converter=pydantic_data_converter)
+            keyword = IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+            await skipping.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
+                namespace="default", search_attributes={name: keyword for name in SEARCH_ATTRIBUTES}))
+            try:
+                with running_emulators(workdir) as emulators:
+                    yield Services(dev, skipping, redis_url, emulators, workdir)
+            finally:
+                await skipping.shutdown()
+                await dev.shutdown()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def base_settings(svc: Services, task_queue: str) -> Settings:
+    """config/local.yaml on the recorder's services, tuned like the tests' `fast_settings`."""
+    host, port = svc.redis_url.removeprefix("redis://").split("/")[0].split(":")
+    base = load_settings(REPO / "config" / "local.yaml", env={})
+    sim = base.execution.simulation.model_dump(mode="json")
+    return base.with_overrides(
+        database={"type": "duckdb", "path": str(svc.workdir / f"{task_queue}.duckdb")},
+        messaging={**base.messaging.model_dump(mode="json"), "host": host, "port": int(port)},
+        temporal={**base.temporal.model_dump(mode="json"), "task_queue": task_queue},
+        execution={**base.execution.model_dump(mode="json"), "simulation": {**sim, "delay_ms": 0}},
+        orders={**base.orders.model_dump(mode="json"), "retry_delay_ms": 20, "execution_timeout_ms": 2000},
+        account_limits={**base.account_limits.model_dump(mode="json"), "max_daily_orders": 10_000,
+                        "max_order_value": 1_000_000},
+    )
+
+
+# --- one scenario's stage --------------------------------------------------------------------
+@dataclass
+class Stage:
+    name: str
+    svc: Services
+    redis: aioredis.Redis
+    task_queue: str = field(default_factory=lambda: f"rec-{uuid.uuid4().hex[:10]}")
+    client: Client | None = None
+    kept: list[tuple[str, WorkflowHandle]] = field(default_factory=list)
+    _orders: int = 0
+
+    @property
+    def settings(self) -> Settings:
+        return base_settings(self.svc, self.task_queue)
+
+    def signal(self, **fields) -> Signal:
+        """A signal whose workflow id names the scenario (the history file is named after it)."""
+        self._orders += 1
+        suffix = "" if self._orders == 1 else f"-{self._orders}"
+        data = {"signal_id": f"rec-{self.name}{suffix}-{uuid.uuid4().hex[:4]}", "strategy_id": "record",
+                "symbol": "ETH/USDT", "side": "buy", "quantity": "0.1", **fields}
+        return Signal.model_validate(data)
+
+    async def start(self, keep: bool = True, **fields) -> WorkflowHandle:
+        signal = self.signal(**fields)
+        handle = await self.client.start_workflow("OrderWorkflow", signal, id=signal.workflow_id,
+                                                  task_queue=self.task_queue, result_type=OrderSnapshot)
+        if keep:
+            self.kept.append((signal.workflow_id, handle))
+        return handle
+
+    async def run(self, **fields) -> OrderSnapshot:
+        return await (await self.start(**fields)).result()
+
+    @contextlib.asynccontextmanager
+    async def worker(self, settings: Settings | None = None, skipping: bool = False, poller_s: float | None = 0.2,
+                     poll_exchanges: tuple[str, ...] = ("simulation",)) -> AsyncIterator[None]:
+        """A worker as production runs it: the workflow, its activities and (unless poller_s is None)
+        the batched per-account fill poller of each exchange in `poll_exchanges`."""
+        settings = settings or self.settings
+        env = self.svc.skipping if skipping else self.svc.dev
+        self.client = env.client
+        registry = await build_registry(settings, self.redis)
+        stop = asyncio.Event()
+        pollers = []
+        if poller_s is not None:
+            pollers = [asyncio.create_task(AccountPoller(self.client, self.redis, registry, name,
+                                                         getattr(registry.get(name), "account", "default"),
+                                                         poller_s).run(stop)) for name in poll_exchanges]
+        try:
+            async with await build_worker(self.client, settings, self.redis, registry):
+                yield
+        finally:
+            stop.set()
+            await asyncio.gather(*pollers, return_exceptions=True)
+            await registry.close()
+
+    def direct(self, exchanges: tuple[str, ...] = ("binance",), direct: dict | None = None,
+               orders: dict | None = None, **account) -> Settings:
+        return direct_settings(self.settings, self.svc.emulators, exchanges, direct=direct, orders=orders, **account)
+
+    def emulator(self, venue: str) -> Emulator:
+        return self.svc.emulators[venue]
+
+
+async def wait_for(handle: WorkflowHandle, wanted: set[OrderState] | Callable[[OrderSnapshot], bool],
+                   timeout: float = 30) -> OrderSnapshot:
+    test = wanted if callable(wanted) else (lambda snap: snap.state in wanted)
+    deadline = time.monotonic() + timeout
+    while True:
+        snap = await handle.query("status", result_type=OrderSnapshot)
+        if test(snap):
+            return snap
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{handle.id} stuck in {snap.state.value}: {[t.state.value for t in snap.transitions]}")
+        await asyncio.sleep(0.05)
+
+
+async def update(handle: WorkflowHandle, name: str, arg: dict) -> OrderSnapshot:
+    """execute_update, sent again while the server answers that the workflow is not ready for it
+    (its workflow task is being retried); the update id makes the retry the same update."""
+    update_id = str(uuid.uuid4())
+    for attempt in range(20):
+        try:
+            return await handle.execute_update(name, arg, id=update_id, result_type=OrderSnapshot)
+        except RPCError as error:
+            if "already completed" in error.message:
+                # An update lost with a failed workflow task (a signal arrived meanwhile) may still
+                # have acted, as its local activities did: the order then ended without it.
+                return await handle.result()
+            if "unexpected workflow task failure" not in error.message or attempt == 19:
+                raise
+            await asyncio.sleep(0.25)
+    raise AssertionError("unreachable")
+
+
+async def refused_update(handle: WorkflowHandle, name: str, arg: dict) -> str:
+    try:
+        await update(handle, name, arg)
+    except WorkflowUpdateFailedError as error:
+        return str(error.cause)
+    raise AssertionError(f"update {name} {arg} was not refused")
+
+
+def price_touching(symbol: str = "ETH/USDT") -> str:
+    """A buy limit just through the ask: about one book level fills at once."""
+    return str((touch(symbol, "buy") * Decimal("1.00002")).quantize(Decimal("0.01")))
+
+
+async def sleep_until(wall_time: float) -> None:
+    await asyncio.sleep(max(0.0, wall_time - time.time()))
+
+
+# --- simulation, dev server ------------------------------------------------------------------
+@scenario("sim-market-fill")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        snap = await st.run(quantity="0.1")
+    expect(states(snap) == [S.CREATED, S.VALIDATED, S.SUBMITTED, S.FILLED], snap)
+
+
+@scenario("sim-market-collared-expired")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        reference = (touch("ETH/USDT", "buy") * Decimal("0.98")).quantize(Decimal("0.01"))
+        snap = await st.run(quantity="0.1", reference_price=str(reference))
+    expect(snap.state == S.EXPIRED and snap.filled_quantity == 0, snap)
+
+
+@scenario("sim-limit-rests-then-fills-via-poller")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        side, price, fills_at = future_crossing("ETH/USDT")
+        handle = await st.start(quantity="0.1", side=side, order_type="limit", limit_price=str(price))
+        snap = await asyncio.wait_for(handle.result(), 40)
+    expect(snap.state == S.FILLED and S.ACCEPTED in states(snap), snap)
+
+
+@scenario("sim-partial-fills-over-time")
+async def _(st: Stage) -> None:
+    """A resting order larger than one level: the poller reports partial fills second by second."""
+    async with st.worker():
+        side, price, fills_at = future_crossing("ETH/USDT")
+        handle = await st.start(quantity="300", side=side, order_type="limit", limit_price=str(price))
+        await wait_for(handle, {S.PARTIALLY_FILLED, S.FILLED}, timeout=40)
+        await asyncio.sleep(2.5)
+        snap = await handle.query("status", result_type=OrderSnapshot)
+        if snap.state != S.FILLED:
+            snap = await update(handle, "cancel_order", {"reason": "enough"})
+    expect(S.PARTIALLY_FILLED in states(snap) and snap.filled_quantity > 0, snap)
+
+
+@scenario("sim-partial-at-once-then-cancel-update")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        handle = await st.start(quantity="60", order_type="limit", limit_price=price_touching())
+        first = await wait_for(handle, {S.PARTIALLY_FILLED, S.FILLED})
+        expect(first.state == S.PARTIALLY_FILLED, first)
+        reason = await refused_update(handle, "amend_order", {"quantity": str(first.filled_quantity)})
+        expect("not above the filled quantity" in reason, first, reason)
+        snap = await update(handle, "cancel_order", {"reason": "rest not wanted"})
+    expect(snap.state == S.CANCELLED and snap.filled_quantity > 0, snap)
+
+
+@scenario("sim-ioc-partial-expired")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        snap = await st.run(quantity="60", order_type="limit", limit_price=price_touching(), time_in_force="IOC")
+    expect(snap.state == S.EXPIRED and 0 < snap.filled_quantity < 60, snap)
+
+
+@scenario("sim-fok-expired")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        snap = await st.run(symbol="ETH/BTC", quantity="700", time_in_force="FOK", reference_price="0.05")
+    expect(snap.state == S.EXPIRED and snap.filled_quantity == 0 and "FOK" in snap.reason, snap)
+
+
+@scenario("sim-rejected-by-venue")
+async def _(st: Stage) -> None:
+    await st.redis.hset(FAULTS_KEY, "reject_next", 1)
+    async with st.worker():
+        snap = await st.run()
+    expect(snap.state == S.REJECTED, snap)
+
+
+DENIALS = {  # scenario suffix -> (signal fields, reason expected in the snapshot's reason)
+    "unknown-symbol": ({"symbol": "NOPE/USDT"}, "unknown"),
+    "unknown-exchange": ({"exchange": "nowhere"}, "unknown exchange"),
+    "above-max-value": ({"quantity": "1000"}, "above_max_order_value"),
+    "tick-size": ({"order_type": "limit", "limit_price": "1000.001"}, "tick_size"),
+    "gtd-in-past": ({"order_type": "limit", "limit_price": "1000.00", "time_in_force": "GTD",
+                     "expire_at": "2020-01-01T00:00:00+00:00"}, "gtd_in_past"),
+    "lot-size": ({"quantity": "0.00001"}, ""),
+}
+
+
+def _denial(suffix: str, fields: dict, needle: str) -> None:
+    @scenario(f"sim-denied-{suffix}")
+    async def _(st: Stage) -> None:
+        async with st.worker():
+            snap = await st.run(**fields)
+        expect(snap.state == S.DENIED and needle in (snap.reason or ""), snap)
+
+
+for _suffix, (_fields, _needle) in DENIALS.items():
+    _denial(_suffix, _fields, _needle)
+
+
+@scenario("sim-denied-daily-limit")
+async def _(st: Stage) -> None:
+    limits = st.settings.account_limits.model_dump(mode="json")
+    capped = st.settings.with_overrides(account_limits={**limits, "max_daily_orders": 1})
+    async with st.worker(capped):
+        first = await (await st.start(keep=False)).result()
+        snap = await st.run()
+    expect(first.state == S.FILLED and snap.state == S.DENIED and "daily_order_limit" in snap.reason, snap)
+
+
+@scenario("sim-cancel-before-validation")
+async def _(st: Stage) -> None:
+    """Signal-with-start: the cancel is there before preparation has finished."""
+    async with st.worker():
+        signal = st.signal()
+        handle = await st.client.start_workflow(
+            "OrderWorkflow", signal, id=signal.workflow_id, task_queue=st.task_queue, result_type=OrderSnapshot,
+            start_signal="cancel", start_signal_args=[{"reason": "changed my mind at once"}])
+        st.kept.append((signal.workflow_id, handle))
+        snap = await handle.result()
+    expect(snap.state == S.CANCELLED and S.SUBMITTED not in states(snap), snap)
+
+
+@scenario("sim-start-at-waits-then-fills")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        start_at = datetime.now(timezone.utc) + timedelta(seconds=2)
+        snap = await st.run(execution={"start_at": start_at.isoformat()})
+    submitted = next(t for t in snap.transitions if t.state == S.SUBMITTED)
+    expect(snap.state == S.FILLED and submitted.at >= start_at, snap)
+
+
+@scenario("sim-start-at-cancelled-by-update")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        start_at = datetime.now(timezone.utc) + timedelta(hours=1)
+        handle = await st.start(execution={"start_at": start_at.isoformat()})
+        await wait_for(handle, {S.VALIDATED})
+        snap = await update(handle, "cancel_order", {"reason": "not today"})
+    expect(snap.state == S.CANCELLED and S.SUBMITTED not in states(snap), snap)
+
+
+@scenario("sim-expired-before-submission")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        now = datetime.now(timezone.utc)
+        snap = await st.run(order_type="limit", limit_price="1000.00", time_in_force="GTD",
+                            expire_at=(now + timedelta(seconds=1)).isoformat(),
+                            execution={"start_at": (now + timedelta(seconds=2)).isoformat()})
+    expect(snap.state == S.EXPIRED and S.SUBMITTED not in states(snap), snap)
+
+
+@scenario("sim-gtd-expires-while-resting")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        expire_at = datetime.now(timezone.utc) + timedelta(seconds=3)
+        snap = await st.run(order_type="limit", limit_price="1000.00", time_in_force="GTD",
+                            expire_at=expire_at.isoformat())
+    expect(snap.state == S.EXPIRED and snap.reason == "expire_at reached", snap)
+
+
+@scenario("sim-cancel-resting-by-signal")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        await wait_for(handle, {S.ACCEPTED})
+        await handle.signal("cancel", {"reason": "strategy flat"})
+        await handle.signal("cancel", {"reason": "delivered twice"})
+        snap = await handle.result()
+    expect(snap.state == S.CANCELLED and snap.reason == "strategy flat", snap)
+
+
+@scenario("sim-cancel-resting-by-update")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        await wait_for(handle, {S.ACCEPTED})
+        snap = await update(handle, "cancel_order", {"reason": "by update"})
+    expect(snap.state == S.CANCELLED, snap)
+
+
+@scenario("sim-cancel-not-found-at-venue")
+async def _(st: Stage) -> None:
+    """The venue no longer knows the order (an operator purged it): the cancel's NOT_FOUND ends it."""
+    async with st.worker(poller_s=None):
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        accepted = await wait_for(handle, {S.ACCEPTED})
+        await st.redis.delete(f"sim:simulation:order:{accepted.client_order_id}")
+        await handle.signal("cancel", {"reason": "gone"})
+        snap = await handle.result()
+    expect(snap.state == S.CANCELLED and states(snap)[-2] == S.PENDING_CANCEL, snap)
+
+
+@scenario("sim-cancelled-at-venue-seen-by-poller")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        accepted = await wait_for(handle, {S.ACCEPTED})
+        await asyncio.sleep(0.5)  # the poller has listed it once
+        venue = SimulatedVenue(st.redis, st.settings.execution.simulation)
+        await venue.cancel(VenueOrderRef(exchange="simulation", client_order_id=accepted.client_order_id,
+                                         symbol="ETH/USDT"))
+        snap = await asyncio.wait_for(handle.result(), 20)
+    expect(snap.state == S.CANCELLED and snap.reason == "cancelled at the venue", snap)
+
+
+@scenario("sim-amend-native-update-and-signal")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        await wait_for(handle, {S.ACCEPTED})
+        amended = await update(handle, "amend_order", {"limit_price": "1001.00"})
+        expect(amended.limit_price == Decimal("1001.00"), amended)
+        await handle.signal("amend", {"quantity": "0.2"})
+        await wait_for(handle, lambda s: s.quantity == Decimal("0.2") and s.state == S.ACCEPTED)
+        reason = await refused_update(handle, "amend_order", {"limit_price": "1000.001"})
+        expect("tick size" in reason, None, reason)
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(snap.state == S.CANCELLED and states(snap).count(S.PENDING_AMEND) == 2, snap)
+
+
+@scenario("sim-amend-refused-by-venue-after-fill")
+async def _(st: Stage) -> None:
+    """Filled at the venue, not yet seen (no poller): the venue refuses the amend, then the cancel
+    finds the fill."""
+    async with st.worker(poller_s=None):
+        side, price, fills_at = future_crossing("ETH/USDT")
+        handle = await st.start(quantity="0.1", side=side, order_type="limit", limit_price=str(price))
+        await wait_for(handle, {S.ACCEPTED})
+        await sleep_until(fills_at + 1.2)
+        reason = await refused_update(handle, "amend_order", {"quantity": "0.2"})
+        expect("venue refused the amend" in reason, None, reason)
+        await handle.signal("cancel", {"reason": "too late"})
+        snap = await handle.result()
+    expect(snap.state == S.FILLED and states(snap)[-2:] == [S.PENDING_CANCEL, S.FILLED], snap)
+
+
+@scenario("sim-amend-and-cancel-in-one-task")
+async def _(st: Stage) -> None:
+    """An amend queued by signal, then a cancel before the loop runs: the cancel wins, the amend
+    update waiting on it returns the cancelled order."""
+    async with st.worker():
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        await wait_for(handle, {S.ACCEPTED})
+        await handle.signal("amend", {"limit_price": "999.00"})
+        await handle.signal("cancel", {"reason": "changed my mind"})
+        snap = await handle.result()
+    expect(snap.state == S.CANCELLED, snap)
+
+
+@scenario("sim-lost-ack-reconciled")
+async def _(st: Stage) -> None:
+    await st.redis.hset(FAULTS_KEY, "lost_ack_next", 1)
+    async with st.worker():
+        snap = await st.run(quantity="0.2")
+    expect(states(snap) == [S.CREATED, S.VALIDATED, S.SUBMITTED, S.UNKNOWN, S.FILLED], snap)
+
+
+@scenario("sim-lost-ack-resting-reconciled-accepted")
+async def _(st: Stage) -> None:
+    await st.redis.hset(FAULTS_KEY, "lost_ack_next", 1)
+    async with st.worker():
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        await wait_for(handle, {S.ACCEPTED})
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(states(snap)[:5] == [S.CREATED, S.VALIDATED, S.SUBMITTED, S.UNKNOWN, S.ACCEPTED], snap)
+
+
+@scenario("sim-execution-timeout-reconciled")
+async def _(st: Stage) -> None:
+    await st.redis.hset(FAULTS_KEY, "hang_next", 1)
+    async with st.worker():
+        snap = await st.run(quantity="0.2")
+    unknown = next((t for t in snap.transitions if t.state == S.UNKNOWN), None)
+    expect(snap.state == S.FILLED and unknown is not None and "submit outcome unknown" in unknown.reason, snap)
+
+
+@scenario("sim-venue-update-without-fills-fetches")
+async def _(st: Stage) -> None:
+    """A report listed without its trades (as Binance lists open orders) and more filled than known:
+    the workflow fetches the order in full."""
+    async with st.worker(poller_s=None):
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        accepted = await wait_for(handle, {S.ACCEPTED})
+        await handle.signal("venue_update", VenueOrderReport(
+            exchange="simulation", client_order_id=accepted.client_order_id, symbol="ETH/USDT", status="partially_filled",
+            quantity=Decimal("0.1"), limit_price=Decimal("1000.00"), filled_quantity=Decimal("0.05"),
+            fills_complete=False))
+        await asyncio.sleep(1.0)
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(snap.state == S.CANCELLED and snap.filled_quantity == 0, snap)
+
+
+@scenario("sim-continue-as-new")
+async def _(st: Stage) -> None:
+    """A long-lived order continues as new when the server suggests it (the recorder's dev server does
+    at 200 events); the venue's reports arrive as the poller sends them. The next run is cancelled."""
+    async with st.worker(poller_s=None):
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        accepted = await wait_for(handle, {S.ACCEPTED})
+        venue = SimulatedVenue(st.redis, st.settings.execution.simulation)
+        ref = VenueOrderRef(exchange="simulation", client_order_id=accepted.client_order_id, symbol="ETH/USDT")
+        first_run = st.client.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id)
+        for _ in range(120):
+            await handle.signal("venue_update", await venue.fetch(ref))
+            if (await first_run.describe()).status == WorkflowExecutionStatus.CONTINUED_AS_NEW:
+                break
+        else:
+            raise AssertionError("the order never continued as new")
+        await asyncio.sleep(0.3)
+        current = st.client.get_workflow_handle(handle.id, result_type=OrderSnapshot)
+        await current.signal("amend", {"limit_price": "999.00"})
+        await wait_for(current, lambda s: s.limit_price == Decimal("999.00") and s.state == S.ACCEPTED)
+        snap = await update(current, "cancel_order", {"reason": "end"})
+    expect(snap.state == S.CANCELLED, snap)
+
+
+# --- simulation, time-skipping server --------------------------------------------------------
+@scenario("skip-gtd-expires-after-3-days")
+async def _(st: Stage) -> None:
+    async with st.worker(skipping=True):
+        now = await st.svc.skipping.get_current_time()
+        snap = await st.run(order_type="limit", limit_price="1000.00", time_in_force="GTD",
+                            expire_at=(now + timedelta(days=3)).isoformat())
+    expect(snap.state == S.EXPIRED and snap.reason == "expire_at reached", snap)
+
+
+@scenario("skip-start-at-6-hours")
+async def _(st: Stage) -> None:
+    async with st.worker(skipping=True):
+        now = await st.svc.skipping.get_current_time()
+        snap = await st.run(execution={"start_at": (now + timedelta(hours=6)).isoformat()})
+    expect(snap.state == S.FILLED, snap)
+
+
+@scenario("skip-own-polls-back-off-then-cancel")
+async def _(st: Stage) -> None:
+    """No poller: the order's own fallback polls, backing off while nothing happens."""
+    async with st.worker(skipping=True, poller_s=None):
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        await st.svc.skipping.sleep(timedelta(hours=3))
+        await handle.signal("cancel", {"reason": "end"})
+        snap = await handle.result()
+    expect(snap.state == S.CANCELLED, snap)
+
+
+@scenario("skip-own-poll-finds-fill")
+async def _(st: Stage) -> None:
+    async with st.worker(skipping=True, poller_s=None):
+        side, price, fills_at = future_crossing("ETH/USDT")
+        handle = await st.start(quantity="0.1", side=side, order_type="limit", limit_price=str(price))
+        await wait_for(handle, {S.ACCEPTED})
+        await sleep_until(fills_at + 1.2)
+        snap = await handle.result()
+    expect(snap.state == S.FILLED and states(snap)[-2] == S.ACCEPTED, snap)
+
+
+# --- direct mode: the real ccxt client against the exchange emulators -------------------------
+def _direct_fill(venue: str) -> None:
+    @scenario(f"{venue}-market-fill")
+    async def _(st: Stage) -> None:
+        async with st.worker(st.direct((venue,)), poll_exchanges=(venue,)):
+            snap = await st.run(quantity="0.01", exchange=venue)
+        expect(snap.state == S.FILLED and snap.exchange == venue, snap)
+
+    @scenario(f"{venue}-limit-fill-via-poller")
+    async def _(st: Stage) -> None:
+        async with st.worker(st.direct((venue,), direct={"poll_interval_ms": 300}), poller_s=0.3,
+                             poll_exchanges=(venue,)):
+            side, price, fills_at = future_crossing("ETH/USDT")
+            handle = await st.start(quantity="0.01", side=side, order_type="limit", limit_price=str(price),
+                                    exchange=venue)
+            snap = await asyncio.wait_for(handle.result(), 40)
+        expect(snap.state == S.FILLED and S.ACCEPTED in states(snap), snap)
+
+    @scenario(f"{venue}-cancel-after-venue-fill")
+    async def _(st: Stage) -> None:
+        async with st.worker(st.direct((venue,)), poller_s=None):
+            side, price, fills_at = future_crossing("ETH/USDT")
+            handle = await st.start(quantity="0.01", side=side, order_type="limit", limit_price=str(price),
+                                    exchange=venue)
+            await wait_for(handle, {S.ACCEPTED})
+            await sleep_until(fills_at + 1.2)
+            await handle.signal("cancel", {"reason": "too late"})
+            snap = await handle.result()
+        expect(snap.state == S.FILLED and states(snap)[-2:] == [S.PENDING_CANCEL, S.FILLED], snap)
+
+
+for _venue in ("binance", "bybit"):
+    _direct_fill(_venue)
+
+
+@scenario("binance-cancel-and-replace")
+async def _(st: Stage) -> None:
+    async with st.worker(st.direct(("binance",)), poll_exchanges=("binance",)):
+        handle = await st.start(quantity="0.02", order_type="limit", limit_price=resting_price("binance"),
+                                exchange="binance")
+        await wait_for(handle, {S.ACCEPTED})
+        amended = await update(handle, "amend_order", {"limit_price": "1490.00"})
+        expect(amended.limit_price == Decimal("1490.00"), amended)
+        await handle.signal("amend", {"quantity": "0.03"})
+        await wait_for(handle, lambda s: s.quantity == Decimal("0.03") and s.state == S.ACCEPTED)
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(snap.state == S.CANCELLED, snap)
+
+
+@scenario("binance-replace-after-venue-fill")
+async def _(st: Stage) -> None:
+    async with st.worker(st.direct(("binance",)), poller_s=None):
+        side, price, fills_at = future_crossing("ETH/USDT")
+        handle = await st.start(quantity="0.01", side=side, order_type="limit", limit_price=str(price),
+                                exchange="binance")
+        await wait_for(handle, {S.ACCEPTED})
+        await sleep_until(fills_at + 1.2)
+        try:  # the update ends with the order: refused, or answered with the filled order
+            await update(handle, "amend_order", {"quantity": "0.02"})
+        except WorkflowUpdateFailedError as error:
+            expect("filled before the amend" in str(error.cause), None, str(error.cause))
+        snap = await handle.result()
+    expect(snap.state == S.FILLED and states(snap)[-2:] == [S.PENDING_AMEND, S.FILLED], snap)
+
+
+@scenario("binance-replacement-unknown")
+async def _(st: Stage) -> None:
+    """The replacement's create gets no answer: unknown, reconciled to the live replacement.
+    (A replacement the venue rejects cannot be recorded on release-0.1: accepted -> rejected is not
+    in the transition table, so that workflow task fails again and again.)"""
+    async with st.worker(st.direct(("binance",), timeout_ms=1000), poll_exchanges=("binance",)):
+        handle = await st.start(quantity="0.02", order_type="limit", limit_price=resting_price("binance"),
+                                exchange="binance")
+        await wait_for(handle, {S.ACCEPTED})
+        st.emulator("binance").fault(kind="drop_after_accept", endpoints=["create"])
+        await handle.signal("amend", {"limit_price": "1490.00"})
+        await wait_for(handle, lambda s: S.UNKNOWN in states(s) and s.state == S.ACCEPTED)
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(snap.state == S.CANCELLED and snap.limit_price == Decimal("1490.00"), snap)
+
+
+@scenario("binance-replace-cancel-unknown")
+async def _(st: Stage) -> None:
+    """The cancel half of a cancel-and-replace gets no answer: unknown, reconciled, still live."""
+    async with st.worker(st.direct(("binance",), timeout_ms=1000), poll_exchanges=("binance",)):
+        handle = await st.start(quantity="0.02", order_type="limit", limit_price=resting_price("binance"),
+                                exchange="binance")
+        await wait_for(handle, {S.ACCEPTED})
+        st.emulator("binance").fault(kind="timeout_after_accept", endpoints=["cancel"], delay_ms=3000)
+        reason = await refused_update(handle, "amend_order", {"limit_price": "1490.00"})
+        expect("unknown" in reason, None, reason)
+        snap = await handle.result()
+    expect(S.UNKNOWN in states(snap) and snap.state == S.CANCELLED, snap)
+
+
+@scenario("bybit-amend-native-and-cancel")
+async def _(st: Stage) -> None:
+    async with st.worker(st.direct(("bybit",)), poll_exchanges=("bybit",)):
+        handle = await st.start(quantity="0.02", order_type="limit", limit_price=resting_price("bybit"),
+                                exchange="bybit")
+        await wait_for(handle, {S.ACCEPTED})
+        amended = await update(handle, "amend_order", {"limit_price": "1490.00"})
+        expect(amended.limit_price == Decimal("1490.00"), amended)
+        await handle.signal("amend", {"quantity": "0.03"})
+        await wait_for(handle, lambda s: s.quantity == Decimal("0.03") and s.state == S.ACCEPTED)
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(snap.state == S.CANCELLED, snap)
+
+
+@scenario("bybit-amend-rejected")
+async def _(st: Stage) -> None:
+    async with st.worker(st.direct(("bybit",)), poll_exchanges=("bybit",)):
+        handle = await st.start(quantity="0.02", order_type="limit", limit_price=resting_price("bybit"),
+                                exchange="bybit")
+        await wait_for(handle, {S.ACCEPTED})
+        st.emulator("bybit").fault(kind="reject", endpoints=["amend"])
+        reason = await refused_update(handle, "amend_order", {"limit_price": "1490.00"})
+        expect("venue refused the amend" in reason, None, reason)
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(snap.state == S.CANCELLED, snap)
+
+
+@scenario("bybit-amend-unknown-reconciled")
+async def _(st: Stage) -> None:
+    async with st.worker(st.direct(("bybit",), timeout_ms=1000), poll_exchanges=("bybit",)):
+        handle = await st.start(quantity="0.02", order_type="limit", limit_price=resting_price("bybit"),
+                                exchange="bybit")
+        await wait_for(handle, {S.ACCEPTED})
+        st.emulator("bybit").fault(kind="drop_after_accept", endpoints=["amend"])
+        reason = await refused_update(handle, "amend_order", {"limit_price": "1490.00"})
+        expect("unknown" in reason, None, reason)
+        await wait_for(handle, {S.ACCEPTED})
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(S.UNKNOWN in states(snap) and snap.state == S.CANCELLED, snap)
+
+
+@scenario("binance-cancel-unknown-reconciled")
+async def _(st: Stage) -> None:
+    async with st.worker(st.direct(("binance",), timeout_ms=1000), poll_exchanges=("binance",)):
+        handle = await st.start(quantity="0.02", order_type="limit", limit_price=resting_price("binance"),
+                                exchange="binance")
+        await wait_for(handle, {S.ACCEPTED})
+        st.emulator("binance").fault(kind="timeout_after_accept", endpoints=["cancel"], delay_ms=3000)
+        await handle.signal("cancel", {"reason": "done"})
+        snap = await asyncio.wait_for(handle.result(), 30)
+    expect(S.UNKNOWN in states(snap) and snap.state == S.CANCELLED, snap)
+
+
+@scenario("binance-poller-fetch-fails")
+async def _(st: Stage) -> None:
+    """A listed report without its trades and more filled than known, while every read fails: the
+    workflow's fetch gives up quietly and the order carries on."""
+    settings = st.direct(("binance",), orders={"retry_attempts": 1})
+    async with st.worker(settings, poller_s=None):
+        handle = await st.start(quantity="0.02", order_type="limit", limit_price=resting_price("binance"),
+                                exchange="binance")
+        accepted = await wait_for(handle, {S.ACCEPTED})
+        st.emulator("binance").fault(kind="server_error", endpoints=["query"], rate=1.0)
+        await handle.signal("venue_update", VenueOrderReport(
+            exchange="binance", client_order_id=accepted.client_order_id, symbol="ETH/USDT",
+            status="partially_filled", quantity=Decimal("0.02"), limit_price=Decimal("1500.00"),
+            filled_quantity=Decimal("0.01"), fills_complete=False))
+        await asyncio.sleep(1.5)
+        st.emulator("binance").clear_faults()
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(snap.state == S.CANCELLED and snap.filled_quantity == 0, snap)
+
+
+@scenario("binance-rate-limited-waits")
+async def _(st: Stage) -> None:
+    async with st.worker(st.direct(("binance",)), poll_exchanges=("binance",)):
+        st.emulator("binance").fault(kind="rate_limit", endpoints=["create"], retry_after_s=1)
+        snap = await st.run(quantity="0.01", exchange="binance")
+    expect(snap.state == S.FILLED, snap)
+
+
+@scenario("binance-ban-waits")
+async def _(st: Stage) -> None:
+    async with st.worker(st.direct(("binance",)), poll_exchanges=("binance",)):
+        st.emulator("binance").fault(kind="ban", endpoints=["create"], ban_s=2, retry_after_s=2)
+        snap = await st.run(quantity="0.01", exchange="binance")
+    expect(snap.state == S.FILLED, snap)
+
+
+@scenario("binance-breaker-opens-then-waits")
+async def _(st: Stage) -> None:
+    """5xx before processing, retried (nothing was sent); the breaker opens after 2 failures and
+    the order waits on it durably, then goes out."""
+    breaker = {"failure_threshold": 2, "open_seconds": 2, "on_open": "wait"}
+    async with st.worker(st.direct(("binance",), direct={"circuit_breaker": breaker}), poll_exchanges=("binance",)):
+        st.emulator("binance").fault(kind="server_error", endpoints=["create"], count=2)
+        snap = await st.run(quantity="0.01", exchange="binance")
+    expect(snap.state == S.FILLED, snap)
+
+
+@scenario("binance-unreachable-retries-exhausted-failed")
+async def _(st: Stage) -> None:
+    """The venue goes away while the order waits for its start: every create is refused at connect
+    (nothing sent), retried retry_attempts times, then the order is failed."""
+    logs = st.svc.workdir / st.task_queue
+    logs.mkdir()
+    with contextlib.ExitStack() as stack:
+        own = stack.enter_context(running_emulators(logs, ("binance",)))
+        settings = direct_settings(st.settings, own, ("binance",))
+        async with st.worker(settings, poller_s=None):
+            start_at = datetime.now(timezone.utc) + timedelta(seconds=3)
+            handle = await st.start(quantity="0.01", exchange="binance", execution={"start_at": start_at.isoformat()})
+            await wait_for(handle, {S.VALIDATED})
+            stack.close()  # the emulator stops: connections are refused from now on
+            snap = await asyncio.wait_for(handle.result(), 30)
+    expect(snap.state == S.FAILED and "after retries" in snap.reason, snap)
+
+
+@scenario("binance-busy-too-long-failed")
+async def _(st: Stage) -> None:
+    """A ban longer than the order may wait (max_wait_s): failed, nothing sent."""
+    settings = st.direct(("binance",), direct={"max_wait_s": 1.0}, orders={"retry_attempts": 1})
+    async with st.worker(settings, poll_exchanges=("binance",)):
+        st.emulator("binance").fault(kind="ban", endpoints=["create"], ban_s=4, retry_after_s=4)
+        snap = await st.run(quantity="0.01", exchange="binance")
+        st.emulator("binance").clear_faults()
+    expect(snap.state == S.FAILED, snap)
+
+
+@scenario("binance-unknown-not-found-resubmitted")
+async def _(st: Stage) -> None:
+    """The create is held past our timeout and past the venue's receive window, so the venue refuses
+    it: reconciliation finds nothing, waits out the window, and sends it again under the same id."""
+    settings = st.direct(("binance",), orders={"execution_timeout_ms": 3000}, timeout_ms=1000, recv_window_ms=1000)
+    async with st.worker(settings, poll_exchanges=("binance",)):
+        st.emulator("binance").fault(kind="slow", endpoints=["create"], delay_ms=2500)
+        snap = await asyncio.wait_for(st.run(quantity="0.01", exchange="binance"), 60)
+    expect(snap.state == S.FILLED and S.UNKNOWN in states(snap), snap)
+
+
+@scenario("binance-unknown-cancelled-never-received")
+async def _(st: Stage) -> None:
+    settings = st.direct(("binance",), orders={"execution_timeout_ms": 3000}, timeout_ms=1000, recv_window_ms=3000)
+    async with st.worker(settings, poll_exchanges=("binance",)):
+        st.emulator("binance").fault(kind="slow", endpoints=["create"], delay_ms=4500)
+        handle = await st.start(quantity="0.01", exchange="binance")
+        await wait_for(handle, {S.UNKNOWN})
+        await handle.signal("cancel", {"reason": "abandon"})
+        snap = await asyncio.wait_for(handle.result(), 60)
+    expect(snap.state == S.CANCELLED and "never received" in snap.reason, snap)
+
+
+@scenario("binance-reconcile-fetch-fails-then-finds")
+async def _(st: Stage) -> None:
+    settings = st.direct(("binance",), orders={"retry_attempts": 0}, timeout_ms=1000)
+    async with st.worker(settings, poller_s=None):
+        emulator = st.emulator("binance")
+        emulator.fault(kind="drop_after_accept", endpoints=["create"])
+        emulator.fault(kind="server_error", endpoints=["query"], count=3)
+        snap = await asyncio.wait_for(st.run(quantity="0.01", exchange="binance"), 60)
+    expect(snap.state == S.FILLED and S.UNKNOWN in states(snap), snap)
+
+
+@scenario("binance-breaker-open-reroutes")
+async def _(st: Stage) -> None:
+    breaker = {"failure_threshold": 2, "open_seconds": 30, "on_open": "reroute"}
+    settings = st.direct(("binance", "bybit"), direct={"circuit_breaker": breaker})
+    limits = GateLimits(orders=10, window_ms=1000, weight_per_s=20, failure_threshold=2, open_s=30,
+                        max_wait_ms=500, probe_timeout_ms=1000)
+    gate = VenueGate(st.redis, "binance", "default", limits)
+    for _ in range(2):
+        await gate.failed("ExchangeNotAvailable: 503")
+    async with st.worker(settings, poll_exchanges=("bybit",)):
+        snap = await st.run(quantity="0.01")
+    expect(snap.state == S.FILLED and snap.exchange == "bybit", snap)
+
+
+# --- running ---------------------------------------------------------------------------------
+async def save_histories(st: Stage, out: Path, mkdir: bool = False) -> list[Path]:
+    """Every run of every kept order (a continue-as-new chain is several runs)."""
+    if mkdir:
+        out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for workflow_id, handle in st.kept:
+        run_id, runs = handle.first_execution_run_id or handle.result_run_id, []
+        while run_id:
+            history = await st.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+            runs.append(history)
+            last = history.events[-1]
+            run_id = (last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+                      if last.HasField("workflow_execution_continued_as_new_event_attributes") else None)
+        for index, history in enumerate(runs):
+            path = out / (f"{workflow_id}.json" if len(runs) == 1 else f"{workflow_id}@run{index}.json")
+            path.write_text(history.to_json())
+            written.append(path)
+    return written
+
+
+async def dump_failed(st: Stage, out: Path) -> None:
+    """A failed scenario's orders, for diagnosis, beside (not in) the output directory."""
+    where = out.parent / f"{out.name}.failed"
+    for workflow_id, handle in st.kept:
+        try:
+            await handle.terminate("recording failed")
+        except RPCError:
+            pass  # already closed
+    try:
+        written = await save_histories(st, where.resolve(), mkdir=True)
+    except Exception as error:  # diagnosis only: never hide the scenario's own failure
+        print(f"      (histories not saved: {error})")
+        return
+    print(f"      histories of the failed scenario: {', '.join(str(p) for p in written)}")
+
+
+async def record(out: Path, names: list[str]) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    failed = []
+    async with services() as svc:
+        redis = aioredis.from_url(svc.redis_url, decode_responses=True)
+        try:
+            for name in names:
+                await redis.flushdb()
+                for emulator in svc.emulators.values():
+                    emulator.reset()
+                st = Stage(name, svc, redis)
+                started = time.monotonic()
+                try:
+                    await asyncio.wait_for(SCENARIOS[name](st), 120)
+                    written = await save_histories(st, out)
+                    print(f"ok    {name} ({time.monotonic() - started:.1f}s): {', '.join(p.name for p in written)}",
+                          flush=True)
+                except Exception:  # report it, record the rest
+                    failed.append(name)
+                    print(f"FAIL  {name}:\n{traceback.format_exc()}", flush=True)
+                    await dump_failed(st, out)
+        finally:
+            await redis.aclose()
+    print(f"{len(names) - len(failed)} recorded, {len(failed)} failed{': ' + ' '.join(failed) if failed else ''}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="directory for the history files, e.g. tests/histories/release-0.2")
+    parser.add_argument("--only", nargs="+", metavar="SCENARIO", help="record only these scenarios")
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(SCENARIOS))
+        return 0
+    if args.out is None:
+        parser.error("--out is required")
+    unknown = sorted(set(args.only or []) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenarios: {' '.join(unknown)}")
+    return asyncio.run(record(args.out, args.only or list(SCENARIOS)))
+
+
+if __name__ == "__main__":
+    status = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # temporalio sdk-python issue 300: the time-skipping server can abort finalization
