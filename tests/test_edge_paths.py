@@ -170,6 +170,22 @@ async def test_failed_after_max_wait_on_a_busy_venue(temporal_env, stack_setting
 
 
 # --- venue answers ------------------------------------------------------------------------------------
+async def test_a_5xx_on_submit_is_reconciled_and_resubmitted_once_the_venue_says_not_found(
+        temporal_env, stack_settings, emulators, redis, task_queue):
+    """Binance answers the create with a 503 before acting: the outcome is unknown to us, so the
+    order reconciles; the venue reports no such order (not_found) and, once the first request's
+    receive window has passed, the order goes out again under the same client id: one order."""
+    emulator = emulators["binance"]
+    settings = direct_settings(stack_settings, emulators, ("binance",), recv_window_ms=1000,
+                               direct={"circuit_breaker": {"failure_threshold": 100}})
+    async with running_worker(temporal_env.client, settings, redis):
+        emulator.fault(kind="server_error", endpoints=["create"], count=1, status=503)
+        snap = await asyncio.wait_for(run_order(temporal_env.client, task_queue, make_signal(quantity="0.01")), 90)
+    assert snap.state == S.FILLED and states(snap)[:4] == ["created", "validated", "submitted", "unknown"], states(snap)
+    assert [o["client_order_id"] for o in emulator.orders()] == [snap.client_order_id]
+    assert emulator.stats()["by_class"]["create"] == 2 and emulator.stats()["duplicate_client_order_ids"] == []
+
+
 async def test_cancel_of_an_order_the_venue_no_longer_knows_ends_it(temporal_env, order_worker, task_queue, redis):
     handles, snaps = await resting_orders(temporal_env.client, task_queue, 1)
     await redis.delete(f"sim:simulation:order:{snaps[0].client_order_id}")  # the venue lost it
