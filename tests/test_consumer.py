@@ -148,9 +148,9 @@ async def test_consumer_killed_between_start_and_ack_is_reclaimed_as_a_duplicate
 async def throttled_worker(temporal_env, fast_settings, redis):
     """A real worker on the test's task queue taking at most 50 tasks at a time: 500 orders arrive
     at once, and on 2 shared cores 500 interleaved workflow tasks would each run for seconds."""
-    from workers.worker import build_worker
+    from workers.worker import running_worker
 
-    async with await build_worker(temporal_env.client, fast_settings, redis, max_concurrent=50) as worker:
+    async with running_worker(temporal_env.client, fast_settings, redis, max_concurrent=50) as worker:
         yield worker
 
 

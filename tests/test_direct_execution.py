@@ -31,7 +31,7 @@ from tests.emulators import CONFIG
 from tests.helpers import executions, local_activity_calls, make_signal, start_order
 from tests.test_workflow_lifecycle import wait_for_state
 from workers.emulator.traffic import max_in_window
-from workers.worker import build_registry, build_worker
+from workers.worker import build_registry, running_worker
 
 S = OrderState
 VENUES = ("binance", "bybit")
@@ -40,10 +40,11 @@ SIM = load_settings(CONFIG, env={}).execution.simulation  # what the emulator pr
 
 @asynccontextmanager
 async def direct_worker(client, settings, redis):
-    """A worker in this process whose venue adapters talk to the emulators over HTTP."""
+    """The production worker (fill pollers included) in this process, its venue adapters talking to
+    the emulators over HTTP."""
     registry = await build_registry(settings, redis)
     try:
-        async with await build_worker(client, settings, redis, registry):
+        async with running_worker(client, settings, redis, registry):
             yield
     finally:
         await registry.close()

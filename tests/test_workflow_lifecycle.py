@@ -258,11 +258,11 @@ async def test_cancel_racing_a_fill_cancel_wins_at_the_venue(temporal_env, stack
 
 
 async def test_daily_order_limit_holds_across_concurrent_orders(temporal_env, redis, task_queue, fast_settings):
-    from workers.worker import build_worker
+    from workers.worker import running_worker
 
     limits = fast_settings.account_limits.model_dump(mode="json")
     capped = fast_settings.with_overrides(account_limits={**limits, "max_daily_orders": 5})
-    async with await build_worker(temporal_env.client, capped, redis):
+    async with running_worker(temporal_env.client, capped, redis):
         snaps = await asyncio.gather(*(run_order(temporal_env.client, task_queue, make_signal()) for _ in range(8)))
     denied = [s for s in snaps if s.state == S.DENIED]
     assert len(denied) == 3 and all("daily_order_limit" in s.reason for s in denied)
@@ -271,11 +271,11 @@ async def test_daily_order_limit_holds_across_concurrent_orders(temporal_env, re
 async def test_orders_that_never_go_out_do_not_use_up_the_daily_cap(temporal_env, redis, task_queue, fast_settings):
     """The cap's slot is taken while the order is prepared; a denied or cancelled-before-submission
     order gives it back, so only orders that reached the venue count."""
-    from workers.worker import build_worker
+    from workers.worker import running_worker
 
     limits = fast_settings.account_limits.model_dump(mode="json")
     capped = fast_settings.with_overrides(account_limits={**limits, "max_daily_orders": 2, "max_order_value": 1000})
-    async with await build_worker(temporal_env.client, capped, redis):
+    async with running_worker(temporal_env.client, capped, redis):
         too_big = await run_order(temporal_env.client, task_queue, make_signal(quantity="1"))  # ~3000 USDT
         later = datetime.now(timezone.utc) + timedelta(hours=1)
         handle = await start_order(temporal_env.client, task_queue, make_signal(execution={"start_at": later.isoformat()}))
