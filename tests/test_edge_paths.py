@@ -17,6 +17,8 @@ from oms.models import OrderSnapshot, OrderState
 from oms.venue import VenueOrderReport, VenueOrderStatus
 from tests.conftest import direct_settings, free_port, run_tom
 from tests.helpers import local_activity_calls, make_signal, run_order, start_order
+from tests.test_quantconnect import PROJECT as QC_PROJECT, TOKEN as QC_TOKEN, USER as QC_USER
+from tests.test_quantconnect import fake  # noqa: F401  (fixture: QuantConnect's API, faked on its wire)
 from tests.test_workflow_lifecycle import states, wait_for_state
 from workers.poller import LEASE_S, AccountPoller
 from workers.runtime import connect_temporal
@@ -295,3 +297,21 @@ async def test_temporal_api_key_and_tls_reach_the_client(fast_settings, stack_se
     tls_config.write_text(with_section(stack_settings, "temporal", tls=True).to_yaml())
     result = await asyncio.to_thread(run_tom, tls_config, "status", "order-x")
     assert result.returncode == 1 and result.stderr.startswith("tom status: cannot reach Temporal"), result.stderr
+
+
+async def test_an_order_quantconnect_marks_invalid_ends_rejected_with_its_reason(
+        temporal_env, fast_settings, redis, task_queue, fake):
+    """QuantConnect takes the command, then its live algorithm marks the order Invalid (an asset
+    not in its security list): the venue reports `rejected` afterwards, found by the account poller."""
+    execution = fast_settings.execution.model_dump(mode="json")
+    settings = fast_settings.with_overrides(execution={
+        **execution, "mode": "quantconnect",
+        "quantconnect": {"api_key": QC_TOKEN, "project_id": str(QC_PROJECT), "user_id": QC_USER,
+                         "base_url": fake.base_url}})
+    async with running_worker(temporal_env.client, settings, redis):
+        snap = await asyncio.wait_for(run_order(temporal_env.client, task_queue, make_signal(
+            symbol="LTC/USDT", quantity="1", reference_price="80")), 60)
+    assert snap.state == S.REJECTED and "was not found in your security list" in snap.reason, states(snap)
+    assert snap.exchange == "quantconnect" and snap.filled_quantity == 0
+    [placed] = fake.orders(QC_PROJECT)
+    assert placed.tag.startswith(f"tom:{snap.client_order_id}")
