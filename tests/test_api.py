@@ -66,6 +66,7 @@ def test_order_lifecycle_over_http(api_url):
         if page["total"] == 1:
             break
         time.sleep(0.2)
+    assert page["total"] == 1, f"the recorder never caught up within 20 s: {page}"
     assert page["orders"][0]["order_id"] == signal.workflow_id
     ready = httpx.get(f"{api_url}/readyz")
     assert ready.status_code == 200, ready.text
