@@ -297,8 +297,8 @@ class ContractCoveragePlugin:
                       f"{REPORT_PATH.relative_to(REPO)})")
         missing_any = any(e["missing"] for e in self.report["categories"].values())
         if self.enforced and missing_any:
-            tr.write_line("FAILED: the whole suite ran and the contract items above were never exercised",
-                          red=True, bold=True)
+            tr.write_line("FAILED: the contract items listed as missing above were never exercised "
+                          "(whole suite, or --contract-coverage-strict)", red=True, bold=True)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
