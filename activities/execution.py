@@ -3,7 +3,9 @@
 Each activity looks the adapter up by exchange name and turns a `VenueError` into an
 `ApplicationError` whose type the workflow's retry logic understands (see oms.venue.VenueErrorType).
 `prepare_order` records in history everything the workflow decides from: the worker's order
-parameters and limits, the route, the market's constraints and its current price.
+parameters and limits, the route, the market's constraints and its current prices (`VenuePrices`:
+top of book and the price of the quote currency in the account currency). `read_prices` reads
+them again where a decision needs fresh ones (after a start_at wait, before an amend).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from activities.venues import VenueError, VenueRegistry
 from config.settings import AccountLimits, OrderParams, Settings
 from oms.generation import route
 from oms.models import Signal
+from oms.pricing import VenuePrices, conversion_candidates, conversion_from_mid
 from oms.venue import (
     MarketInfo,
     VenueAmendRequest,
@@ -48,6 +51,16 @@ class OrderContext(BaseModel):
     daily_reservation: DailyOrderReservation | None = None
     daily_decision: DailyOrderDecision | None = None
     rerouted_from: str | None = None  # the routed venue's breaker was open: this order went elsewhere
+    # Venue prices and the account currency; None in a context recorded by release 0.1, whose
+    # orders keep that release's validation rules (oms/validation_legacy.py) so they replay.
+    prices: VenuePrices | None = None
+
+
+class PriceQuery(BaseModel):
+    exchange: str
+    symbol: str
+    quote_currency: str
+    account_currency: str
 
 
 def to_application_error(error: VenueError) -> ApplicationError:
@@ -92,6 +105,10 @@ class ExecutionActivities:
                 return context.model_copy(update={"problem": str(error)})
             raise to_application_error(error) from None
         update: dict = {"market": market}
+        try:
+            update["prices"] = await self._prices(adapter, signal.symbol, market.quote, s.account_limits.currency, quote)
+        except VenueError as error:  # the conversion pair's book: retried like any venue read
+            raise to_application_error(error) from None
         if self._daily_limit is not None:
             reservation = DailyOrderReservation(
                 account=f"{exchange}:{getattr(adapter, 'account', 'default')}", order_id=activity.info().workflow_id,
@@ -103,6 +120,36 @@ class ExecutionActivities:
             if estimate is not None:
                 update["estimated_slippage_bps"] = estimate(signal.symbol, signal.side, signal.quantity)
         return context.model_copy(update=update)
+
+    @activity.defn(name="read_prices")
+    async def read_prices(self, query: PriceQuery) -> VenuePrices:
+        try:
+            adapter = self._registry.get(query.exchange)
+            quote = await adapter.quote(query.symbol) if hasattr(adapter, "quote") else None
+            return await self._prices(adapter, query.symbol, query.quote_currency, query.account_currency, quote)
+        except VenueError as error:
+            raise to_application_error(error) from None
+
+    async def _prices(self, adapter, symbol: str, quote_currency: str, account_currency: str, quote) -> VenuePrices:
+        """The top of book and the venue's price of the quote currency in the account currency
+        (None where the venue lists no pair for it: the order is then refused, not misvalued)."""
+        prices = VenuePrices(account_currency=account_currency,
+                             bid=quote.bid if quote is not None else None, ask=quote.ask if quote is not None else None)
+        if quote_currency == account_currency:
+            return prices.model_copy(update={"conversion_price": Decimal(1)})
+        if not hasattr(adapter, "quote"):
+            return prices
+        for pair, inverted in conversion_candidates(quote_currency, account_currency):
+            try:
+                pair_quote = await adapter.quote(pair)
+            except VenueError as error:
+                if error.kind == VenueErrorType.REJECTED:  # the venue does not list this pair
+                    continue
+                raise
+            if pair_quote.bid > 0 and pair_quote.ask > 0:
+                return prices.model_copy(update={"conversion_symbol": pair,
+                                                 "conversion_price": conversion_from_mid(pair_quote.mid, inverted)})
+        return prices
 
     async def _route_around_open_circuits(self, preferred: str) -> tuple[str, str | None]:
         """A new order whose venue has an open breaker goes to the next configured one that has not."""
@@ -136,4 +183,4 @@ class ExecutionActivities:
         return await self._call(request.exchange, "amend", request)
 
     def all(self) -> list:
-        return [self.prepare_order, self.venue_submit, self.venue_fetch, self.venue_cancel, self.venue_amend]
+        return [self.prepare_order, self.read_prices, self.venue_submit, self.venue_fetch, self.venue_cancel, self.venue_amend]

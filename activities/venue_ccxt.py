@@ -35,6 +35,7 @@ from activities.venue_gate import PATIENCE_MS, GateLimits, VenueGate, gate_statu
 from activities.venues import VenueError
 from config.settings import ExchangeSettings, Settings
 from oms.models import OrderType, Side
+from oms.venue_status import resolve
 from oms.venue import (
     OPEN_STATUSES,
     MarketInfo,
@@ -56,12 +57,10 @@ CLOCK_MARGIN_MS = 1000  # our clocks against the venue's, on top of its receive 
 BOOK_DEPTH = 5
 POLL_WEIGHT_SHARE = 0.5
 POLL_PATIENCE_MS = 30_000
+SYMBOL_SKEW_MS = 60_000  # our clock against the venue's, for which symbols the catch-up asks
 # Errors after which the venue certainly did not receive the order (our gate, a 429, a refused connection).
 NOTHING_SENT = frozenset({VenueErrorType.TRANSIENT, VenueErrorType.RATE_LIMITED, VenueErrorType.CIRCUIT_OPEN})
 
-_STATUS = {"open": VenueOrderStatus.NEW, "closed": VenueOrderStatus.FILLED, "canceled": VenueOrderStatus.CANCELLED,
-           "cancelled": VenueOrderStatus.CANCELLED, "expired": VenueOrderStatus.EXPIRED,
-           "rejected": VenueOrderStatus.REJECTED}
 _REFUSALS = (ccxt.InvalidOrder, ccxt.InsufficientFunds, ccxt.BadRequest, ccxt.BadSymbol, ccxt.AuthenticationError,
              ccxt.PermissionDenied, ccxt.AccountSuspended, ccxt.NotSupported, ccxt.ArgumentsRequired)
 
@@ -186,8 +185,14 @@ class CcxtVenue:
     def _sent_key(self, client_order_id: str) -> str:
         return f"venue:{self.name}:{self.account}:sent:{client_order_id}"
 
+    def _symbols_key(self) -> str:
+        """Sorted set: symbol by the last time (ms) we sent it an order (Binance lists closed orders
+        per symbol only; the catch-up asks only the symbols that can have new orders)."""
+        return f"venue:{self.name}:{self.account}:symbols"
+
     async def submit(self, request: VenueOrderRequest) -> VenueOrderReport:
         await self._ccxt_market(request.symbol)
+        await self._redis.zadd(self._symbols_key(), {request.symbol: int(time.time() * 1000)})
         ref = VenueOrderRef(exchange=self.name, account=request.account, client_order_id=request.client_order_id,
                             symbol=request.symbol)
         now_ms = int(time.time() * 1000)
@@ -290,6 +295,26 @@ class CcxtVenue:
             reports.append(self._to_report(order, order["symbol"], order["clientOrderId"], [], complete=False))
         return reports
 
+    async def fetch_closed_since(self, account: str, since_ms: int) -> list[VenueOrderReport]:
+        """Our orders created at or after `since_ms` that are no longer open, without their trades
+        (`fills_complete` false): what the poller needs for orders that ended between two listings."""
+        await self._ensure_markets()
+        # An order created at or after `since_ms` was sent at about that time or later.
+        symbols = await self._redis.zrangebyscore(self._symbols_key(), since_ms - SYMBOL_SKEW_MS, "+inf")
+        try:
+            with self._patience(POLL_PATIENCE_MS):
+                orders = await self.dialect.orders_since(self.client, symbols, since_ms)
+        except ccxt.BaseError as error:
+            raise self._read_error(error) from None
+        reports = []
+        for order in orders:
+            if not order.get("clientOrderId") or not order.get("symbol"):
+                continue
+            report = self._to_report(order, order["symbol"], order["clientOrderId"], [], complete=False)
+            if report.status not in OPEN_STATUSES:
+                reports.append(report)
+        return reports
+
     @property
     def min_poll_interval_s(self) -> float:
         """The batched fill poller spends at most half of the account's request weight."""
@@ -317,21 +342,23 @@ class CcxtVenue:
     def _to_report(self, order: dict, symbol: str, client_order_id: str, trades: list[dict],
                    complete: bool) -> VenueOrderReport:
         filled = _dec(order.get("filled"))
-        status = _STATUS.get(order.get("status") or "open", VenueOrderStatus.NEW)
-        if status == VenueOrderStatus.NEW and filled > 0:
-            status = VenueOrderStatus.PARTIALLY_FILLED
+        # The venue's own status word, by the dialect's table: ccxt's unified `closed` would call a
+        # partially filled, cancelled remainder filled.
+        status, reason = resolve(self.dialect.status_table, self.name, self.dialect.raw_status(order), filled,
+                                 _dec(order.get("amount")) or None)
         fills = []
         for trade in trades:
             fee = trade.get("fee") or {}
             fills.append(VenueFill(
                 trade_id=str(trade["id"]), quantity=_dec(trade["amount"]), price=_dec(trade["price"]),
-                fee=abs(_dec(fee.get("cost"))), fee_currency=fee.get("currency"),
+                fee=_dec(fee.get("cost")), fee_currency=fee.get("currency"),
                 liquidity=trade.get("takerOrMaker"), at=_at(trade.get("timestamp"))))
         return VenueOrderReport(
             exchange=self.name, client_order_id=client_order_id, venue_order_id=str(order.get("id") or "") or None,
             symbol=symbol, status=status, quantity=_dec(order.get("amount")) or None,
             limit_price=_dec(order.get("price")) or None, filled_quantity=filled, fills=fills,
-            fills_complete=complete, at=_at(order.get("lastUpdateTimestamp") or order.get("timestamp")))
+            fills_complete=complete, reason=reason,
+            at=_at(order.get("lastUpdateTimestamp") or order.get("timestamp")))
 
     def _read_error(self, error: ccxt.BaseError) -> VenueError:
         """A failed read changed nothing at the venue: retrying is always safe."""

@@ -70,6 +70,7 @@ from oms.venue import (
     VenueOrderRequest,
     VenueOrderStatus,
 )
+from oms.venue_status import StatusRule, resolve
 
 log = logging.getLogger("tom.venue.quantconnect")
 
@@ -86,6 +87,13 @@ LEAN_MARKET_CODES = {"bitfinex": 5, "kraken": 13, "binance": 16, "binanceus": 36
 LEAN_STATUS = {0: "new", 1: "submitted", 2: "partiallyfilled", 3: "filled", 5: "canceled", 6: "none",
                7: "invalid", 8: "cancelpending", 9: "updatesubmitted"}
 LEAN_CLOSED = {"filled", "canceled", "invalid"}
+# Every Lean OrderStatus, mapped to the order model (see oms/venue_status.py). `none` is an order
+# Lean holds before it is submitted; CancelPending and UpdateSubmitted still work at the brokerage.
+_O, _F, _C, _R = StatusRule.OPEN, StatusRule.FILLED, StatusRule.CANCELLED, StatusRule.REJECTED
+LEAN_STATUS_TABLE: dict[str, StatusRule] = {
+    "new": _O, "submitted": _O, "partiallyfilled": _O, "none": _O, "cancelpending": _O, "updatesubmitted": _O,
+    "filled": _F, "canceled": _C, "invalid": _R,
+}
 _SYMBOL = re.compile(r"^([A-Z0-9]{1,20})/([A-Z0-9]{1,20})$")
 _HEX_DIGEST = re.compile(r"\b[0-9a-fA-F]{64}\b")
 _QUOTES = ("USDT", "USDC", "BUSD", "FDUSD", "USD", "EUR", "GBP", "BTC", "ETH")  # to split tickers back
@@ -191,7 +199,7 @@ class QCOrder(_Wire):
     @property
     def lean_status(self) -> str:
         if isinstance(self.status, int):
-            return LEAN_STATUS.get(self.status, "none")
+            return LEAN_STATUS.get(self.status, f"status {self.status}")  # unknown: not guessed
         return self.status.replace("_", "").lower()
 
     @property
@@ -439,24 +447,20 @@ class QuantConnectVenue:
         client_order_id, ioc = parse_tag(order.tag) or (order.tag or "", False)
         fills = [
             VenueFill(trade_id=f"{order.id}-{e.order_event_id}", quantity=abs(e.fill_quantity),
-                      price=e.fill_price, fee=abs(e.order_fee_amount or Decimal(0)),
+                      price=e.fill_price, fee=e.order_fee_amount or Decimal(0),
                       fee_currency=e.order_fee_currency,
                       at=datetime.fromtimestamp(e.time, timezone.utc) if e.time is not None else _now())
             for e in order.events if e.fill_quantity != 0
         ]
         filled = sum((f.quantity for f in fills), Decimal(0))
-        lean, reason = order.lean_status, None
-        if lean == "filled":
-            status = VenueOrderStatus.FILLED
-        elif lean == "canceled":
-            status = VenueOrderStatus.EXPIRED if ioc else VenueOrderStatus.CANCELLED
-            reason = "IOC remainder cancelled (QuantConnect has no IOC)" if ioc else None
+        lean = order.lean_status
+        status, reason = resolve(LEAN_STATUS_TABLE, self.name, lean, filled, abs(order.quantity) or None)
+        if status == VenueOrderStatus.CANCELLED and lean == "canceled" and ioc:
+            status, reason = VenueOrderStatus.EXPIRED, "IOC remainder cancelled (QuantConnect has no IOC)"
         elif lean == "invalid":
-            status = VenueOrderStatus.REJECTED
             messages = [e.message for e in order.events if e.message]
-            reason = messages[-1] if messages else "the live algorithm marked the order invalid"
-        else:
-            status = VenueOrderStatus.PARTIALLY_FILLED if filled > 0 else VenueOrderStatus.NEW
+            detail = messages[-1] if messages else "the live algorithm marked the order invalid"
+            reason = f"{reason}: {detail}" if reason else detail
         ticker = order.symbol.value if order.symbol and order.symbol.value else ""
         return VenueOrderReport(
             exchange=self.name, client_order_id=client_order_id, venue_order_id=str(order.id),
@@ -578,6 +582,19 @@ class QuantConnectVenue:
                 continue
             if parsed[1]:
                 await self._expire_ioc(order)
+            reports.append(self._report(order))
+        return reports
+
+    async def fetch_closed_since(self, account: str, since_ms: int) -> list[VenueOrderReport]:
+        """Our closed orders whose last event is at or after `since_ms` (the listing has them all;
+        an order without event times is included: the poller de-duplicates what it signals)."""
+        reports = []
+        for order in await self._all_orders():
+            if parse_tag(order.tag) is None or not order.closed:
+                continue
+            times = [e.time for e in order.events if e.time is not None]
+            if times and max(times) * 1000 < since_ms:
+                continue
             reports.append(self._report(order))
         return reports
 

@@ -36,10 +36,12 @@ from oms.venue import (
     VenueOrderStatus,
 )
 from activities.venues import VenueError
+from oms.venue_status import StatusRule, resolve
 
 FAULTS_KEY = "sim:faults"
 REQUESTS_KEY = "sim:requests"
 HANG_SECONDS = 3600.0
+CLOSED_KEPT_MS = 86_400_000  # closed orders listed for the poller's catch-up this long
 
 # Atomically take one from a one-shot counter: returns 1 if it fired.
 _TAKE_ONE = """
@@ -49,8 +51,28 @@ return 0
 """
 
 
+# The simulated venue's statuses (oms.venue_model keeps them as VenueOrderStatus values). A market,
+# IOC or FOK remainder the book could not fill ends `expired`, with the fills it got.
+SIM_STATUS: dict[str, StatusRule] = {
+    VenueOrderStatus.NEW.value: StatusRule.OPEN, VenueOrderStatus.PARTIALLY_FILLED.value: StatusRule.OPEN,
+    VenueOrderStatus.FILLED.value: StatusRule.FILLED, VenueOrderStatus.CANCELLED.value: StatusRule.CANCELLED,
+    VenueOrderStatus.EXPIRED.value: StatusRule.EXPIRED, VenueOrderStatus.REJECTED.value: StatusRule.REJECTED,
+}
+
+
+def sim_report(order: venue_model.SimOrder, name: str = "simulation") -> VenueOrderReport:
+    """The venue model's order as a report, its status through the table."""
+    report = venue_model.to_report(order)
+    status, reason = resolve(SIM_STATUS, name, order.status.value, report.filled_quantity, order.quantity)
+    return report.model_copy(update={"status": status, "reason": report.reason or reason})
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
 
 
 class SimulatedVenue:
@@ -67,6 +89,10 @@ class SimulatedVenue:
 
     def _open_key(self, account: str) -> str:
         return f"sim:{self.name}:open:{account}"
+
+    def _closed_key(self, account: str) -> str:
+        """Sorted set: client order id by the time (ms) the order closed, for `fetch_closed_since`."""
+        return f"sim:{self.name}:closed:{account}"
 
     # --- plumbing -------------------------------------------------------------------------------
     async def _enter(self) -> None:
@@ -102,6 +128,7 @@ class SimulatedVenue:
                     pipe.set(key, order.model_dump_json())
                     if not order.is_open:
                         pipe.srem(self._open_key(order.account), client_order_id)
+                        pipe.zadd(self._closed_key(order.account), {client_order_id: _ms(_now())}, nx=True)
                     await pipe.execute()
                     return order
                 except WatchError:
@@ -135,6 +162,8 @@ class SimulatedVenue:
                 created, = await pipe.execute()
             if created and order.is_open:
                 await self._redis.sadd(self._open_key(order.account), order.client_order_id)
+            elif created:
+                await self._redis.zadd(self._closed_key(order.account), {order.client_order_id: _ms(_now())})
             if not created:  # another worker placed it between our read and write
                 order = await self._load(request.client_order_id)
         else:
@@ -143,7 +172,7 @@ class SimulatedVenue:
             raise VenueError(VenueErrorType.UNKNOWN_OUTCOME, "simulated lost acknowledgement")
         if await self._fault("hang"):
             await asyncio.sleep(HANG_SECONDS)
-        return venue_model.to_report(order)
+        return sim_report(order)
 
     async def fetch(self, ref: VenueOrderRef) -> VenueOrderReport:
         await self._enter()
@@ -152,13 +181,13 @@ class SimulatedVenue:
                                     symbol=ref.symbol, status=VenueOrderStatus.NOT_FOUND)
         now = _now()
         order = await self._update(ref.client_order_id, lambda o: venue_model.advance(o, now, self._sim))
-        return venue_model.to_report(order)
+        return sim_report(order)
 
     async def cancel(self, ref: VenueOrderRef) -> VenueOrderReport:
         await self._enter()
         now = _now()
         order = await self._update(ref.client_order_id, lambda o: venue_model.cancel(o, now, self._sim))
-        return venue_model.to_report(order)
+        return sim_report(order)
 
     async def amend(self, request: VenueAmendRequest) -> VenueOrderReport:
         await self._enter()
@@ -170,7 +199,7 @@ class SimulatedVenue:
             except ValueError as exc:
                 raise VenueError(VenueErrorType.REJECTED, f"amend refused: {exc}") from None
 
-        return venue_model.to_report(await self._update(request.client_order_id, change))
+        return sim_report(await self._update(request.client_order_id, change))
 
     async def fetch_open(self, account: str, symbols: list[str] | None = None) -> list[VenueOrderReport]:
         await self._enter()
@@ -182,7 +211,18 @@ class SimulatedVenue:
             except VenueError:
                 continue
             if symbols is None or order.symbol in symbols:
-                reports.append(venue_model.to_report(order))
+                reports.append(sim_report(order))
+        return reports
+
+    async def fetch_closed_since(self, account: str, since_ms: int) -> list[VenueOrderReport]:
+        await self._enter()
+        key = self._closed_key(account)
+        await self._redis.zremrangebyscore(key, "-inf", since_ms - CLOSED_KEPT_MS)  # bounded
+        reports = []
+        for client_order_id in await self._redis.zrangebyscore(key, since_ms, "+inf"):
+            order = await self._load(client_order_id)
+            if order is not None:
+                reports.append(sim_report(order))
         return reports
 
     async def close(self) -> None:

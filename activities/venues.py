@@ -7,7 +7,7 @@ Adapters raise `VenueError` with a `VenueErrorType`; the activity layer turns it
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from oms.venue import (
     MarketInfo,
@@ -47,17 +47,26 @@ class VenueAdapter(Protocol):
     async def fetch_open(self, account: str, symbols: list[str] | None = None) -> list[VenueOrderReport]:
         """All open orders of an account: one call for the batched fill poller."""
 
+    async def fetch_closed_since(self, account: str, since_ms: int) -> list[VenueOrderReport]:
+        """Orders of the account that closed (or traded) at or after `since_ms`, without their trades
+        (`fills_complete` false): the poller's catch-up for orders that ended between two listings."""
+
     async def close(self) -> None: ...
 
 
 class VenueRegistry:
     """One adapter per exchange name in this worker process (pooled clients live in the adapters)."""
 
-    def __init__(self, adapters: dict[str, VenueAdapter] | None = None) -> None:
-        self._adapters: dict[str, VenueAdapter] = dict(adapters or {})
+    def __init__(self, adapters: dict[str, VenueAdapter] | None = None, redis: Any = None) -> None:
+        self._adapters: dict[str, VenueAdapter] = {}
+        self._redis = redis  # where venue calls are counted (activities/venue_requests.py); None: not counted
+        for adapter in (adapters or {}).values():
+            self.register(adapter)
 
     def register(self, adapter: VenueAdapter) -> None:
-        self._adapters[adapter.name] = adapter
+        from activities.venue_requests import MeteredVenue  # every venue call counted (by venue, kind)
+
+        self._adapters[adapter.name] = MeteredVenue(adapter, self._redis)
 
     def get(self, exchange: str) -> VenueAdapter:
         try:

@@ -1,11 +1,17 @@
-"""Chaos: orders flowing in execution mode `direct` (the real ccxt client over HTTP to a Binance
-exchange emulator process) while the worker is SIGKILLed at random moments and the Temporal dev
-server and Redis are each restarted once; then every order and every fill is accounted for.
+"""Chaos: orders flowing in execution mode `direct` (the real ccxt client over HTTP to a Binance and
+a Bybit exchange emulator process) while the worker is SIGKILLed at random moments and the Temporal
+dev server and Redis are each restarted once; then every order and every fill is accounted for.
 
     python -m bench.chaos [--orders 1000] [--kills 10] [--rate 20] [--seed S]
 
-The emulator (Binance: it accepts a reused client order id once the first order closed, so a blind
-resubmission shows as a duplicate) also loses answers on its own: about 5% of creates are placed
+Orders alternate between the two venues. Both books are one level deep, and every tenth order is a
+market order larger than that level: the venue fills part and ends the rest (Bybit
+PartiallyFilledCanceled, Binance EXPIRED), so the order must end with exactly the venue's fills.
+Every tenth order rests far from the market; a third of those are amended while the chaos runs
+(Bybit natively, Binance by cancel-and-replace), a third cancelled, the rest cancelled at the end.
+
+The emulators (Binance accepts a reused client order id once the first order closed, so a blind
+resubmission shows as a duplicate) also lose answers on their own: about 5% of creates are placed
 and the connection dropped, 3% placed and answered only after the client gave up, 2% placed and
 answered 503. The worker consumes the `signals` stream in-process; a killed consumer's pending signals are
 reclaimed after 3 s. Temporal and Redis keep their state in files across their restart (Redis with
@@ -13,6 +19,7 @@ an fsync'd append-only file: the platform's Redis must be persistent, it holds t
 Checks, each must be 0:
   lost                    signals without an order workflow
   duplicate_venue_orders  client order ids placed more than once, or venue orders no workflow owns
+  live_venue_orders       venue orders still open once every order is terminal
   not_terminal            orders not terminal after the deadline
   fills_missing           venue fills absent from the `executions` stream
   fills_duplicated        a fill_id more than once on it
@@ -24,6 +31,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import signal
 import time
 from collections import Counter
@@ -37,9 +45,13 @@ from temporalio.service import RPCError
 
 from bench.stack import BenchStack, emit
 from oms.events import EXECUTION_FIELD, EXECUTIONS_STREAM, SIGNAL_FIELD
-from oms.models import TERMINAL_STATES, OrderSnapshot
+from oms.models import TERMINAL_STATES, OrderSnapshot, client_order_id_for
 
+VENUES = ("binance", "bybit")
 SYMBOLS = (("BTC/USDT", "0.001", "30000.00"), ("ETH/USDT", "0.02", "1500.00"), ("SOL/USDT", "0.3", "75.00"))
+# A one-level SOL book holds 400 SOL (60,000 USDT): 500 fills 400 and the venue ends the rest.
+BEYOND_DEPTH = ("SOL/USDT", "500")
+_GENERATION = re.compile(r"-r\d+$")
 VENUE_FAULTS = ({"kind": "drop_after_accept", "rate": 0.05}, {"kind": "timeout_after_accept", "rate": 0.03},
                 {"kind": "server_error_after", "rate": 0.02})
 
@@ -47,10 +59,27 @@ VENUE_FAULTS = ({"kind": "drop_after_accept", "rate": 0.05}, {"kind": "timeout_a
 def chaos_signal(i: int, rng: random.Random) -> dict:
     symbol, quantity, far_below = SYMBOLS[i % 3]
     signal_ = {"signal_id": f"chaos-{i}", "strategy_id": f"s{i % 4}", "symbol": symbol,
-               "side": rng.choice(("buy", "sell")), "quantity": quantity}
-    if i % 10 == 9:  # a resting limit, cancelled at the end
-        signal_.update(order_type="limit", limit_price=far_below, side="buy")
+               "side": rng.choice(("buy", "sell")), "quantity": quantity, "exchange": VENUES[(i // 3) % 2]}
+    if i % 10 == 4:  # beyond the book's depth: partial fills, the rest ended by the venue
+        k = i // 10  # per venue, buys and sells alternate so the account's balances hold
+        signal_.update(symbol=BEYOND_DEPTH[0], quantity=BEYOND_DEPTH[1], order_type="market",
+                       exchange=VENUES[k % 2], side=("buy", "sell")[(k // 2) % 2])
+    if i % 10 == 9:  # a resting limit: amended or cancelled mid-run, or cancelled at the end
+        signal_.update(order_type="limit", limit_price=far_below, side="buy", exchange=VENUES[(i // 10) % 2])
     return signal_
+
+
+def mid_run_action(signal_: dict) -> dict | None:
+    """What happens to a resting order while the chaos runs: an amend, a cancel, or nothing."""
+    if signal_.get("order_type") != "limit":
+        return None
+    k = int(signal_["signal_id"].rsplit("-", 1)[1]) // 20  # venues alternate with i // 10: each sees every action
+    if k % 3 == 0:
+        price = (Decimal(signal_["limit_price"]) * Decimal("0.99")).quantize(Decimal("0.01"))
+        return {"amend": {"limit_price": str(price), "quantity": str(Decimal(signal_["quantity"]) * 2)}}
+    if k % 3 == 1:
+        return {"cancel": {"reason": "chaos mid-run cancel"}}
+    return None
 
 
 async def connect(address: str) -> Client:
@@ -85,13 +114,39 @@ async def supervise(stack: BenchStack, kills: int, duration: float, rng: random.
         log.append((round(time.time() - started, 1), what))
 
 
-def direct_mode(stack: BenchStack, emulator_url: str) -> dict:
+def direct_mode(stack: BenchStack, emulators: dict[str, str]) -> dict:
     execution = stack.settings.execution.model_dump(mode="json")
     execution.update(mode="direct", direct={
-        **execution["direct"], "exchanges": ["binance"],
-        "accounts": {"binance": {"api_key": "emulator-key", "secret": "emulator-secret", "base_url": emulator_url,
-                                 "timeout_ms": 2000, "recv_window_ms": 2000}}})
+        **execution["direct"], "exchanges": list(emulators),
+        "accounts": {venue: {"api_key": "emulator-key", "secret": "emulator-secret", "base_url": url,
+                             "timeout_ms": 2000, "recv_window_ms": 2000} for venue, url in emulators.items()}})
     return execution
+
+
+async def act_mid_run(address: str, signals: list[dict], rate: float, log: list) -> None:
+    """Amend or cancel resting orders once accepted, through the worker kills and Temporal's restart."""
+    client = await connect(address)
+    started = time.time()
+    for i, signal_ in enumerate(signals):
+        action = mid_run_action(signal_)
+        if action is None:
+            continue
+        await asyncio.sleep(max(0.0, started + i / rate + 1.0 - time.time()))
+        (name, argument), = action.items()
+        order_id = f"order-{signal_['signal_id']}"
+        for _ in range(120):  # until accepted (an amend needs a working order) or terminal
+            try:
+                handle = client.get_workflow_handle(order_id)
+                snap = await handle.query("status", result_type=OrderSnapshot)
+                if snap.state in TERMINAL_STATES:
+                    break
+                if snap.state.value in ("accepted", "partially_filled"):
+                    await handle.signal(name, argument)
+                    log.append((round(time.time() - started, 1), name))
+                    break
+            except Exception:  # not started yet, Temporal restarting, the worker killed mid-query
+                client = await connect(address)
+            await asyncio.sleep(0.5)
 
 
 async def publish(redis: aioredis.Redis, signals: list[dict], rate: float) -> None:
@@ -125,7 +180,12 @@ async def settle(client: Client, signals: list[dict], deadline_s: float) -> tupl
                 lost.add(order_id)
         if not cancelled_resting and all(o in snapshots for o in resting):
             for order_id in resting:
-                await client.get_workflow_handle(order_id).signal("cancel", {"reason": "chaos end"})
+                if snapshots[order_id].state in TERMINAL_STATES:
+                    continue  # cancelled mid-run already
+                try:
+                    await client.get_workflow_handle(order_id).signal("cancel", {"reason": "chaos end"})
+                except RPCError:  # ended meanwhile
+                    pass
             cancelled_resting = True
         if not lost and len(snapshots) == len(ids) and all(s.state in TERMINAL_STATES for s in snapshots.values()):
             break
@@ -138,10 +198,12 @@ async def run(orders: int, kills: int, rate: float, seed: int, deadline_s: float
     overrides = {"messaging": {"claim_idle_ms": 3000},
                  "orders": {"execution_timeout_ms": 3000, "retry_delay_ms": 50, "rate_limit_orders": 100}}
     with BenchStack(overrides, keep_state=True) as stack:
-        emulator = stack.start_emulator("binance")
-        stack.configure({"execution": direct_mode(stack, emulator)})
-        for fault in VENUE_FAULTS:
-            httpx.post(f"{emulator}/_emulator/faults", json={**fault, "endpoints": ["create"]}).raise_for_status()
+        emulators = {venue: stack.start_emulator(venue) for venue in VENUES}
+        stack.configure({"execution": direct_mode(stack, emulators)})
+        for emulator in emulators.values():
+            httpx.post(f"{emulator}/_emulator/book", json={"depth_levels": 1}).raise_for_status()
+            for fault in VENUE_FAULTS:
+                httpx.post(f"{emulator}/_emulator/faults", json={**fault, "endpoints": ["create"]}).raise_for_status()
         stack.start_temporal()
         stack.start_redis()
         stack.start_worker("worker", "--with-consumer")
@@ -151,36 +213,55 @@ async def run(orders: int, kills: int, rate: float, seed: int, deadline_s: float
         log: list = []
         started = time.time()
         chaos = asyncio.create_task(supervise(stack, kills, orders / rate, rng, log))
+        actions: list = []
+        acting = asyncio.create_task(act_mid_run(stack.settings.temporal.address, signals, rate, actions))
         await publish(redis, signals, rate)
         await chaos  # the venue keeps losing answers until the end: retries must cope too
+        await acting
         client = await connect(stack.settings.temporal.address)
         snapshots, lost = await settle(client, signals, deadline_s)
         published = Counter(json.loads(f[EXECUTION_FIELD])["fill_id"] for _, f in await redis.xrange(EXECUTIONS_STREAM))
         await redis.aclose()
-        venue_orders = httpx.get(f"{emulator}/_emulator/orders").json()
-        venue_stats = httpx.get(f"{emulator}/_emulator/stats").json()
+        venue_orders = [o for url in emulators.values() for o in httpx.get(f"{url}/_emulator/orders").json()]
+        venue_stats = {venue: httpx.get(f"{url}/_emulator/stats").json() for venue, url in emulators.items()}
     placed = Counter(o["client_order_id"] for o in venue_orders)
+    # An amend by cancel-and-replace places generations `<client id>-r<n>`: all belong to one order.
     filled_at_venue: dict[str, Decimal] = {}
     for o in venue_orders:
-        filled_at_venue[o["client_order_id"]] = filled_at_venue.get(o["client_order_id"], Decimal(0)) + Decimal(o["filled"])
-    owned = {s.client_order_id for s in snapshots.values()}
+        base = _GENERATION.sub("", o["client_order_id"])
+        filled_at_venue[base] = filled_at_venue.get(base, Decimal(0)) + Decimal(o["filled"])
+    owned = {client_order_id_for(s.order_id) for s in snapshots.values()}
     venue_fill_ids = {f"{o['client_order_id']}:{f['trade_id']}" for o in venue_orders for f in o["fills"]}
     mismatched = [s.order_id for s in snapshots.values()
-                  if filled_at_venue.get(s.client_order_id, Decimal(0)) != s.filled_quantity]
+                  if filled_at_venue.get(client_order_id_for(s.order_id), Decimal(0)) != s.filled_quantity]
     states = Counter(s.state.value for s in snapshots.values())
+    beyond = [s for s in snapshots.values() if s.quantity == Decimal(BEYOND_DEPTH[1])]
     return {
-        "benchmark": "chaos", "venue": "direct: ccxt -> Binance emulator (5% dropped, 3% late, 2% 503 after accept)",
+        "benchmark": "chaos",
+        "venue": "direct: ccxt -> Binance and Bybit emulators, one-level books (5% dropped, 3% late, 2% 503 after accept)",
         "orders": orders, "kills": sum(1 for _, what in log if what == "worker"),
         "temporal_restarts": sum(1 for _, what in log if what == "temporal"),
         "redis_restarts": sum(1 for _, what in log if what == "redis"),
         "lost": len(lost),
-        "duplicate_venue_orders": sum(n - 1 for n in placed.values()) + len(set(placed) - owned),
+        "duplicate_venue_orders": sum(n - 1 for n in placed.values())
+        + sum(1 for cid in placed if _GENERATION.sub("", cid) not in owned),
+        "live_venue_orders": sum(1 for o in venue_orders if o["status"] in ("new", "partially_filled")),
         "not_terminal": sum(1 for s in snapshots.values() if s.state not in TERMINAL_STATES),
         "fills_missing": len(venue_fill_ids - set(published)),
         "fills_duplicated": sum(1 for n in published.values() if n > 1),
         "fill_quantity_mismatch": len(mismatched),
         "states": dict(states), "venue_orders": len(venue_orders), "fills": len(published),
-        "venue_faults_fired": venue_stats.get("faults_fired"), "venue_requests": venue_stats.get("by_class"),
+        "by_venue": dict(Counter(s.exchange for s in snapshots.values())),
+        "partial_then_ended": sum(1 for s in beyond if 0 < s.filled_quantity < s.quantity),
+        "beyond_depth_states": dict(Counter(s.state.value for s in beyond)),
+        "rejections": dict(Counter(s.reason for s in snapshots.values() if s.state.value == "rejected")),
+        "amends": sum(1 for _, what in actions if what == "amend"),
+        "amended_by_venue": dict(Counter(s.exchange for s in snapshots.values()
+                                         if any(t.state.value == "pending_amend" for t in s.transitions))),
+        "amended": sum(1 for s in snapshots.values() if any(t.state.value == "pending_amend" for t in s.transitions)),
+        "mid_run_cancels": sum(1 for _, what in actions if what == "cancel"),
+        "venue_faults_fired": {v: st.get("faults_fired") for v, st in venue_stats.items()},
+        "venue_requests": {v: st.get("by_class") for v, st in venue_stats.items()},
         "orders_through_unknown": sum(1 for s in snapshots.values() if any(t.state.value == "unknown" for t in s.transitions)),
         "seconds": round(time.time() - started, 1), "events": log,
     }

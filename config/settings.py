@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -49,6 +50,7 @@ class _Strict(BaseModel):
 class ServiceSettings(_Strict):
     host: str = "localhost"
     port: Annotated[int, Field(ge=1, le=65535)] = 8004
+    max_request_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024  # larger bodies: 413
 
 
 class DatabaseSettings(_Strict):
@@ -63,6 +65,21 @@ class DatabaseSettings(_Strict):
             raise ValueError("bigquery needs project and dataset")
         return self
 
+    # Refused rather than ignored: nothing in this release writes BigQuery (DESIGN 3b is planned).
+    @field_validator("type")
+    @classmethod
+    def _available(cls, value: str) -> str:
+        if value == "bigquery":
+            raise ValueError("bigquery is not available in this release; use duckdb")
+        return value
+
+    @field_validator("project", "dataset")
+    @classmethod
+    def _bigquery_only(cls, value: str | None) -> str | None:
+        if value:
+            raise ValueError("only used by database.type bigquery, which this release does not have")
+        return value
+
 
 class MessagingSettings(_Strict):
     type: Literal["redis", "pubsub"] = "redis"
@@ -76,6 +93,25 @@ class MessagingSettings(_Strict):
     consumer_group: str = "order-management"
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 100
     claim_idle_ms: Annotated[int, Field(ge=100)] = 30_000
+    # Intake bounds: a signal older than this (by created_at, else by when it reached the stream) is
+    # dead-lettered, never traded; a payload larger than this is dead-lettered, kept clipped to it.
+    max_signal_age_s: Annotated[int, Field(ge=1, le=30 * 86_400)] = 300
+    max_payload_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
+
+    # Refused rather than ignored: the consumer reads Redis streams only (Pub/Sub is planned, DESIGN 3b).
+    @field_validator("type")
+    @classmethod
+    def _available(cls, value: str) -> str:
+        if value == "pubsub":
+            raise ValueError("pubsub is not available in this release; use redis")
+        return value
+
+    @field_validator("project", "topic_prefix")
+    @classmethod
+    def _pubsub_only(cls, value: str | None) -> str | None:
+        if value:
+            raise ValueError("only used by messaging.type pubsub, which this release does not have")
+        return value
 
     @property
     def redis_url(self) -> str:
@@ -167,6 +203,10 @@ class ExecutionSettings(_Strict):
     simulation: SimulationSettings = SimulationSettings()
     quantconnect: QuantConnectSettings = QuantConnectSettings()
     direct: DirectSettings = DirectSettings()
+    # Venue orders of ours that no running workflow watches (after a terminate or reset): the sweep
+    # in `tom worker` cancels them at the venue, or only reports them (workers/sweep.py).
+    orphans: Literal["cancel", "report"] = "cancel"
+    orphan_sweep_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
 
     @model_validator(mode="after")
     def _mode_configured(self) -> "ExecutionSettings":
@@ -180,9 +220,13 @@ class ExecutionSettings(_Strict):
 
 
 class AccountLimits(_Strict):
-    max_order_value: Annotated[float, Field(gt=0)] = 1000  # quote currency, per order
+    # The account currency: every order is valued in it at the venue's price (through a conversion
+    # pair such as BTC/USDT for ETH/BTC) before the two value limits below are applied.
+    currency: Annotated[str, Field(pattern=r"^[A-Z0-9]{1,20}$")] = "USDT"
+    max_order_value: Annotated[float, Field(gt=0)] = 1000  # account currency, per order
     max_daily_orders: Annotated[int, Field(ge=1)] = 50  # per account, across all workers (Redis)
-    min_order_size: Annotated[float, Field(ge=0)] = 10  # minimum order value, quote currency
+    min_order_size: Annotated[float, Field(ge=0)] = 10  # minimum order value, account currency
+    # min_order_size above max_order_value is refused by Settings (the message names the key).
 
 
 class OrderCacheSettings(_Strict):
@@ -202,14 +246,26 @@ class OrderParams(_Strict):
 
     default_order_type: Literal["market", "limit"] = "market"
     time_in_force: Literal["GTC", "IOC", "FOK", "GTD"] = "GTC"
-    max_slippage_bps: Annotated[float, Field(ge=0, le=10_000)] = 10
+    # A collar of 100 % or more would let a sell go at 0: refused (lt), as are settings no order survives.
+    max_slippage_bps: Annotated[float, Field(ge=0, lt=10_000)] = 10
     retry_attempts: Annotated[int, Field(ge=0, le=100)] = 3
-    retry_delay_ms: Annotated[int, Field(ge=0, le=600_000)] = 100
-    execution_timeout_ms: Annotated[int, Field(ge=1, le=3_600_000)] = 5000
+    retry_delay_ms: Annotated[int, Field(ge=1, le=600_000)] = 100
+    execution_timeout_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 5000
     rate_limit_orders: Annotated[int, Field(ge=1)] = 10
     rate_limit_window_ms: Annotated[int, Field(ge=1)] = 1000
     track_execution_metrics: bool = True
     log_level: LogLevel = LogLevel.INFO
+    # Horizon of a signal's timing: execution.start_at at most this far ahead, expire_at likewise.
+    max_start_delay_s: Annotated[int, Field(ge=0, le=366 * 86_400)] = 86_400
+    max_order_lifetime_s: Annotated[int, Field(ge=1, le=366 * 86_400)] = 30 * 86_400
+
+    @field_validator("track_execution_metrics")
+    @classmethod
+    def _metrics_always(cls, value: bool) -> bool:
+        # Refused rather than ignored: slippage, fees and latency are part of every order's record.
+        if not value:
+            raise ValueError("false is not supported: execution metrics (slippage, fees, latency) are always recorded")
+        return value
 
 
 class TemporalSettings(_Strict):
@@ -233,6 +289,14 @@ class Settings(_Strict):
     orders: OrderParams = OrderParams()
     temporal: TemporalSettings = TemporalSettings()
     source: str = Field(default="<defaults>", exclude=True)
+
+    @model_validator(mode="after")
+    def _orders_possible(self) -> "Settings":
+        limits = self.account_limits
+        if limits.min_order_size > limits.max_order_value:
+            raise ValueError("account_limits.min_order_size: above account_limits.max_order_value "
+                             "(every order would be denied)")
+        return self
 
     def with_overrides(self, **sections: Any) -> "Settings":
         """A copy with some sections replaced (tests and benchmarks)."""
@@ -305,6 +369,8 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{key}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:  # a check across sections: its message starts with the key it names
+        return message
     return f"{key}: {message}"  # pydantic's msg names the expected type, never the value
 
 

@@ -55,8 +55,9 @@ class OrderEvent(BaseModel):
 
 
 class DeadLetter(BaseModel):
-    payload: str  # the original message, as received
+    payload: str  # the original message, as received (clipped to messaging.max_payload_bytes)
     reason: str
+    payload_encoding: str = "utf-8"  # base64 when the original was not UTF-8 text
     source: str = SIGNALS_STREAM
     message_id: str | None = None
     at: datetime

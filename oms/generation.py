@@ -1,8 +1,9 @@
 """Order generation: from a signal to an order instruction (pure, runs inside the workflow).
 
 Resolves what the signal leaves open from the order parameters (type, time in force, venue),
-adds a price collar for market orders (max_slippage_bps against the reference price) and a
-pre-trade estimate of fees and slippage, and plans slices for TWAP / iceberg execution.
+adds a price collar for market orders (max_slippage_bps against the venue's price; a signal's
+reference price can only narrow it) and a pre-trade estimate of fees and slippage, and plans
+slices for TWAP / iceberg execution (not run yet: validation refuses algorithm signals).
 """
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ class OrderInstruction(BaseModel):
     price_collar: Decimal | None  # worst acceptable average price of a market order
     estimated_fee: Decimal | None
     estimated_slippage_bps: Decimal | None
+    # What the signal asked of an execution algorithm: validation refuses it until one exists.
+    algo: ExecutionAlgo | None = None
+    slices: int | None = None
+    duration_s: int | None = None
 
 
 class Slice(BaseModel):
@@ -49,13 +54,30 @@ def route(signal: Signal, mode: str, direct_exchanges: list[str]) -> str:
     return "simulation"
 
 
-def price_collar(side: Side, reference_price: Decimal, max_slippage_bps: Decimal) -> Decimal:
+def price_collar(side: Side, reference_price: Decimal, max_slippage_bps: Decimal,
+                 floor: Decimal = Decimal("0.00000001")) -> Decimal:
+    """The worst acceptable price. A sell collar never reaches zero, whatever max_slippage_bps
+    (10000 bps would otherwise sell at 0): it stops at `floor`, the market's tick."""
     factor = max_slippage_bps / BPS
-    return reference_price * (1 + factor) if side == Side.BUY else reference_price * (1 - factor)
+    if side == Side.BUY:
+        return reference_price * (1 + factor)
+    return max(reference_price * (1 - factor), floor)
+
+
+def market_collar(side: Side, venue_price: Decimal | None, signal_reference: Decimal | None,
+                  max_slippage_bps: Decimal, floor: Decimal) -> Decimal | None:
+    """The collar of a market order: from the venue's price where there is one; the signal's
+    reference price can only make it tighter (a lower buy cap, a higher sell floor)."""
+    collars = [price_collar(side, p, max_slippage_bps, floor) for p in (venue_price, signal_reference) if p is not None]
+    if not collars:
+        return None
+    return min(collars) if side == Side.BUY else max(collars)
 
 
 def generate_order(signal: Signal, params: OrderParams, exchange: str, market: MarketInfo | None,
                    reference_price: Decimal | None, slippage_bps: Decimal | None) -> OrderInstruction:
+    """`reference_price` is the venue's price (mid) when the venue has one; the instruction's
+    reference price (for slippage) is the signal's own, else the venue's."""
     order_type = signal.order_type or (
         OrderType.LIMIT if signal.limit_price is not None else OrderType(params.default_order_type)
     )
@@ -64,8 +86,10 @@ def generate_order(signal: Signal, params: OrderParams, exchange: str, market: M
     )
     reference = signal.reference_price or reference_price
     collar = None
-    if order_type == OrderType.MARKET and reference is not None:
-        collar = price_collar(signal.side, reference, Decimal(repr(params.max_slippage_bps)))
+    if order_type == OrderType.MARKET:
+        floor = market.price_step if market is not None and market.price_step > 0 else Decimal("0.00000001")
+        collar = market_collar(signal.side, reference_price, signal.reference_price,
+                               Decimal(repr(params.max_slippage_bps)), floor)
     fee = None
     price_for_fee = signal.limit_price or reference
     if market is not None and price_for_fee is not None:
@@ -83,6 +107,9 @@ def generate_order(signal: Signal, params: OrderParams, exchange: str, market: M
         price_collar=collar,
         estimated_fee=fee,
         estimated_slippage_bps=slippage_bps if order_type == OrderType.MARKET else Decimal(0),
+        algo=signal.execution.algo if signal.execution else None,
+        slices=signal.execution.slices if signal.execution else None,
+        duration_s=signal.execution.duration_s if signal.execution else None,
     )
 
 

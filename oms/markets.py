@@ -6,12 +6,17 @@ from decimal import Decimal
 from oms.venue import MarketInfo
 
 
+# The venue's minimum order value, in each market's own quote currency (as Binance's NOTIONAL filter:
+# 5 USDT, 0.0001 BTC). A minimum is only meaningful in the currency the market is quoted in.
+_MIN_NOTIONAL = {"USDT": Decimal("5"), "BTC": Decimal("0.0001")}
+
+
 def _market(symbol: str, base_price: str, amount_step: str, price_step: str, min_amount: str,
             depth_notional: str) -> tuple[MarketInfo, Decimal, Decimal]:
     base, quote = symbol.split("/")
     info = MarketInfo(
         symbol=symbol, base=base, quote=quote, amount_step=Decimal(amount_step),
-        price_step=Decimal(price_step), min_amount=Decimal(min_amount), min_notional=Decimal("5"),
+        price_step=Decimal(price_step), min_amount=Decimal(min_amount), min_notional=_MIN_NOTIONAL[quote],
     )
     return info, Decimal(base_price), Decimal(depth_notional)
 
@@ -27,7 +32,7 @@ _CATALOGUE = {
         _market("XRP/USDT", "0.6", "0.1", "0.0001", "0.1", "30000"),
         _market("DOGE/USDT", "0.15", "1", "0.00001", "1", "20000"),
         _market("ADA/USDT", "0.45", "0.1", "0.0001", "0.1", "20000"),
-        _market("ETH/BTC", "0.05", "0.0001", "0.00001", "0.0001", "3"),
+        _market("ETH/BTC", "0.05", "0.0001", "0.00001", "0.0001", "1"),
     )
 }
 

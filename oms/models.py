@@ -11,7 +11,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 SIGNAL_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 CLIENT_ORDER_ID_MAX = 36
@@ -19,6 +19,40 @@ _CLIENT_ID_ALLOWED = re.compile(r"[^A-Za-z0-9_-]")
 
 PositiveDecimal = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
 NonNegativeDecimal = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+
+# Bounds of what a caller may ask for (signals, amends). The database keeps amounts as
+# DECIMAL(38, 12): 26 integer digits and 12 decimals, so a quantity times a price (< 1e24) still fits;
+# no venue lists an instrument whose lot or price comes near 1e12.
+MAX_AMOUNT = Decimal("1e12")
+MAX_SCALE = 12
+MAX_REASON_LENGTH = 500
+# A decimal as JSON or pydantic writes it: ASCII digits, optional fraction, optional exponent (which
+# pydantic itself emits for small values, e.g. 1E-7). No plus sign, spaces, underscores or other
+# digits. A minus sign and the non-finite words pass here to be refused by the bounds with their own reason.
+_PLAIN_DECIMAL = re.compile(r"-?((0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]{1,4})?|(?i:s?nan|inf|infinity))", re.ASCII)
+
+
+def _plain_decimal(value: object) -> object:
+    """Refuse the spellings Python's Decimal accepts but no exchange or person means ("1_0", "+1", " 1")."""
+    if isinstance(value, bool):
+        raise ValueError("must be a decimal number")
+    if isinstance(value, str) and not _PLAIN_DECIMAL.fullmatch(value):
+        raise ValueError("must be a plain decimal number such as \"0.05\" (no plus sign, spaces or underscores)")
+    return value
+
+
+def _bounded_scale(value: Decimal) -> Decimal:
+    if value >= MAX_AMOUNT:
+        raise ValueError("not a plausible value: must be below 10^12")
+    if value != value.quantize(Decimal(1).scaleb(-MAX_SCALE)):
+        raise ValueError(f"at most {MAX_SCALE} decimal places")
+    return value
+
+
+# A quantity or price a caller asks for: finite, positive, below MAX_AMOUNT, at most MAX_SCALE decimals.
+# (The bound is checked before the scale: quantizing a huge value would overflow the context.)
+Amount = Annotated[Decimal, BeforeValidator(_plain_decimal), Field(gt=0, allow_inf_nan=False),
+                   AfterValidator(_bounded_scale)]
 
 
 class Side(StrEnum):
@@ -109,13 +143,13 @@ class Signal(BaseModel):
     strategy_id: Annotated[str, Field(min_length=1, max_length=64)]
     symbol: Annotated[str, Field(pattern=r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$")]
     side: Side
-    quantity: PositiveDecimal
+    quantity: Amount
     order_type: OrderType | None = None
-    limit_price: PositiveDecimal | None = None
+    limit_price: Amount | None = None
     time_in_force: TimeInForce | None = None
     expire_at: datetime | None = None
     exchange: Annotated[str, Field(min_length=1, max_length=32)] | None = None
-    reference_price: PositiveDecimal | None = None
+    reference_price: Amount | None = None
     intent: Intent = Intent.ENTRY
     execution: ExecutionTiming | None = None
     created_at: datetime | None = None
@@ -182,7 +216,7 @@ class Fill(BaseModel):
     side: Side
     quantity: PositiveDecimal
     price: PositiveDecimal
-    fee: NonNegativeDecimal = Decimal(0)
+    fee: Annotated[Decimal, Field(allow_inf_nan=False)] = Decimal(0)  # negative: a maker rebate
     fee_currency: str | None = None
     liquidity: str | None = None  # maker | taker
     venue: str
@@ -205,7 +239,7 @@ class OrderSnapshot(BaseModel):
     state: OrderState = OrderState.CREATED
     filled_quantity: NonNegativeDecimal = Decimal(0)
     average_fill_price: Decimal | None = None
-    fees: NonNegativeDecimal = Decimal(0)
+    fees: Annotated[Decimal, Field(allow_inf_nan=False)] = Decimal(0)  # quote currency; rebates negative
     exchange: str
     reference_price: Decimal | None = None
     slippage_bps: Decimal | None = None
@@ -217,6 +251,8 @@ class OrderSnapshot(BaseModel):
     venue_order_id: str | None = None
     expire_at: datetime | None = None
     intent: Intent = Intent.ENTRY
+    # Fees charged in a third asset (a BNB discount): per currency, never added to `fees`.
+    other_fees: dict[str, Decimal] = Field(default_factory=dict)
 
     @property
     def is_terminal(self) -> bool:
@@ -233,14 +269,18 @@ class OrderSnapshot(BaseModel):
 class CancelRequest(BaseModel):
     """Argument of the `cancel` signal and the `cancel_order` update."""
 
-    reason: str | None = None
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, Field(max_length=MAX_REASON_LENGTH)] | None = None
 
 
 class AmendRequest(BaseModel):
     """Argument of the `amend` signal and the `amend_order` update; either field may be omitted."""
 
-    quantity: PositiveDecimal | None = None
-    limit_price: PositiveDecimal | None = None
+    model_config = ConfigDict(extra="forbid")
+
+    quantity: Amount | None = None
+    limit_price: Amount | None = None
 
     @model_validator(mode="after")
     def _something(self) -> "AmendRequest":

@@ -89,12 +89,17 @@ def apply(order: OrderSnapshot, target: OrderState, at: datetime, reason: str | 
     return True
 
 
-def fee_in_quote(fill: Fill, symbol: str) -> Decimal:
-    """A fill's fee in the quote currency, as the order's `fees` are kept. Venues charge the asset
-    received (a buy pays in base), which the fill keeps as reported; a third asset (a BNB discount)
-    cannot be priced here and is counted as reported."""
-    base = symbol.split("/", 1)[0]
-    return fill.fee * fill.price if fill.fee_currency == base else fill.fee
+def fee_in_quote(fill: Fill, symbol: str) -> Decimal | None:
+    """A fill's fee in the quote currency, as the order's `fees` are kept, sign kept (a maker
+    rebate is a negative fee). Venues charge the asset received (a buy pays in base), valued at the
+    fill's price. A third asset (a BNB discount) has no price here: None, and the order keeps it
+    apart in `other_fees`, never summed as if it were quote."""
+    base, quote = symbol.split("/", 1)
+    if fill.fee_currency is None or fill.fee_currency == quote:
+        return fill.fee
+    if fill.fee_currency == base:
+        return fill.fee * fill.price
+    return None
 
 
 def apply_fill(order: OrderSnapshot, fill: Fill, seen_fill_ids: set[str]) -> bool:
@@ -107,7 +112,11 @@ def apply_fill(order: OrderSnapshot, fill: Fill, seen_fill_ids: set[str]) -> boo
     notional = (order.average_fill_price or Decimal(0)) * order.filled_quantity
     order.filled_quantity += fill.quantity
     order.average_fill_price = (notional + fill.price * fill.quantity) / order.filled_quantity
-    order.fees += fee_in_quote(fill, order.symbol)
+    in_quote = fee_in_quote(fill, order.symbol)
+    if in_quote is not None:
+        order.fees += in_quote
+    elif fill.fee:
+        order.other_fees[fill.fee_currency] = order.other_fees.get(fill.fee_currency, Decimal(0)) + fill.fee
     order.updated_at = fill.at
     if order.state in (S.CANCELLED, S.EXPIRED):
         return True  # late fill: counted, state stays terminal

@@ -34,6 +34,9 @@ class VenueOrderStatus(StrEnum):
     REJECTED = "rejected"
     EXPIRED = "expired"  # IOC/FOK remainder, GTD reached on the venue
     NOT_FOUND = "not_found"  # the venue never received it (reconciliation answer)
+    # A status no adapter table knows (a new venue status, a malformed answer): never guessed; the
+    # report's `reason` carries the raw status and the workflow reconciles it as unknown.
+    UNRECOGNIZED = "unrecognized"
 
 
 # Still working at the venue: it can fill, be cancelled or amended.
@@ -104,7 +107,7 @@ class VenueFill(BaseModel):
     trade_id: str  # unique per venue order; fills are counted once per trade_id
     quantity: PositiveDecimal
     price: PositiveDecimal
-    fee: NonNegativeDecimal = Decimal(0)
+    fee: Decimal = Field(default=Decimal(0), allow_inf_nan=False)  # as the venue reports it; negative: a rebate
     fee_currency: str | None = None
     liquidity: str | None = None  # maker | taker
     at: datetime

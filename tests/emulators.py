@@ -35,6 +35,10 @@ class Emulator:
     def reset(self) -> None:
         self.admin("POST", "reset")
 
+    def shape(self, **settings: Any) -> Any:
+        """Shape the venue's book (depth_levels, self_trade_expiry) until the next reset."""
+        return self.admin("POST", "book", json=settings)
+
     def orders(self) -> Any:
         return self.admin("GET", "orders")
 

@@ -26,7 +26,7 @@ def test_shipped_configs_load_with_every_brief_key():
     assert local.orders.retry_attempts == 3 and local.orders.execution_timeout_ms == 5000
     assert local.temporal.task_queue == "orders"
     dev = load_settings(REPO / "config" / "dev.yaml", env=DEV_ENV)
-    assert dev.environment == "development" and dev.database.type == "bigquery"
+    assert dev.environment == "development" and dev.database.type == "duckdb"  # BigQuery: refused, not ignored
     assert dev.execution.mode == "quantconnect" and dev.execution.quantconnect.project_id == "42"
     assert dev.execution.quantconnect.api_key.get_secret_value() == "qc-secret-123"
     assert dev.account_limits.max_order_value == 5000
@@ -43,6 +43,26 @@ def test_shipped_configs_load_with_every_brief_key():
     ("orders:\n  log_level: LOUD\n", "orders.log_level"),
     ("execution:\n  mode: quantconnect\n", "quantconnect.api_key and project_id"),
     ("- just\n- a list\n", "expected a mapping"),
+    # Settings no order can survive, refused at load rather than discovered one order at a time.
+    ("orders:\n  max_slippage_bps: 10000\n", "orders.max_slippage_bps: Input should be less than 10000"),
+    ("orders:\n  max_slippage_bps: -1\n", "orders.max_slippage_bps"),
+    ("orders:\n  retry_delay_ms: 0\n", "orders.retry_delay_ms"),
+    ("orders:\n  rate_limit_orders: 0\n", "orders.rate_limit_orders"),
+    ("orders:\n  rate_limit_window_ms: 0\n", "orders.rate_limit_window_ms"),
+    ("orders:\n  execution_timeout_ms: 0\n", "orders.execution_timeout_ms"),
+    ("account_limits:\n  min_order_size: 2000\n  max_order_value: 1000\n",
+     "account_limits.min_order_size: above account_limits.max_order_value"),
+    ("orders:\n  max_start_delay_s: -1\n", "orders.max_start_delay_s"),
+    ("orders:\n  max_order_lifetime_s: 0\n", "orders.max_order_lifetime_s"),
+    ("messaging:\n  max_signal_age_s: 0\n", "messaging.max_signal_age_s"),
+    ("messaging:\n  max_payload_bytes: 10\n", "messaging.max_payload_bytes"),
+    ("service:\n  max_request_bytes: 10\n", "service.max_request_bytes"),
+    # Keys this release cannot honour are refused, never accepted and ignored.
+    ("orders:\n  track_execution_metrics: false\n", "orders.track_execution_metrics: false is not supported"),
+    ("database:\n  type: bigquery\n  project: p\n  dataset: d\n", "database.type: bigquery is not available"),
+    ("database:\n  project: p\n", "database.project: only used by database.type bigquery"),
+    ("messaging:\n  type: pubsub\n", "messaging.type: pubsub is not available"),
+    ("messaging:\n  topic_prefix: dev_\n", "messaging.topic_prefix: only used by messaging.type pubsub"),
 ])
 def test_bad_files_fail_with_one_line_naming_file_and_key(tmp_path, text, expected):
     path = write(tmp_path, text)
@@ -96,3 +116,58 @@ def test_cli_reports_config_errors_in_one_line_without_traceback_or_secrets(tmp_
 def test_secrets_are_masked_in_settings_repr():
     settings = load_settings(REPO / "config" / "dev.yaml", env=DEV_ENV)
     assert "qc-secret-123" not in repr(settings) and "qc-secret-123" not in str(settings.model_dump())
+
+
+def _keys(model, prefix: str = "") -> list[str]:
+    """Every dotted key of a settings model (a dict of sub-settings counts as its own key)."""
+    from pydantic import BaseModel
+
+    keys = []
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += _keys(annotation, f"{key}.")
+        else:
+            keys.append(key)
+    return keys
+
+
+def test_every_config_key_is_documented_in_the_readme_table():
+    """The README's configuration table names every key the settings accept: none is unexplained."""
+    from config.settings import Settings
+
+    readme = (REPO / "README.md").read_text()
+    table = "\n".join(line for line in readme.splitlines() if line.startswith("| `"))
+    from config.settings import ExchangeSettings
+
+    keys = _keys(Settings) + [f"execution.direct.accounts.{k}" for k in _keys(ExchangeSettings)]
+    rows = {line.split("|")[1] for line in table.splitlines()}
+    accounts_row = next(line for line in table.splitlines() if line.startswith("| `execution.direct.accounts`"))
+
+    def documented(key: str) -> bool:
+        if key.startswith("execution.direct.accounts."):
+            return f"`{key.rsplit('.', 1)[-1]}`" in accounts_row
+        return any(f"`{key}`" in row for row in rows)
+
+    missing = [key for key in keys if not documented(key)]
+    assert not missing, f"keys missing from the README configuration table: {missing}"
+
+
+def test_configured_defaults_that_cannot_make_an_order_refuse_the_signal():
+    """orders.default_order_type limit and orders.time_in_force GTD are honoured: a signal they
+    cannot complete (no price, no expiry) is refused with a reason naming the key."""
+    import json
+
+    from workers.intake import InvalidSignal, parse_signal
+
+    base = load_settings(REPO / "config" / "local.yaml", env={})
+    orders = base.orders.model_dump(mode="json")
+    signal = json.dumps({"signal_id": "d1", "strategy_id": "s", "symbol": "BTC/USDT", "side": "buy", "quantity": "0.01"})
+    with pytest.raises(InvalidSignal, match="orders.default_order_type is limit"):
+        parse_signal(signal, base.with_overrides(orders={**orders, "default_order_type": "limit"}))
+    with pytest.raises(InvalidSignal, match="orders.time_in_force is GTD"):
+        parse_signal(signal, base.with_overrides(orders={**orders, "time_in_force": "GTD"}))
+    assert parse_signal(signal, base).quantity

@@ -67,7 +67,7 @@ async def test_poller_lease_one_replica_polls_and_the_other_takes_over_when_it_d
             await wait_until(lambda: _true(replicas[standby].rounds > 0), "takeover", timeout=LEASE_S + 10)
             took = time.monotonic() - died
             assert took <= LEASE_S + 1, took  # at most one lease period
-            assert await redis.get("poller:lease:simulation:default") == replicas[standby]._me
+            assert await redis.get("poller:lease:simulation:default") == replicas[standby]._lease.owner
 
             # The new holder signals changes: an order cancelled at the venue reaches its workflow.
             signalled_before = replicas[standby].signals_sent

@@ -299,3 +299,37 @@ async def test_order_workflow_fills_through_quantconnect(temporal_env, fast_sett
     fills = await executions(redis)
     assert sum(Decimal(f["quantity"]) for f in fills) == Decimal("0.1")
     assert {f["venue"] for f in fills} == {"quantconnect"} and len({f["fill_id"] for f in fills}) == len(fills)
+
+
+# Every Lean OrderStatus as the REST API sends it (an integer), through the adapter over HTTP:
+# (status, without fills, with a partial fill). 4 is no Lean status: unrecognized, never guessed.
+_S = VenueOrderStatus
+LEAN_WIRE_ROWS = [
+    (0, _S.NEW, _S.PARTIALLY_FILLED), (1, _S.NEW, _S.PARTIALLY_FILLED), (2, _S.NEW, _S.PARTIALLY_FILLED),
+    (3, _S.UNRECOGNIZED, _S.UNRECOGNIZED),  # Filled without the fills to match is not believed
+    (5, _S.CANCELLED, _S.CANCELLED), (6, _S.NEW, _S.PARTIALLY_FILLED), (7, _S.REJECTED, _S.CANCELLED),
+    (8, _S.NEW, _S.PARTIALLY_FILLED), (9, _S.NEW, _S.PARTIALLY_FILLED), (4, _S.UNRECOGNIZED, _S.UNRECOGNIZED),
+]
+
+
+async def test_every_lean_order_status_maps_with_the_fills_it_carries(fake, venue):
+    from datetime import datetime, timezone
+
+    from oms.venue import VenueFill
+
+    request = order(limit_price="1000", quantity="0.1")
+    await venue.submit(request)
+    (live,) = fake.orders(PROJECT)
+    for lean, without_fills, with_fills in LEAN_WIRE_ROWS:
+        live.lean_status = lean
+        report = await venue.fetch(ref(request))
+        assert report.status == without_fills and report.filled_quantity == 0, (lean, report)
+    live.sim.fills.append(VenueFill(trade_id="t1", quantity=Decimal("0.04"), price=Decimal("1000"),
+                                    at=datetime.now(timezone.utc)))
+    for lean, without_fills, with_fills in LEAN_WIRE_ROWS:
+        live.lean_status = lean
+        report = await venue.fetch(ref(request))
+        assert report.status == with_fills, (lean, report)
+        assert report.filled_quantity == Decimal("0.04") and len(report.fills) == 1, (lean, report)
+    live.lean_status, live.sim.fills[:] = 3, [live.sim.fills[0].model_copy(update={"quantity": Decimal("0.1")})]
+    assert (await venue.fetch(ref(request))).status == _S.FILLED  # Filled with all its fills

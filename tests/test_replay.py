@@ -4,6 +4,7 @@
 `python -m tests.record_histories --out tests/histories/<release>` (see that module): every path of
 OrderWorkflow, in simulation and direct mode. They are never re-recorded to make this pass: a
 change that alters the commands an existing history produces is guarded with `workflow.patched`.
+tests/test_replay_mutation.py checks that these histories notice a change on almost every branch.
 The fresh-history test below only checks that today's code replays its own runs.
 """
 import asyncio
@@ -16,10 +17,10 @@ from temporalio.worker import Replayer
 from activities.venue_sim import FAULTS_KEY
 from oms.models import OrderSnapshot, OrderState
 from tests.helpers import make_signal, start_order
-from workflows.order import OrderWorkflow
+from tests.replay_mutation import installed_workflows
 
 HISTORIES = Path(__file__).parent / "histories"
-WORKFLOWS = [OrderWorkflow]
+WORKFLOWS = installed_workflows()  # every workflow in workflows/, so any recorded type replays
 
 
 def history_files(root: Path = HISTORIES) -> list[Path]:

@@ -20,6 +20,7 @@ def slow_venue_config(stack_settings, tmp_path, execution_timeout_ms: int):
     execution = stack_settings.execution.model_dump(mode="json")
     execution["simulation"]["delay_ms"] = int(VENUE_DELAY_S * 1000)
     execution["direct"]["poll_interval_ms"] = 600_000  # the poller's one round at start, then quiet
+    execution["orphan_sweep_interval_s"] = 3600  # likewise the orphan sweep
     settings = stack_settings.with_overrides(execution=execution, orders={
         **stack_settings.orders.model_dump(mode="json"), "execution_timeout_ms": execution_timeout_ms})
     path = tmp_path / "slow.yaml"
@@ -36,31 +37,37 @@ async def wait_until(predicate, what: str, timeout: float = 60, proc=None) -> No
         await asyncio.sleep(0.02)
 
 
+# Background tasks that list the account's open orders once at start (one venue request each),
+# each under its lease: the fill poller and the orphan sweep.
+LISTERS = ("poller:lease:simulation:default", "sweep:lease:simulation:default")
+
+
 async def ready_worker(config, tmp_path, redis):
-    """A `tom worker` that logged readiness and whose poller made its first venue call."""
+    """A `tom worker` that logged readiness and whose background listers made their first venue
+    call; returns it with the venue's request count at that point."""
     log = tmp_path / "worker.log"
     worker = tom_process(config, "worker", log_path=log)
 
     async def started() -> bool:
         return log.exists() and "worker on task queue" in log.read_text()
 
-    async def polled() -> bool:
-        return await redis.get(REQUESTS_KEY) == "1"
+    async def listed() -> bool:  # each lister takes its lease, then counts its request
+        return all([await redis.exists(key) for key in LISTERS]) and int(await redis.get(REQUESTS_KEY) or 0) >= len(LISTERS)
 
     await wait_until(started, "readiness log line", proc=worker)
-    await wait_until(polled, "first poller round", proc=worker)
-    return worker, log
+    await wait_until(listed, "first listing of each background task", proc=worker)
+    return worker, log, int(await redis.get(REQUESTS_KEY))
 
 
 async def test_sigterm_drains_an_in_flight_submission_and_exits_zero(temporal_env, stack_settings, redis, tmp_path):
     assert GRACEFUL_SHUTDOWN.total_seconds() == WORKER_DRAIN_S
     settings, config = slow_venue_config(stack_settings, tmp_path, execution_timeout_ms=10_000)
-    worker, log = await ready_worker(config, tmp_path, redis)
+    worker, log, baseline = await ready_worker(config, tmp_path, redis)
     try:
         handle = await start_order(temporal_env.client, settings.temporal.task_queue, make_signal(quantity="0.1"))
 
         async def submitting() -> bool:  # the submit entered the venue and waits out its delay
-            return await redis.get(REQUESTS_KEY) == "2"
+            return int(await redis.get(REQUESTS_KEY)) == baseline + 1
 
         await wait_until(submitting, "submission at the venue", proc=worker)
         assert await redis.get(f"order:{handle.id}") is None  # nothing answered yet
@@ -86,7 +93,7 @@ async def test_a_call_that_never_finishes_cannot_hold_the_stop_past_the_drain_bo
         temporal_env, stack_settings, redis, tmp_path):
     settings, config = slow_venue_config(stack_settings, tmp_path, execution_timeout_ms=120_000)
     await redis.hset(FAULTS_KEY, "hang_next", 1)  # placed, then the answer never comes
-    worker, log = await ready_worker(config, tmp_path, redis)
+    worker, log, _ = await ready_worker(config, tmp_path, redis)
     try:
         handle = await start_order(temporal_env.client, settings.temporal.task_queue, make_signal(quantity="0.1"))
 

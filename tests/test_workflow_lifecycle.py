@@ -86,9 +86,9 @@ async def test_ioc_fills_what_is_there_and_expires_the_rest(temporal_env, order_
 
 
 async def test_fok_without_enough_liquidity_expires_without_any_fill(temporal_env, order_worker, task_queue):
-    # ETH/BTC: 10 levels of ~60 ETH; 700 ETH cannot fill at once.
+    # ETH/BTC: 10 levels of ~20 ETH; 250 ETH (about 750k USDT, inside max_order_value) cannot fill at once.
     snap = await run_order(temporal_env.client, task_queue, make_signal(
-        symbol="ETH/BTC", quantity="700", time_in_force="FOK", reference_price="0.05"))
+        symbol="ETH/BTC", quantity="250", time_in_force="FOK", reference_price="0.05"))
     assert snap.state == S.EXPIRED and snap.filled_quantity == 0
     assert "FOK" in snap.reason
 

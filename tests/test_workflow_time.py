@@ -111,7 +111,7 @@ async def test_ioc_and_fok_end_in_their_states_under_time_skipping(time_env, ski
     ioc = await (await start_order(time_env.client, task_queue, make_signal(
         quantity="60", order_type="limit", limit_price=str(price), time_in_force="IOC"))).result()
     fok = await (await start_order(time_env.client, task_queue, make_signal(
-        symbol="ETH/BTC", quantity="700", time_in_force="FOK", reference_price="0.05"))).result()
+        symbol="ETH/BTC", quantity="250", time_in_force="FOK", reference_price="0.05"))).result()
     assert ioc.state == OrderState.EXPIRED and Decimal(0) < ioc.filled_quantity < Decimal(60), ioc
     assert [t.state for t in ioc.transitions][-2:] == [OrderState.PARTIALLY_FILLED, OrderState.EXPIRED]
     fills = await executions(redis)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Annotated, Any
@@ -16,7 +17,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
@@ -26,12 +27,15 @@ from config.settings import Settings
 from oms.events import order_cache_key
 from oms.models import AmendRequest, CancelRequest, OrderSnapshot, OrderState, Signal
 from activities.venue_gate import gate_status
+from activities.venue_requests import observe_venue_requests
 from workers import metrics
 from workers.consumer import consumer_lag
-from workers.intake import InvalidSignal, parse_signal, start_order
+from workers.intake import InvalidSignal, UnstartableSignal, loads_strict, parse_signal, start_order
 from workers.recorder import Recorder
 from workers.runtime import configure_logging, connect_temporal, redis_client
+from workers.body_limit import BodyLimit
 from workers.storage import DuckDBStore
+from workers.sweep import orphan_reasons
 
 log = logging.getLogger("tom.api")
 ORDER_ID = Annotated[str, Path(pattern=r"^order-[A-Za-z0-9_.:-]{1,64}$", description="order-<signal_id>")]
@@ -72,13 +76,35 @@ class VenueState(BaseModel):
     last_error: str | None = None
 
 
+class RecorderState(BaseModel):
+    """The recorder in this process (workers/recorder.py)."""
+
+    running: bool
+    recorded: int
+    set_aside: int  # entries it could not write, kept on the recorder.dead stream with the reason
+    consecutive_failures: int  # rounds in a row that wrote nothing (database or Redis failing)
+    restarts: int  # times its task ended unexpectedly and was started again
+    last_error: str | None = None
+    last_error_age_s: float | None = None
+
+
 class Readiness(BaseModel):
-    # Ready to serve: Temporal, Redis and the database answer. A venue that is down does not make
-    # the API unready (cancels and reads must keep working); it shows under `venues` and `degraded`.
+    # Ready to serve: Temporal, Redis and the database answer, and the recorder (when this process
+    # runs it) is running and writing. A recorder that cannot write at all (RECORDER_STUCK failed
+    # rounds in a row) makes the pod unready: its reads would be stale. An entry it set aside, or a
+    # failure it recovered from in the last RECORDER_DEGRADED_S, shows as `degraded`, ready stays true.
+    # A venue that is down does not make the API unready (cancels and reads must keep working); it
+    # shows under `venues` and `degraded`.
     ready: bool
     degraded: bool = False
     checks: dict[str, CheckResult]
     venues: dict[str, VenueState] = {}
+    recorder: RecorderState | None = None
+    degraded_reasons: list[str] = []  # e.g. orphan venue orders found by the sweep (workers/sweep.py)
+
+
+RECORDER_STUCK = 3
+RECORDER_DEGRADED_S = 300.0
 
 
 class Position(BaseModel):
@@ -97,10 +123,50 @@ class Services:
     def __init__(self, settings: Settings, client: Client | None, redis: aioredis.Redis,
                  store: DuckDBStore | None) -> None:
         self.settings, self.client, self.redis, self.store = settings, client, redis, store
+        self.recorder: Recorder | None = None
+        self.recorder_task: asyncio.Task | None = None
+        self.recorder_restarts = 0
+
+
+async def _supervise_recorder(svc: Services, stop: asyncio.Event) -> None:
+    """Run the recorder until stop; should its task ever end on an error, report it and start it again."""
+    while not stop.is_set():
+        try:
+            await svc.recorder.run(stop)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            svc.recorder_restarts += 1
+            svc.recorder.record_failure(exc)
+            log.exception("recorder stopped on an error; restarting")
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+
+
+def recorder_state(svc: Services) -> RecorderState | None:
+    if svc.recorder is None:
+        return None
+    h = svc.recorder.health()
+    age = time.time() - h["last_error_at"] if h["last_error_at"] else None
+    running = svc.recorder_task is not None and not svc.recorder_task.done()
+    return RecorderState(running=running, recorded=h["recorded"], set_aside=h["set_aside"],
+                         consecutive_failures=h["consecutive_failures"], restarts=svc.recorder_restarts,
+                         last_error=h["last_error"], last_error_age_s=round(age, 1) if age is not None else None)
 
 
 def _problem(status: int, detail: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": detail})
+
+
+def readable(errors: list[dict]) -> str:
+    """Validation errors as one line: `field: why; ...`."""
+    parts = []
+    for error in errors:
+        where = ".".join(str(p) for p in error["loc"] if p != "body") or "body"
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
 
 
 def create_app(settings: Settings, services: Services | None = None, run_recorder: bool = True) -> FastAPI:
@@ -114,7 +180,9 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
         if own:
             tasks.append(asyncio.create_task(_connect_temporal_forever(svc, stop)))
         if run_recorder and svc.store is not None:
-            tasks.append(asyncio.create_task(Recorder(svc.redis, svc.store).run(stop)))
+            svc.recorder = Recorder(svc.redis, svc.store)
+            svc.recorder_task = asyncio.create_task(_supervise_recorder(svc, stop))
+            tasks.append(svc.recorder_task)
         try:
             yield
         finally:
@@ -131,17 +199,14 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
                   description="Signals in, orders out: each order is a durable Temporal workflow.")
     if services is not None:
         app.state.services = services
+    app.add_middleware(BodyLimit, limit=settings.service.max_request_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def readable_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         """One readable line, the same shape as every other error: {"detail": "..."}."""
-        parts = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"] if p != "body") or "body"
-            parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
-        return _problem(422, "; ".join(parts))
-    responses = {404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem},
-                 503: {"model": Problem}}
+        return _problem(422, readable(exc.errors()))
+    responses = {404: {"model": Problem}, 409: {"model": Problem}, 413: {"model": Problem},
+                 422: {"model": Problem}, 503: {"model": Problem}}
 
     def svc(request: Request) -> Services:
         return request.app.state.services
@@ -175,6 +240,9 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             return _problem(422, str(exc))
         try:
             result = await start_order(temporal(request), settings, parsed)
+        except UnstartableSignal as exc:
+            metrics.SIGNALS_REJECTED.inc()
+            return _problem(422, str(exc))
         except RPCError as exc:
             raise HTTPException(503, f"Temporal unavailable: {exc.message}") from None
         return SignalAccepted(order_id=result.order_id, created=result.created)
@@ -221,15 +289,42 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             return _problem(404, f"no order {order_id}")
         return _problem(409, f"order is already {final.state.value}")
 
-    @app.post("/orders/{order_id}/cancel", response_model=OrderSnapshot, responses=responses)
-    async def cancel_order(request: Request, order_id: ORDER_ID, body: CancelRequest | None = None) -> Any:
-        """Cancel through the `cancel_order` update; returns the order once the venue confirmed."""
-        return await _update(request, order_id, "cancel_order", body or CancelRequest())
+    # Cancel and amend bodies are parsed as strictly as signals (duplicate keys, NaN refused), then
+    # validated by their models (unknown fields refused, values bounded); documented as those models.
+    def body_of(model: type[BaseModel], required: bool) -> dict[str, Any]:
+        return {"requestBody": {"required": required, "content": {"application/json": {
+            "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
 
-    @app.patch("/orders/{order_id}", response_model=OrderSnapshot, responses=responses)
-    async def amend_order(request: Request, order_id: ORDER_ID, body: AmendRequest) -> Any:
+    async def strict_body(request: Request, model: type[BaseModel], required: bool) -> BaseModel | JSONResponse:
+        raw = await request.body()
+        if not raw.strip():
+            return _problem(422, "body: a JSON object is required") if required else model()
+        try:
+            data = loads_strict(raw)
+        except InvalidSignal as exc:
+            return _problem(422, f"body: {exc}")
+        except ValueError as exc:  # not JSON, not UTF-8, a number Python will not convert
+            return _problem(422, f"body: malformed JSON: {str(exc).split(':')[0][:120]}")
+        except RecursionError:
+            return _problem(422, "body: malformed JSON: nested too deeply")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            return _problem(422, readable(exc.errors(include_url=False)))
+
+    @app.post("/orders/{order_id}/cancel", response_model=OrderSnapshot, responses=responses,
+              openapi_extra=body_of(CancelRequest, required=False))
+    async def cancel_order(request: Request, order_id: ORDER_ID) -> Any:
+        """Cancel through the `cancel_order` update; returns the order once the venue confirmed."""
+        body = await strict_body(request, CancelRequest, required=False)
+        return body if isinstance(body, JSONResponse) else await _update(request, order_id, "cancel_order", body)
+
+    @app.patch("/orders/{order_id}", response_model=OrderSnapshot, responses=responses,
+               openapi_extra=body_of(AmendRequest, required=True))
+    async def amend_order(request: Request, order_id: ORDER_ID) -> Any:
         """Amend quantity and/or limit price through the `amend_order` update."""
-        return await _update(request, order_id, "amend_order", body)
+        body = await strict_body(request, AmendRequest, required=True)
+        return body if isinstance(body, JSONResponse) else await _update(request, order_id, "amend_order", body)
 
     @app.get("/positions", response_model=list[Position], responses=responses)
     async def positions(request: Request) -> Any:
@@ -242,7 +337,7 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+        return {"status": "ok", "environment": settings.environment}
 
     @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
     async def readyz(request: Request) -> Any:
@@ -253,8 +348,21 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             "database": await _check(_database_ok(s)),
         }
         venues = await _venue_states(s)
+        recorder = recorder_state(s)
+        recorder_degraded = False
+        if recorder is not None:
+            stuck = not recorder.running or recorder.consecutive_failures >= RECORDER_STUCK
+            checks["recorder"] = CheckResult(ok=not stuck, detail=recorder.last_error if stuck else None)
+            recorder_degraded = recorder.last_error_age_s is not None and recorder.last_error_age_s < RECORDER_DEGRADED_S
         ready = all(c.ok for c in checks.values())
-        body = Readiness(ready=ready, degraded=not all(v.ok for v in venues.values()), checks=checks, venues=venues)
+        try:
+            reasons = await asyncio.wait_for(orphan_reasons(s.redis), 2.0)
+        except Exception as exc:  # Redis down: the redis check already says so
+            log.warning("orphan reasons: %s", exc)
+            reasons = []
+        degraded = recorder_degraded or not all(v.ok for v in venues.values()) or bool(reasons)
+        body = Readiness(ready=ready, degraded=degraded, checks=checks, venues=venues, recorder=recorder,
+                         degraded_reasons=reasons)
         return JSONResponse(status_code=200 if ready else 503, content=body.model_dump())
 
     @app.get("/metrics", response_class=Response,
@@ -268,6 +376,8 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             if s.store is not None:
                 metrics.observe_store(await asyncio.to_thread(s.store.report))
             await _venue_states(s)
+            await orphan_reasons(s.redis)
+            await observe_venue_requests(s.redis)
         except Exception as exc:  # metrics must render even when a dependency is down
             log.warning("metrics collection: %s", exc)
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -28,7 +29,7 @@ from oms.markets import simulated_market
 from oms.models import TERMINAL_STATES, AmendRequest, CancelRequest, OrderSnapshot, OrderState, Signal
 from oms.venue_model import mid_price
 from workers.cli import UserError
-from workers.intake import InvalidSignal, parse_signal, start_order
+from workers.intake import InvalidSignal, loads_strict, parse_signal, start_order
 from workers.runtime import connect_temporal, redis_client
 
 
@@ -60,9 +61,9 @@ def _snapshot_table(snap: OrderSnapshot) -> str:
 # --- submit -------------------------------------------------------------------------------------
 def _signals_from_args(args) -> list[dict[str, Any]]:
     if args.file:
-        try:
-            data = json.loads(Path(args.file).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        try:  # strict, as every intake: a duplicate key must not silently lose to the last one
+            data = loads_strict(Path(args.file).read_text())
+        except (OSError, ValueError, InvalidSignal) as exc:
             raise UserError(f"cannot read signals from {args.file}: {exc}") from None
         return data if isinstance(data, list) else [data]
     if not (args.symbol and args.side and args.quantity):
@@ -79,7 +80,7 @@ def submit(settings: Settings, args) -> int:
         signals: list[Signal] = []
         for raw in _signals_from_args(args):
             try:
-                signals.append(parse_signal(json.dumps(raw), settings))
+                signals.append(parse_signal(json.dumps(raw, default=str), settings))
             except InvalidSignal as exc:
                 raise UserError(f"invalid signal: {exc}") from None
         if args.via == "stream":
@@ -123,8 +124,18 @@ async def _update(settings: Settings, order_id: str, name: str, arg) -> OrderSna
         raise UserError(f"Temporal: {exc.message}") from None
 
 
+def _refusal(exc: ValidationError) -> str:
+    """A request model's refusal as one line: `field: why` for each problem."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg'].removeprefix('Value error, ')}"
+                     for e in exc.errors(include_url=False))
+
+
 def cancel(settings: Settings, args) -> int:
-    snap = asyncio.run(_update(settings, args.order_id, "cancel_order", CancelRequest(reason=args.reason)))
+    try:
+        request = CancelRequest(reason=args.reason)
+    except ValidationError as exc:
+        raise UserError(_refusal(exc)) from None
+    snap = asyncio.run(_update(settings, args.order_id, "cancel_order", request))
     print(_snapshot_table(snap))
     return 0
 
@@ -132,8 +143,8 @@ def cancel(settings: Settings, args) -> int:
 def amend(settings: Settings, args) -> int:
     try:
         request = AmendRequest(quantity=args.quantity, limit_price=args.limit_price)
-    except ValueError as exc:
-        raise UserError(str(exc).splitlines()[-1].strip()) from None
+    except ValidationError as exc:
+        raise UserError(_refusal(exc)) from None
     print(_snapshot_table(asyncio.run(_update(settings, args.order_id, "amend_order", request))))
     return 0
 

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     source VARCHAR, message_id VARCHAR, payload VARCHAR, reason VARCHAR, "at" TIMESTAMPTZ,
     PRIMARY KEY (source, message_id)
 );
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS payload_encoding VARCHAR DEFAULT 'utf-8';
 CREATE OR REPLACE VIEW positions AS
 SELECT strategy_id, symbol,
        SUM(CASE WHEN side = 'buy' THEN quantity ELSE -quantity END) AS net_quantity,
@@ -45,11 +46,18 @@ SELECT strategy_id, symbol,
          / NULLIF(SUM(CASE WHEN side = 'buy' THEN quantity ELSE 0 END), 0) AS average_buy_price,
        SUM(CASE WHEN side = 'sell' THEN quantity::DOUBLE * price::DOUBLE ELSE 0 END)
          / NULLIF(SUM(CASE WHEN side = 'sell' THEN quantity ELSE 0 END), 0) AS average_sell_price,
-       -- fees in the quote currency: a fee charged in the base asset is valued at its fill's price
-       SUM(CASE WHEN fee_currency = split_part(symbol, '/', 1) THEN fee * price ELSE fee END) AS fees,
+       -- fees in the quote currency (rebates negative): a fee charged in the base asset is valued at its
+       -- fill's price; one in a third asset (BNB) has no price here and is left out, never added as quote
+       SUM(CASE WHEN fee_currency IS NULL OR fee_currency = split_part(symbol, '/', 2) THEN fee
+                WHEN fee_currency = split_part(symbol, '/', 1) THEN fee * price END) AS fees,
        COUNT(*) AS fills
 FROM fills GROUP BY strategy_id, symbol;
 """
+
+# Errors a row causes by itself (a value the column cannot hold, a malformed field): writing it again
+# will fail again, so the recorder sets that entry aside instead of retrying the batch forever.
+ROW_ERRORS = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputException, ValueError, TypeError,
+              OverflowError)
 
 _ORDER_COLUMNS = ("order_id", "signal_id", "strategy_id", "client_order_id", "symbol", "side", "order_type",
                   "time_in_force", "quantity", "limit_price", "state", "filled_quantity", "average_fill_price",
@@ -93,8 +101,9 @@ class DuckDBStore:
                           f.fee_currency, f.liquidity, f.venue, f.at) for f in fills])
                 if dead:
                     self._db.executemany(
-                        "INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                        [(d.source, d.message_id, d.payload, d.reason, d.at) for d in dead])
+                        "INSERT INTO dead_letters (source, message_id, payload, reason, \"at\", payload_encoding) "
+                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        [(d.source, d.message_id, d.payload, d.reason, d.at, d.payload_encoding) for d in dead])
                 self._db.execute("COMMIT")
             except Exception:
                 self._db.execute("ROLLBACK")
@@ -199,6 +208,7 @@ class DuckDBStore:
 
 def decode_dead_letter(fields: dict[str, str]) -> DeadLetter:
     return DeadLetter(payload=fields.get("payload", ""), reason=fields.get("reason", ""),
+                      payload_encoding=fields.get("payload_encoding") or "utf-8",
                       source=fields.get("source", "signals"), message_id=fields.get("message_id"),
                       at=fields.get("at") or "1970-01-01T00:00:00Z")
 

@@ -25,6 +25,7 @@ from activities.venues import VenueRegistry
 from config.settings import Settings
 from workers.consumer import SignalConsumer
 from workers.poller import run_pollers
+from workers.sweep import run_sweeps
 from workers.runtime import configure_logging, connect_temporal, redis_client
 from workflows.order import OrderWorkflow
 
@@ -34,7 +35,7 @@ DRAIN_MARGIN_S = 2.0  # past GRACEFUL_SHUTDOWN, for the pollers and the worker's
 
 
 async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegistry:
-    registry = VenueRegistry()
+    registry = VenueRegistry(redis=redis)
     registry.register(SimulatedVenue(redis, settings.execution.simulation))
     if settings.execution.mode == "direct" or settings.execution.direct.accounts_in_use():
         from activities.venue_ccxt import build_ccxt_adapters  # ccxt is heavy: only where used
@@ -76,7 +77,8 @@ async def running_worker(client: Client, settings: Settings, redis: aioredis.Red
                          registry: VenueRegistry | None = None, max_concurrent: int | None = None,
                          with_consumer: bool = False) -> AsyncIterator[Worker]:
     """The worker as production runs it: OrderWorkflow and its activities, the per-account fill
-    pollers (every `execution.direct.poll_interval_ms`) and, if asked, the signal consumer. On exit
+    pollers (every `execution.direct.poll_interval_ms`), the orphan sweeps and, if asked, the signal
+    consumer. On exit
     the pollers stop, then in-flight tasks drain (up to GRACEFUL_SHUTDOWN). `serve` and the tests'
     worker fixture both run this."""
     async with AsyncExitStack() as stack:
@@ -87,7 +89,10 @@ async def running_worker(client: Client, settings: Settings, redis: aioredis.Red
         stop = asyncio.Event()
         accounts = [(name, getattr(registry.get(name), "account", "default")) for name in registry.names]
         interval_s = settings.execution.direct.poll_interval_ms / 1000
-        tasks = [asyncio.create_task(run_pollers(client, redis, registry, accounts, stop, interval_s))]
+        execution = settings.execution
+        tasks = [asyncio.create_task(run_pollers(client, redis, registry, accounts, stop, interval_s)),
+                 asyncio.create_task(run_sweeps(client, redis, registry, accounts, stop, execution.orphans,
+                                                execution.orphan_sweep_interval_s))]
         if with_consumer:  # same client as the worker: workflow starts are eager, their first task runs here
             tasks.append(asyncio.create_task(SignalConsumer(client, redis, settings).run(stop)))
         async with worker:

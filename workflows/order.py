@@ -27,7 +27,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.execution import OrderContext
+    from activities.execution import OrderContext, PriceQuery
     from activities.limits import DailyOrderDecision, DailyOrderReservation
     from activities.publish import OrderProgress
     from oms.events import OrderEvent
@@ -44,8 +44,10 @@ with workflow.unsafe.imports_passed_through():
         Transition,
         client_order_id_for,
     )
+    from oms.pricing import VenuePrices
     from oms.states import apply, apply_fill
-    from oms.validation import Denial, DenialReason, validate_order
+    from oms.validation import Denial, DenialReason, validate_amend, validate_order
+    from oms.validation_legacy import validate_order_v1
     from oms.venue import (
         OPEN_STATUSES,
         VenueAmendRequest,
@@ -182,8 +184,11 @@ class OrderWorkflow:
 
     @workflow.signal(name="amend")
     def amend(self, request: AmendRequest) -> None:
-        if self._amend_refusal(request) is None:
+        refusal = self._amend_refusal(request)
+        if refusal is None:
             self._state.amend_requests.append(PendingAmend(request=request, id=str(workflow.uuid4())))
+        else:
+            workflow.logger.warning("amend signal refused, order unchanged: %s", refusal)
 
     @workflow.signal(name="venue_update")
     def venue_update(self, report: VenueOrderReport) -> None:
@@ -220,12 +225,22 @@ class OrderWorkflow:
         if refusal:
             raise ApplicationError(refusal, type="AmendRefused")
 
-    def _amend_refusal(self, request: AmendRequest) -> str | None:
+    def _amend_refusal(self, request: AmendRequest, prices: VenuePrices | None = None) -> str | None:
+        """Why an amend cannot apply, or None. Validated as the order it would become: without
+        `prices` (signal handler, update validator: no I/O there) only the rules that need no price;
+        `_amend_at_venue` then checks them all at the venue's current prices before anything
+        reaches the venue."""
         snap = self._state.snapshot
         if snap.is_terminal:
             return f"order is already {snap.state.value}"
         if self._state.cancel_request is not None or snap.state == S.PENDING_CANCEL:
             return "order is being cancelled"
+        context = self._state.context
+        if context is not None and context.prices is not None and context.market is not None:
+            denial = validate_amend(snap, request, context.market, context.limits, workflow.now(),
+                                    prices, self._state.signal.reference_price, check_prices=prices is not None)
+            return str(denial) if denial else None
+        # A release-0.1 order (or one still being prepared: checked again when carried out).
         if request.limit_price is not None and snap.order_type != OrderType.LIMIT:
             return "a market order has no limit price to amend"
         if request.quantity is not None and request.quantity <= snap.filled_quantity:
@@ -279,7 +294,11 @@ class OrderWorkflow:
         if self._state.cancel_request is not None:
             await self._transition(S.CANCELLED, self._state.cancel_request.reason or "cancelled before submission")
             return
-        denial = validate_order(instruction, signal.side, context.market, context.limits, workflow.now())
+        if context.prices is None:  # prepared by release 0.1: that release's rules, so its history replays
+            denial = validate_order_v1(instruction, signal.side, context.market, context.limits, workflow.now())
+        else:
+            denial = validate_order(instruction, signal.side, context.market, context.limits, workflow.now(),
+                                    context.prices, signal.reference_price)
         if denial is None:
             # prepare_order took the slot (one round trip fewer). Its recorded answer decides the
             # branch, so orders prepared before it did so replay their own reservation call.
@@ -310,13 +329,88 @@ class OrderWorkflow:
     async def _wait_for_start(self) -> None:
         signal = self._state.signal
         start_at = signal.execution.start_at if signal.execution else None
+        waited = False
         if start_at is not None and start_at > workflow.now():
             await self._publish()
-            await self._wait(lambda: self._state.cancel_request is not None, start_at - workflow.now())
+            if self._state.context.prices is None:  # a release-0.1 order waits as it did then
+                await self._wait(lambda: self._state.cancel_request is not None, start_at - workflow.now())
+            else:
+                waited = True
+                await self._wait_applying_amends(start_at)
         if self._state.cancel_request is not None:
             await self._transition(S.CANCELLED, self._state.cancel_request.reason or "cancelled before submission")
         elif self._state.snapshot.expire_at is not None and workflow.now() >= self._state.snapshot.expire_at:
             await self._transition(S.EXPIRED, "expire_at reached before submission")
+        elif waited:
+            await self._revalidate_at_current_prices()
+
+    async def _wait_applying_amends(self, start_at: datetime) -> None:
+        """Until start_at: amends apply to the order not yet placed (validated, answered at once)."""
+        while self._state.cancel_request is None:
+            if self._apply_amends_before_placement():
+                await self._refresh_cached_snapshot()
+            if workflow.now() >= start_at:
+                return
+            await self._wait(lambda: self._state.cancel_request is not None or bool(self._state.amend_requests),
+                             start_at - workflow.now())
+
+    def _apply_amends_before_placement(self) -> bool:
+        """Whether any amend applied."""
+        snap, applied = self._state.snapshot, False
+        while self._state.amend_requests:
+            pending = self._state.amend_requests.pop(0)
+            # At the prices read before the wait; all is validated again at current ones after it.
+            refusal = self._amend_refusal(pending.request, self._state.context.prices)
+            if refusal is None:
+                if pending.request.quantity is not None:
+                    snap.quantity = pending.request.quantity
+                if pending.request.limit_price is not None:
+                    snap.limit_price = pending.request.limit_price
+                snap.updated_at = workflow.now()
+                applied = True
+            self._state.amend_results[pending.id] = refusal
+        return applied
+
+    async def _refresh_cached_snapshot(self) -> None:
+        """An amend before placement is no transition: the order cache (the API's view) gets the
+        new terms now; the order's events and table row follow with its next transition."""
+        await workflow.execute_local_activity(
+            "record_progress", OrderProgress(snapshot=self._state.snapshot),
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_interval=timedelta(seconds=5)),
+        )
+
+    async def _revalidate_at_current_prices(self) -> None:
+        """After a start_at wait the prices read at signal time are stale: read them again, and
+        rebuild and validate the order (as amended meanwhile) at the venue's current price."""
+        context, snap, signal = self._state.context, self._state.snapshot, self._state.signal
+        try:
+            prices = await self._read_prices()
+        except VENUE_ERRORS as error:
+            await self._deny(Denial(reason=DenialReason.NO_PRICE,
+                                    message=f"cannot read the venue's price after the start_at wait: {_error_message(error)}"))
+            return
+        context.prices, context.bid, context.ask = prices, prices.bid, prices.ask
+        current = signal.model_copy(update={"quantity": snap.quantity, "limit_price": snap.limit_price})
+        instruction = generate_order(current, context.params, context.exchange, context.market, prices.mid,
+                                     context.estimated_slippage_bps)
+        denial = validate_order(instruction, signal.side, context.market, context.limits, workflow.now(),
+                                prices, signal.reference_price)
+        if denial is not None:
+            await self._deny(denial)
+            return
+        snap.reference_price = instruction.reference_price
+        self._state.price_collar = instruction.price_collar
+
+    async def _read_prices(self) -> VenuePrices:
+        context, snap = self._state.context, self._state.snapshot
+        return await workflow.execute_local_activity(
+            "read_prices", PriceQuery(exchange=snap.exchange, symbol=snap.symbol, quote_currency=context.market.quote,
+                                      account_currency=context.limits.currency),
+            result_type=VenuePrices, start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_attempts=5,
+                                     non_retryable_error_types=[VenueErrorType.REJECTED.value]),
+        )
 
     # --- venue calls ---------------------------------------------------------------------------
     def _ref(self) -> VenueOrderRef:
@@ -491,7 +585,14 @@ class OrderWorkflow:
 
     async def _amend_at_venue(self, pending: PendingAmend) -> None:
         refusal = self._amend_refusal(pending.request)
+        if refusal is None and self._state.context.prices is not None:
+            # Validated again at the venue's current price before anything reaches the venue.
+            try:
+                refusal = self._amend_refusal(pending.request, await self._read_prices())
+            except VENUE_ERRORS as error:
+                refusal = f"cannot read the venue's price to validate the amend: {_error_message(error)}"
         if refusal:
+            workflow.logger.warning("amend refused, order unchanged: %s", refusal)
             self._state.amend_results[pending.id] = refusal
             return
         snap = self._state.snapshot
@@ -554,23 +655,60 @@ class OrderWorkflow:
             await self._publish()
             self._state.amend_results[pending.id] = "order filled before the amend could apply"
             return
-        self._state.generation += 1
-        snap.client_order_id = client_order_id_for(snap.order_id, self._state.generation)
-        snap.quantity, snap.limit_price = new_qty, new_price
+        original = (snap.quantity, snap.limit_price)
+        self._next_generation(new_qty, new_price)
         await self._transition(S.ACCEPTED if snap.filled_quantity == 0 else S.PARTIALLY_FILLED,
                                "replaced (cancel-and-replace amend)")
-        request = VenueOrderRequest(
-            exchange=snap.exchange, account=self._state.context.account, client_order_id=snap.client_order_id,
-            symbol=snap.symbol, side=snap.side, order_type=snap.order_type,
-            quantity=new_qty - snap.filled_quantity, limit_price=new_price, time_in_force=TimeInForce.GTC)
         try:
-            report = await self._venue("venue_submit", request)
+            report = await self._venue("venue_submit", self._replacement_request())
         except VENUE_ERRORS as error:
-            self._state.amend_results[pending.id] = f"replacement order: {_error_message(error)}"
-            await self._on_submit_error(error)
+            if _error_type(error) != VenueErrorType.REJECTED.value or self._state.context.prices is None:
+                self._state.amend_results[pending.id] = f"replacement order: {_error_message(error)}"
+                await self._on_submit_error(error)
+                return
+            await self._restore_after_refused_replacement(pending, original, error)
             return
         await self._apply_report(report)
         self._state.amend_results[pending.id] = None
+
+    def _next_generation(self, quantity: Decimal, limit_price: Decimal | None) -> None:
+        """The order's next venue order (cancel-and-replace): a new client order id and its terms."""
+        snap = self._state.snapshot
+        self._state.generation += 1
+        snap.client_order_id = client_order_id_for(snap.order_id, self._state.generation)
+        snap.quantity, snap.limit_price = quantity, limit_price
+
+    def _replacement_request(self) -> VenueOrderRequest:
+        snap = self._state.snapshot
+        return VenueOrderRequest(
+            exchange=snap.exchange, account=self._state.context.account, client_order_id=snap.client_order_id,
+            symbol=snap.symbol, side=snap.side, order_type=snap.order_type,
+            quantity=snap.quantity - snap.filled_quantity, limit_price=snap.limit_price, time_in_force=TimeInForce.GTC)
+
+    async def _restore_after_refused_replacement(self, pending: PendingAmend, original: tuple[Decimal, Decimal | None],
+                                                 refused: BaseException) -> None:
+        """The venue refused the amended replacement although it passed our validation. The working
+        order is not dropped: its remainder is placed again at the original terms (which the venue
+        took before) under the next client order id, and the amend answers with the refusal."""
+        why = f"venue refused the amended replacement ({_error_message(refused)})"
+        await self._transition(S.PENDING_AMEND, f"{why}; placing the original terms again")
+        self._next_generation(*original)
+        try:
+            report = await self._venue("venue_submit", self._replacement_request())
+        except VENUE_ERRORS as error:
+            kind = _error_type(error)
+            self._state.amend_results[pending.id] = f"{why}; placing the original terms again failed: {_error_message(error)}"
+            if kind == VenueErrorType.REJECTED.value or kind in NOTHING_SENT:
+                # The original was cancelled for the amend and the venue holds nothing: say so.
+                await self._transition(S.CANCELLED, f"{why}; placing the original terms again failed "
+                                                    f"({_error_message(error)}): the order is no longer working")
+            else:  # it may be at the venue: reconciled by its client order id
+                await self._transition(S.UNKNOWN, f"re-placing the original terms: {_error_message(error)}")
+            return
+        await self._apply_report(report)
+        self._settle_after_amend(S.ACCEPTED, "original terms placed again after the venue refused the amend")
+        await self._publish()
+        self._state.amend_results[pending.id] = f"{why}; the order was placed again at its original terms"
 
     # --- applying what the venue says ----------------------------------------------------------
     async def _apply_fills(self, report: VenueOrderReport) -> None:

@@ -53,6 +53,7 @@ class LiveOrder:
     sim: venue_model.SimOrder
     created: float = field(default_factory=time.time)
     cancelled_at: datetime | None = None
+    lean_status: int | None = None  # a test's override of the Lean OrderStatus the API reports
 
 
 @dataclass
@@ -283,7 +284,8 @@ class QuantConnectFake:
             "price": sim.fills[0].price if sim.fills else (sim.limit_price or 0), "priceCurrency": "USD",
             "time": sim.created_at.isoformat().replace("+00:00", "Z"),
             "createdTime": sim.created_at.isoformat().replace("+00:00", "Z"), "lastFillTime": last_fill,
-            "quantity": sign * sim.quantity, "status": LEAN_STATUS[sim.status], "tag": order.tag,
+            "quantity": sign * sim.quantity, "status": order.lean_status if order.lean_status is not None else LEAN_STATUS[sim.status],
+            "tag": order.tag,
             "properties": {"timeInForce": {}}, "securityType": CRYPTO, "direction": 0 if sign > 0 else 1,
             "value": sum((f.price * f.quantity for f in sim.fills), Decimal(0)),
             "orderSubmissionData": {"bidPrice": 0, "askPrice": 0, "lastPrice": 0},

@@ -6,7 +6,10 @@
 - DELETE /_emulator/faults   clear every fault and lift a ban (its record stays in the stats)
 - GET    /_emulator/orders   every order ever placed, in placement order
 - GET    /_emulator/stats?window_ms=W[&log=1]   counts and sliding-window maxima (see `traffic`)
-- POST   /_emulator/reset    a fresh venue: orders, trades, balances, stats, faults and bans
+- POST   /_emulator/book     {"depth_levels", "self_trade_expiry"}: shape the venue (a one-level book
+                             makes a large market order end after partial fills); 400 {"error"} when malformed
+- GET    /_emulator/book     the venue's shape in force
+- POST   /_emulator/reset    a fresh venue: orders, trades, balances, stats, faults, bans and shape
 - GET    /_emulator/health   which venue this process emulates
 """
 from __future__ import annotations
@@ -28,6 +31,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/_emulator/faults", _clear_faults)
     app.router.add_get("/_emulator/orders", _orders)
     app.router.add_get("/_emulator/stats", _stats)
+    app.router.add_post("/_emulator/book", _configure_book)
+    app.router.add_get("/_emulator/book", _book_settings)
     app.router.add_post("/_emulator/reset", _reset)
     app.router.add_get("/_emulator/health", _health)
 
@@ -81,6 +86,25 @@ async def _stats(request: web.Request) -> web.Response:
     if request.query.get("log") == "1":
         stats["request_log"] = emu.traffic.log()
     return web.json_response(stats)
+
+
+async def _configure_book(request: web.Request) -> web.Response:
+    book = request.app[EMULATOR].book
+    try:
+        body = await request.json()
+        if not isinstance(body, dict) or set(body) - {"depth_levels", "self_trade_expiry"}:
+            raise ValueError("expected an object with depth_levels and/or self_trade_expiry")
+        depth, stp = body.get("depth_levels"), body.get("self_trade_expiry")
+        if (depth is not None and not isinstance(depth, int)) or (stp is not None and not isinstance(stp, bool)):
+            raise ValueError("depth_levels is an integer, self_trade_expiry a boolean")
+        book.configure(depth_levels=depth, self_trade_expiry=stp)
+    except ValueError as exc:  # includes malformed JSON and a depth the settings refuse
+        return web.json_response({"error": str(exc).splitlines()[0]}, status=400)
+    return web.json_response(book.settings())
+
+
+async def _book_settings(request: web.Request) -> web.Response:
+    return web.json_response(request.app[EMULATOR].book.settings())
 
 
 async def _reset(request: web.Request) -> web.Response:

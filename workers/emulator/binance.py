@@ -531,7 +531,7 @@ def _common(order: EmuOrder) -> dict[str, Any]:
     return {
         "price": _f8(order.price), "origQty": _f8(order.quantity), "executedQty": _f8(order.filled),
         "origQuoteOrderQty": _f8(p.quote_quantity), "cummulativeQuoteQty": _f8(order.filled_quote),
-        "status": STATUS[order.status], "timeInForce": p.time_in_force.value, "type": _order_type(order),
+        "status": "EXPIRED_IN_MATCH" if order.expired_in_match else STATUS[order.status], "timeInForce": p.time_in_force.value, "type": _order_type(order),
         "side": p.side.value.upper(),
     }
 

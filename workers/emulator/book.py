@@ -110,6 +110,8 @@ class EmuOrder:
     created_ms: int
     updated_ms: int
     trades: list[Trade] = field(default_factory=list)
+    # Binance: expired by self-trade prevention (EXPIRE_TAKER) rather than for want of liquidity.
+    expired_in_match: bool = False
 
     @property
     def status(self) -> VenueOrderStatus:
@@ -189,7 +191,7 @@ def _refused_post_only(placement: Placement, quantity: Decimal, order_id: int, n
 class Book:
     def __init__(self, sim: SimulationSettings, duplicates: DuplicateRule,
                  balances: dict[str, Decimal] | None = None) -> None:
-        self.sim = sim
+        self.sim = self._configured_sim = sim
         self.duplicates = duplicates
         self._initial = dict(balances or DEFAULT_BALANCES)
         # Ids keep growing across resets (and start from the clock), so a stale id never matches.
@@ -197,7 +199,24 @@ class Book:
         self._next_trade_id = int(time.time()) * 1000
         self.reset()
 
+    def configure(self, *, depth_levels: int | None = None, self_trade_expiry: bool | None = None) -> None:
+        """Shape the venue for a scenario: a book `depth_levels` deep (one level makes a large market
+        order outrun the depth: its remainder ends after partial fills); `self_trade_expiry` makes an
+        immediate order's unfilled remainder expire as Binance's self-trade prevention does
+        (EXPIRED_IN_MATCH). Raises ValueError for a value the simulation settings refuse."""
+        if depth_levels is not None:
+            if not 1 <= depth_levels <= 100:
+                raise ValueError("depth_levels must be from 1 to 100")
+            self.sim = self.sim.model_copy(update={"depth_levels": depth_levels})
+        if self_trade_expiry is not None:
+            self.self_trade_expiry = self_trade_expiry
+
+    def settings(self) -> dict:
+        return {"depth_levels": self.sim.depth_levels, "self_trade_expiry": self.self_trade_expiry}
+
     def reset(self) -> None:
+        self.sim = self._configured_sim
+        self.self_trade_expiry = False
         self.orders: list[EmuOrder] = []  # every order ever placed, in placement order
         self.trades: list[Trade] = []
         self.rejected_duplicates = 0
@@ -231,7 +250,8 @@ class Book:
             )
             sim = venue_model.submit(request, str(order_id), now, self.sim)
         order = EmuOrder(id=order_id, sim=sim, placement=placement, market=market,
-                         created_ms=to_ms(now), updated_ms=to_ms(now))
+                         created_ms=to_ms(now), updated_ms=to_ms(now),
+                         expired_in_match=self.self_trade_expiry and sim.status == VenueOrderStatus.EXPIRED)
         self.orders.append(order)
         self._by_id[order_id] = order
         if placement.client_order_id:
