@@ -131,18 +131,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-# Client commands end by leaving without interpreter finalization: the Temporal SDK's runtime
-# threads can call into a finalizing interpreter and abort it (sdk-python issue 300; seen as exit
-# code -6 after `tom submit --wait` had printed its result, about one run in seven). They hold no
-# state that needs finalizing; servers (worker, api, dev, ...) exit normally.
-CLIENT_COMMANDS = frozenset({"submit", "cancel", "amend", "status", "orders", "report", "demo"})
+# Commands that hold a Temporal client end by leaving without interpreter finalization: the SDK's
+# runtime threads can call into a finalizing interpreter and abort it (sdk-python issue 300; seen
+# as exit code -6 after `tom submit --wait` printed its result, about one run in seven, and after
+# `tom worker` had logged "worker stopped"). Everything they opened is closed by then.
+NO_FINALIZE_COMMANDS = frozenset({"submit", "cancel", "amend", "status", "orders", "report", "demo",
+                                  "worker", "consume"})
 
 
 def run() -> None:
     """The `tom` console script."""
     argv = sys.argv[1:]
     code = main(argv)
-    if build_parser().parse_args(argv).command in CLIENT_COMMANDS:
+    if build_parser().parse_args(argv).command in NO_FINALIZE_COMMANDS:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
