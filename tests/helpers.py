@@ -41,3 +41,24 @@ async def order_events(redis) -> list[dict]:
 
 def dec(value) -> Decimal:
     return Decimal(str(value))
+
+
+async def local_activity_calls(handle: WorkflowHandle) -> list[tuple[str, str | None]]:
+    """(activity type, failure type or None) of every local activity the workflow recorded, in
+    order: what the workflow really asked of the venue, whatever else (a poller) talked to it."""
+    out = []
+    async for event in handle.fetch_history_events():
+        if not event.HasField("marker_recorded_event_attributes"):
+            continue
+        marker = event.marker_recorded_event_attributes
+        data = json.loads(marker.details["data"].payloads[0].data)
+        failure = marker.failure
+        while failure.HasField("cause") and not failure.HasField("application_failure_info"):
+            failure = failure.cause
+        kind = failure.application_failure_info.type if marker.HasField("failure") else None
+        out.append((data["activity_type"], kind or (failure.message if marker.HasField("failure") else None)))
+    return out
+
+
+async def venue_call_count(handle: WorkflowHandle, activity: str) -> int:
+    return sum(1 for name, _ in await local_activity_calls(handle) if name == activity)

@@ -148,9 +148,9 @@ async def test_consumer_killed_between_start_and_ack_is_reclaimed_as_a_duplicate
 async def throttled_worker(temporal_env, fast_settings, redis):
     """A real worker on the test's task queue taking at most 50 tasks at a time: 500 orders arrive
     at once, and on 2 shared cores 500 interleaved workflow tasks would each run for seconds."""
-    from workers.worker import build_worker
+    from workers.worker import running_worker
 
-    async with await build_worker(temporal_env.client, fast_settings, redis, max_concurrent=50) as worker:
+    async with running_worker(temporal_env.client, fast_settings, redis, max_concurrent=50) as worker:
         yield worker
 
 
@@ -210,7 +210,7 @@ REQUIRED = ("signal_id", "strategy_id", "symbol", "side", "quantity")
 ENUMS = {"side": {"buy", "sell"}, "order_type": {"market", "limit"},
          "time_in_force": {"GTC", "IOC", "FOK", "GTD"}, "intent": {"entry", "exit"}}
 printable = st.text(alphabet=string.ascii_letters + string.digits + " _-./:", max_size=12)
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)  # JSON has no NaN/Infinity
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(printable, inner, max_size=4), max_leaves=12)
 wrong_typed = st.lists(st.integers(), max_size=3) | st.dictionaries(printable, st.integers(), max_size=2)
@@ -224,6 +224,10 @@ BAD_KINDS = ("not_json", "not_object", "random_object", "missing", "wrong_type",
              "unknown_exchange", "bad_enum", "huge_string", "huge_number", "deep_nesting", "inconsistent")
 
 
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
 @st.composite
 def bad_signal(draw, kind: str | None = None) -> tuple[str, str]:
     """(payload, a fragment its dead-letter reason must contain) for one kind of bad signal."""
@@ -232,7 +236,7 @@ def bad_signal(draw, kind: str | None = None) -> tuple[str, str]:
     if kind == "not_json":
         text = draw(st.text(st.characters(blacklist_categories=("Cs",)), max_size=50))
         try:
-            parsed = json.loads(text)
+            parsed = json.loads(text, parse_constant=_not_json)  # NaN / Infinity are not JSON
         except ValueError:
             return text, "malformed JSON"
         # Text that happens to be JSON: "1", " true ", "{}"...

@@ -28,10 +28,10 @@ from oms.markets import simulated_market
 from oms.models import OrderSnapshot, OrderState
 from tests.conftest import direct_settings, stop_process, tom_process
 from tests.emulators import CONFIG
-from tests.helpers import executions, make_signal, start_order
+from tests.helpers import executions, local_activity_calls, make_signal, start_order
 from tests.test_workflow_lifecycle import wait_for_state
 from workers.emulator.traffic import max_in_window
-from workers.worker import build_registry, build_worker
+from workers.worker import build_registry, running_worker
 
 S = OrderState
 VENUES = ("binance", "bybit")
@@ -40,10 +40,11 @@ SIM = load_settings(CONFIG, env={}).execution.simulation  # what the emulator pr
 
 @asynccontextmanager
 async def direct_worker(client, settings, redis):
-    """A worker in this process whose venue adapters talk to the emulators over HTTP."""
+    """The production worker (fill pollers included) in this process, its venue adapters talking to
+    the emulators over HTTP."""
     registry = await build_registry(settings, redis)
     try:
-        async with await build_worker(client, settings, redis, registry):
+        async with running_worker(client, settings, redis, registry):
             yield
     finally:
         await registry.close()
@@ -180,9 +181,10 @@ async def test_lost_answers_timeouts_and_sigkill_mid_submission(temporal_env, st
         second = [make_signal(quantity="0.01") for _ in range(4)]
         second += [make_signal(quantity="0.01", order_type="limit", limit_price="1500.00") for _ in range(2)]
         handles2 = [await start_order(client, task_queue, s) for s in second]
-        deadline = time.time() + 20
-        while time.time() < deadline and emulator.stats()["by_class"].get("create", 0) < 6 + 4 + 4:
-            await asyncio.sleep(0.05)  # 6 placed + 4 faulted + the second batch's creates in flight
+        deadline = time.time() + 60
+        while emulator.stats()["by_class"].get("create", 0) < 6 + 4 + 4:  # 6 placed + 4 faulted + 4 held
+            assert time.time() < deadline, f"second batch's creates never reached the venue: {emulator.stats()}"
+            await asyncio.sleep(0.05)
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(10)
         emulator.clear_faults()
@@ -252,12 +254,19 @@ async def test_new_orders_route_around_an_open_breaker(temporal_env, stack_setti
     async with direct_worker(temporal_env.client, settings, redis):
         routed = await (await start_order(temporal_env.client, task_queue, make_signal(quantity="0.01"))).result()
         pinned = await start_order(temporal_env.client, task_queue, make_signal(quantity="0.01", exchange="binance"))
-        await asyncio.sleep(1.0)
+        # A worker took the order: its preparation was refused by the open breaker (an attempt in
+        # the history), and it now waits out the breaker's delay on a durable timer.
+        deadline = asyncio.get_running_loop().time() + 30
+        while ("prepare_order", "VenueCircuitOpen") not in await local_activity_calls(pinned):
+            assert asyncio.get_running_loop().time() < deadline, "no worker tried to prepare the pinned order"
+            await asyncio.sleep(0.05)
         waiting = await pinned.query("status", result_type=OrderSnapshot)
+        timers = [e async for e in pinned.fetch_history_events() if e.HasField("timer_started_event_attributes")]
         await pinned.cancel()  # Temporal-level: it would wait out the breaker's 30 s
     assert routed.state == S.FILLED and routed.exchange == "bybit"
     validated = next(t for t in routed.transitions if t.state == S.VALIDATED)
     assert validated.reason == "routed to bybit: the binance circuit breaker is open"
     # Named by the strategy: it is not rerouted; it waits (preparation retries after the breaker's delay).
     assert waiting.state == S.CREATED
+    assert timers, "the refused preparation is not waiting on a timer"
     assert emulators["binance"].stats()["by_class"].get("create", 0) == 0

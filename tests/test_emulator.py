@@ -173,22 +173,24 @@ def _tick(value: Decimal, rounding: str) -> Decimal:
 
 
 def maker_order() -> tuple[str, Decimal, float]:
-    """A (side, price, seconds) that rests now and which the price path reaches within 3 seconds.
+    """A (side, price, seconds) that rests now and which the price path reaches within seconds.
 
     The path is deterministic, so the test can foresee it: the fill happens when the venue
     advances the order second by second, exactly as our simulation adapter would.
     """
     now = utc_now()
     bid, ask = venue_model.top_of_book(SYMBOL, now, SIM)
-    ahead = [(k, *venue_model.top_of_book(SYMBOL, now + timedelta(seconds=k), SIM)) for k in (1, 2, 3)]
-    k, _, lowest_ask = min(ahead, key=lambda a: a[2])
-    buy = _tick(lowest_ask, ROUND_UP) + Decimal("0.02")
-    if buy < ask - Decimal("0.10"):
-        return "buy", buy, k
-    k, highest_bid, _ = max(ahead, key=lambda a: a[1])
-    sell = _tick(highest_bid, ROUND_DOWN) - Decimal("0.02")
-    assert sell > bid + Decimal("0.10"), "the price path is flat for the next 3 s"
-    return "sell", sell, k
+    # At a turning point of the path (about 1 % of instants) it stays within 0.10 for more than
+    # 3 s; it never does for 6 (a sum of sines of periods 60 s and longer), so look that far ahead.
+    for k in range(1, 11):
+        later_bid, later_ask = venue_model.top_of_book(SYMBOL, now + timedelta(seconds=k), SIM)
+        buy = _tick(later_ask, ROUND_UP) + Decimal("0.02")
+        if buy < ask - Decimal("0.10"):
+            return "buy", buy, k
+        sell = _tick(later_bid, ROUND_DOWN) - Decimal("0.02")
+        if sell > bid + Decimal("0.10"):
+            return "sell", sell, k
+    raise AssertionError("the price path moved less than 0.10 in 10 s: the venue model changed")
 
 
 async def test_resting_order_fills_as_maker_when_the_path_crosses(exchange: ccxt.Exchange) -> None:
@@ -423,8 +425,9 @@ async def test_timeout_after_accept(emulator: Emulator) -> None:
         started = time.monotonic()
         with pytest.raises(ccxt.RequestTimeout) as raised:
             await resting_buy(ex, "to-1")
-        assert raised.type is ccxt.RequestTimeout
-        assert time.monotonic() - started < 3
+        # The answer was held 5 s and the client gave up at its 1 s timeout: a RequestTimeout (an
+        # answer would have been a success) at no less than that timeout; no upper bound on load.
+        assert raised.type is ccxt.RequestTimeout and time.monotonic() - started >= 0.9
         assert [o["client_order_id"] for o in emulator.orders()] == ["to-1"]
     finally:
         await ex.close()

@@ -5,12 +5,24 @@ import time
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import pytest
+import pytest_asyncio
+
 from activities.venue_sim import SimulatedVenue
 from activities.venues import VenueRegistry
 from oms.models import OrderSnapshot, OrderState
 from oms.venue import VenueFill, VenueOrderRef, VenueOrderStatus
 from tests.helpers import executions, make_signal, start_order
+from tests.test_workflow_lifecycle import wait_for_state
 from workers.poller import AccountPoller
+
+
+@pytest.fixture
+def fast_settings(fast_settings):
+    """The production worker's own poller polls once at start only: this test drives a poller itself."""
+    execution = fast_settings.execution.model_dump(mode="json")
+    execution["direct"]["poll_interval_ms"] = 600_000
+    return fast_settings.with_overrides(execution=execution)
 
 
 async def test_poller_signals_an_order_cancelled_at_the_venue(temporal_env, order_worker, fast_settings, task_queue,
@@ -19,14 +31,7 @@ async def test_poller_signals_an_order_cancelled_at_the_venue(temporal_env, orde
     handles = [await start_order(temporal_env.client, task_queue,
                                  make_signal(order_type="limit", limit_price="1000.00", quantity="0.1"))
                for _ in range(5)]
-    snaps = []
-    for handle in handles:
-        for _ in range(100):
-            snap = await handle.query("status", result_type=OrderSnapshot)
-            if snap.state == OrderState.ACCEPTED:
-                break
-            await asyncio.sleep(0.05)
-        snaps.append(snap)
+    snaps = [await wait_for_state(handle, {OrderState.ACCEPTED}) for handle in handles]
     poller = AccountPoller(temporal_env.client, redis, VenueRegistry({"simulation": venue}), "simulation",
                            interval_s=0.2)
     await poller.poll_once()  # the first round learns the open orders (and may signal them)
@@ -63,8 +68,17 @@ def _venue_updates(events) -> int:
                and e.workflow_execution_signaled_event_attributes.signal_name == "venue_update")
 
 
+@pytest_asyncio.fixture
+async def bare_worker(temporal_env, fast_settings, redis):
+    """The worker without its own poller, which would hold the very lease this test hands over."""
+    from workers.worker import build_worker
+
+    async with await build_worker(temporal_env.client, fast_settings, redis) as worker:
+        yield worker
+
+
 async def test_failover_misses_no_fill_the_next_leaseholder_continues_from_the_cursor(
-        temporal_env, order_worker, fast_settings, task_queue, redis, monkeypatch):
+        temporal_env, bare_worker, fast_settings, task_queue, redis, monkeypatch):
     import workers.poller as poller_module
 
     monkeypatch.setattr(poller_module, "LEASE_S", 1)

@@ -279,7 +279,7 @@ def test_configuration_of_the_quantconnect_route(tmp_path):
 
 
 async def test_order_workflow_fills_through_quantconnect(temporal_env, fast_settings, redis, task_queue, fake):
-    from workers.worker import build_registry, build_worker
+    from workers.worker import build_registry, running_worker
 
     execution = fast_settings.execution.model_dump(mode="json")
     settings = fast_settings.with_overrides(execution={
@@ -287,8 +287,7 @@ async def test_order_workflow_fills_through_quantconnect(temporal_env, fast_sett
         "quantconnect": {"api_key": TOKEN, "project_id": str(PROJECT), "user_id": USER, "base_url": fake.base_url}})
     registry = await build_registry(settings, redis)
     try:
-        worker = await build_worker(temporal_env.client, settings, redis, registry)
-        async with worker:
+        async with running_worker(temporal_env.client, settings, redis, registry):
             signal = make_signal(symbol="ETH/USDT", quantity="0.1", reference_price="3000")
             snap = await run_order(temporal_env.client, task_queue, signal)
     finally:

@@ -51,9 +51,9 @@ async def test_reads_do_not_count_as_orders_but_spend_weight(redis):
     started = time.monotonic()
     for _ in range(10):  # one second of burst
         await gate.admit(RequestKind.OTHER, 1)
-    assert time.monotonic() - started < 0.5
+    assert gate.waits == 0  # within the weight budget: none waited (how fast Redis answers is bench/'s)
     await gate.admit(RequestKind.OTHER, 5)  # the bucket is empty: half a second to refill 5
-    assert time.monotonic() - started >= 0.45
+    assert gate.waits == 1 and time.monotonic() - started >= 0.45
 
 
 async def test_a_wait_longer_than_allowed_is_refused_with_its_retry_after(redis):
@@ -158,7 +158,7 @@ async def test_a_heavy_request_keeps_its_place_against_a_stream_of_light_ones(re
     await asyncio.gather(heavy(), *(light(i) for i in range(10)))
     assert "heavy" in order and "light" not in order[: order.index("heavy")]  # nothing overtook it
     assert order.count("refused") == 10  # behind it, they would wait longer than their patience
-    assert 0.7 < time.monotonic() - started < 1.5  # 16 weight at 20 per second
+    assert time.monotonic() - started > 0.7  # 16 weight at 20 per second (no upper bound: load is bench/'s)
 
 
 async def test_orders_count_when_they_are_sent_not_when_admitted(redis):

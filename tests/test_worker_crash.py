@@ -12,6 +12,7 @@ from activities.venue_sim import FAULTS_KEY
 from oms.models import OrderSnapshot, OrderState
 from tests.conftest import stop_process, tom_process
 from tests.helpers import executions, make_signal, start_order
+from tests.test_workflow_lifecycle import wait_for_state
 
 
 async def test_sigkill_mid_submission_and_mid_fill(temporal_env, stack_settings, redis, tmp_path):
@@ -29,7 +30,13 @@ async def test_sigkill_mid_submission_and_mid_fill(temporal_env, stack_settings,
     signals = [make_signal(quantity="0.1") for _ in range(5)]
     signals += [make_signal(quantity="0.5", order_type="limit", limit_price="1000.00") for _ in range(2)]
     handles = [await start_order(temporal_env.client, queue, s) for s in signals]
-    await asyncio.sleep(2.0)  # submissions are in flight: some waiting, some placed and hanging
+    # Kill once a submission is placed at the venue and hanging (the fault fires after placing),
+    # whenever the worker got there: no fixed allowance for its start-up.
+    deadline = asyncio.get_running_loop().time() + 60
+    while int(await redis.hget(FAULTS_KEY, "hang_next")) == 2:
+        assert worker.poll() is None, f"the worker exited with {worker.returncode}"
+        assert asyncio.get_running_loop().time() < deadline, "no submission reached the venue within 60 s"
+        await asyncio.sleep(0.05)
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait(10)
     states_at_kill = Counter()  # from the order cache: a query needs a live worker
@@ -46,10 +53,7 @@ async def test_sigkill_mid_submission_and_mid_fill(temporal_env, stack_settings,
     try:
         # Resting limits: wait until accepted, then kill again while they are tracked.
         for h in handles[5:]:
-            for _ in range(200):
-                if (await h.query("status", result_type=OrderSnapshot)).state == OrderState.ACCEPTED:
-                    break
-                await asyncio.sleep(0.1)
+            await wait_for_state(h, {OrderState.ACCEPTED}, timeout=60)
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(10)
         worker = tom_process(config, "worker", log_path=tmp_path / "worker-3.log")

@@ -6,16 +6,16 @@ from decimal import Decimal
 import pytest_asyncio
 
 from oms.models import OrderState
-from tests.helpers import executions, make_signal, start_order
+from tests.helpers import executions, local_activity_calls, make_signal, start_order
 from tests.test_workflow_lifecycle import touch
 
 
 @pytest_asyncio.fixture
 async def skipping_worker(time_env, fast_settings, redis):
-    from workers.worker import build_worker
+    """The production worker (fill pollers included) on the time-skipping server."""
+    from workers.worker import running_worker
 
-    worker = await build_worker(time_env.client, fast_settings, redis)
-    async with worker:
+    async with running_worker(time_env.client, fast_settings, redis) as worker:
         yield worker
 
 
@@ -78,11 +78,12 @@ async def test_venue_that_never_answers_is_unknown_then_reconciled_not_resubmitt
     places the order and then never answers (`hang_next`); the submit gives up after
     execution_timeout_ms, the order goes `unknown`, and reconciliation finds the one order placed
     (one venue order key for the client id), fills it, and never submits a second one."""
-    from activities.venue_sim import FAULTS_KEY, REQUESTS_KEY
+    from activities.venue_sim import FAULTS_KEY
 
     await redis.hset(FAULTS_KEY, "hang_next", 1)
     started = time.monotonic()
-    snap = await (await start_order(time_env.client, task_queue, make_signal(quantity="0.2"))).result()
+    handle = await start_order(time_env.client, task_queue, make_signal(quantity="0.2"))
+    snap = await handle.result()
     elapsed = time.monotonic() - started
     # A venue call is a local activity: its timeout runs on the worker's clock, which time skipping
     # neither shortens nor lets a skipped-over server timer preempt.
@@ -94,7 +95,8 @@ async def test_venue_that_never_answers_is_unknown_then_reconciled_not_resubmitt
     assert "submit outcome unknown" in unknown.reason
     assert [k async for k in redis.scan_iter("sim:simulation:order:*")] == [
         f"sim:simulation:order:{snap.client_order_id}"]
-    assert int(await redis.get(REQUESTS_KEY)) == 2  # the hung submit and one reconciling fetch
+    calls = [name for name, _ in await local_activity_calls(handle) if name.startswith("venue_")]
+    assert calls == ["venue_submit", "venue_fetch"]  # the hung submit and one reconciling fetch
     assert await redis.hget(FAULTS_KEY, "hang_next") == "0"  # the fault fired
     fills = await executions(redis)
     assert sum(Decimal(f["quantity"]) for f in fills) == snap.filled_quantity == Decimal("0.2")

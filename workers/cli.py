@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Callable
 
@@ -130,9 +131,28 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+# Commands that hold a Temporal client end by leaving without interpreter finalization: the SDK's
+# runtime threads can call into a finalizing interpreter and abort it (sdk-python issue 300; seen
+# as exit code -6 after `tom submit --wait` printed its result, about one run in seven, and after
+# `tom worker` had logged "worker stopped"). Everything they opened is closed by then.
+NO_FINALIZE_COMMANDS = frozenset({"submit", "cancel", "amend", "status", "orders", "report", "demo",
+                                  "worker", "consume"})
+
+
+def run() -> None:
+    """The `tom` console script."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    if build_parser().parse_args(argv).command in NO_FINALIZE_COMMANDS:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
     # Run the imported module's main: commands raise `workers.cli.UserError`, which is not this
     # `__main__` module's class of the same name.
-    from workers.cli import main as cli_main
+    from workers.cli import run as cli_run
 
-    sys.exit(cli_main())
+    cli_run()

@@ -1,6 +1,7 @@
 """`tom worker`: runs OrderWorkflow and its activities on the configured task queue.
 
-`build_worker` is what tests and benchmarks use; `run` adds signal handling for the CLI and for
+`running_worker` is the worker with its fill pollers, as `tom worker` and the tests run it
+(`build_worker` alone is the bare Temporal worker); `run` adds signal handling for the CLI and for
 Kubernetes (SIGTERM drains: in-flight activities get `graceful_shutdown_timeout` to finish).
 """
 from __future__ import annotations
@@ -8,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
 import redis.asyncio as aioredis
@@ -29,6 +31,7 @@ from workflows.order import OrderWorkflow
 
 log = logging.getLogger("tom.worker")
 GRACEFUL_SHUTDOWN = timedelta(seconds=20)  # k8s terminationGracePeriodSeconds must exceed this
+DRAIN_MARGIN_S = 2.0  # past GRACEFUL_SHUTDOWN, for the pollers and the worker's own shutdown
 
 
 async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegistry:
@@ -69,6 +72,38 @@ async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis
     )
 
 
+@asynccontextmanager
+async def running_worker(client: Client, settings: Settings, redis: aioredis.Redis,
+                         registry: VenueRegistry | None = None, max_concurrent: int | None = None,
+                         with_consumer: bool = False) -> AsyncIterator[Worker]:
+    """The worker as production runs it: OrderWorkflow and its activities, the per-account fill
+    pollers (every `execution.direct.poll_interval_ms`), the orphan sweeps and, if asked, the signal
+    consumer. On exit
+    the pollers stop, then in-flight tasks drain (up to GRACEFUL_SHUTDOWN). `serve` and the tests'
+    worker fixture both run this."""
+    async with AsyncExitStack() as stack:
+        if registry is None:
+            registry = await build_registry(settings, redis)
+            stack.push_async_callback(registry.close)
+        worker = await build_worker(client, settings, redis, registry, max_concurrent)
+        stop = asyncio.Event()
+        accounts = [(name, getattr(registry.get(name), "account", "default")) for name in registry.names]
+        interval_s = settings.execution.direct.poll_interval_ms / 1000
+        execution = settings.execution
+        tasks = [asyncio.create_task(run_pollers(client, redis, registry, accounts, stop, interval_s)),
+                 asyncio.create_task(run_sweeps(client, redis, registry, accounts, stop, execution.orphans,
+                                                execution.orphan_sweep_interval_s))]
+        if with_consumer:  # same client as the worker: workflow starts are eager, their first task runs here
+            tasks.append(asyncio.create_task(SignalConsumer(client, redis, settings).run(stop)))
+        async with worker:
+            try:
+                yield worker
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks)
+                log.info("stopping: draining in-flight tasks (up to %s)", GRACEFUL_SHUTDOWN)
+
+
 async def serve(settings: Settings, max_concurrent: int | None = None, with_consumer: bool = False) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -80,21 +115,20 @@ async def serve(settings: Settings, max_concurrent: int | None = None, with_cons
         stack.push_async_callback(redis.aclose)
         registry = await build_registry(settings, redis)
         stack.push_async_callback(registry.close)
-        worker = await build_worker(client, settings, redis, registry, max_concurrent)
+        running = AsyncExitStack()
+        await running.enter_async_context(running_worker(client, settings, redis, registry, max_concurrent,
+                                                         with_consumer))
         log.info("worker on task queue %r (namespace %s, venues %s)", settings.temporal.task_queue,
                  settings.temporal.namespace, ", ".join(registry.names))
-        accounts = [(name, getattr(registry.get(name), "account", "default")) for name in registry.names]
-        interval_s = settings.execution.direct.poll_interval_ms / 1000
-        execution = settings.execution
-        tasks = [asyncio.create_task(run_pollers(client, redis, registry, accounts, stop, interval_s)),
-                 asyncio.create_task(run_sweeps(client, redis, registry, accounts, stop, execution.orphans,
-                                                execution.orphan_sweep_interval_s))]
-        if with_consumer:  # same client as the worker: workflow starts are eager, their first task runs here
-            tasks.append(asyncio.create_task(SignalConsumer(client, redis, settings).run(stop)))
-        async with worker:
-            await stop.wait()
-            await asyncio.gather(*tasks)
-            log.info("stopping: draining in-flight tasks (up to %s)", GRACEFUL_SHUTDOWN)
+        await stop.wait()
+        # The SDK does not cancel a local activity (our venue calls) at the end of the graceful
+        # shutdown: one that hangs up to execution_timeout_ms would hold the stop past the grace
+        # period. Bound the drain; an abandoned call's order is picked up by another worker
+        # (its workflow task times out) and reconciled by client order id.
+        try:
+            await asyncio.wait_for(running.aclose(), GRACEFUL_SHUTDOWN.total_seconds() + DRAIN_MARGIN_S)
+        except asyncio.TimeoutError:
+            log.error("drain not finished after %s: abandoning in-flight tasks", GRACEFUL_SHUTDOWN)
     log.info("worker stopped")
 
 
