@@ -51,6 +51,8 @@ async def local_activity_calls(handle: WorkflowHandle) -> list[tuple[str, str | 
         if not event.HasField("marker_recorded_event_attributes"):
             continue
         marker = event.marker_recorded_event_attributes
+        if marker.marker_name != "core_local_activity":
+            continue  # a workflow.patched marker
         data = json.loads(marker.details["data"].payloads[0].data)
         failure = marker.failure
         while failure.HasField("cause") and not failure.HasField("application_failure_info"):
