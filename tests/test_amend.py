@@ -93,7 +93,7 @@ async def test_an_amend_beyond_the_limits_is_refused_and_changes_nothing(tempora
     assert "above_max_order_value" in reasons[0] and "USDT" in reasons[0]
     assert "limit_outside_collar" in reasons[1]
     assert "lot_size" in reasons[2]
-    assert "out_of_bounds" in reasons[3]
+    assert "quantity" in reasons[3] and "not a plausible value" in reasons[3]  # refused as the request is parsed
     assert after.model_dump(exclude={"updated_at"}) == before.model_dump(exclude={"updated_at"})
     assert (after.quantity, after.limit_price, after.state) == (D("0.0002"), D("55000.00"), S.ACCEPTED)
     assert accepted.limit_price == D("54000") and accepted.quantity == D("0.0002")
@@ -286,3 +286,34 @@ async def test_workflow_orders_and_amends_are_refused_with_a_reason_or_done_as_a
         final = await handle.execute_update("cancel_order", {"reason": "done"}, result_type=OrderSnapshot)
         orders = await venue_orders(redis, final.client_order_id)
         assert [(D(o["quantity"]), D(o["limit_price"])) for o in orders] == [(final.quantity, final.limit_price)]
+
+
+async def test_malformed_cancel_and_amend_arguments_are_refused_with_their_reason(
+        temporal_env, fast_settings, redis, task_queue):
+    """Sent straight through Temporal (not the API): an unknown field, an absurd amount or an
+    oversized reason is refused naming the field, never dropped as undecodable; the order is untouched."""
+    async with await build_worker(temporal_env.client, fast_settings, redis):
+        handle = await start_order(temporal_env.client, task_queue, make_signal(
+            symbol="BTC/USDT", quantity="0.0002", order_type="limit", limit_price="55000.00"))
+        before = await wait_for_state(handle, {S.ACCEPTED})
+        side = await refused(handle, {"side": "sell", "quantity": "0.0003"})
+        huge = await refused(handle, {"quantity": "1e30"})
+        with pytest.raises(WorkflowUpdateFailedError) as failure:
+            await handle.execute_update("cancel_order", {"reason": "x" * 600},
+                                        result_type=OrderSnapshot)
+        long_reason = str(failure.value.cause)
+        # The same arguments as signals: refused in the handler, the order carries on unchanged.
+        await handle.signal("amend", {"side": "sell", "quantity": "0.0003"})
+        await handle.signal("cancel", {"reason": "x" * 600})
+        await handle.signal("amend", {"quantity": "0.0003"})  # a good one after them still applies
+        amended = await wait_for_state(handle, {S.ACCEPTED, S.PARTIALLY_FILLED})
+        deadline = time.monotonic() + 20
+        while amended.quantity != D("0.0003") and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            amended = await handle.query("status", result_type=OrderSnapshot)
+        await handle.execute_update("cancel_order", {"reason": "done"}, result_type=OrderSnapshot)
+    assert "invalid AmendRequest" in side and "side" in side
+    assert "invalid AmendRequest" in huge and "quantity" in huge
+    assert "invalid CancelRequest" in long_reason and "reason" in long_reason
+    assert before.quantity == D("0.0002")
+    assert amended.quantity == D("0.0003") and amended.side == before.side and not amended.is_terminal

@@ -27,7 +27,9 @@ import asyncio
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
-from pydantic import BaseModel, Field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ApplicationError, is_cancelled_exception
@@ -158,6 +160,20 @@ def _initial_snapshot(signal: Signal, now: datetime) -> OrderSnapshot:
     )
 
 
+RequestModel = TypeVar("RequestModel", bound=BaseModel)
+
+
+def _parse_request(model: type[RequestModel], raw: Any) -> RequestModel:
+    """A cancel or amend argument as its strict model, or an ApplicationError naming what is wrong."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}"
+                             for e in error.errors(include_url=False, include_input=False))
+        raise ApplicationError(f"invalid {model.__name__}: {problems}"[:500], type="InvalidRequest",
+                               non_retryable=True) from None
+
+
 @workflow.defn(name="OrderWorkflow")
 class OrderWorkflow(Release01Paths):
     @workflow.init
@@ -184,13 +200,26 @@ class OrderWorkflow(Release01Paths):
     def status(self) -> OrderSnapshot:
         return self._state.snapshot
 
+    # Cancel and amend arguments arrive loosely typed and are parsed here, so that a malformed one
+    # (unknown field, 1e30, a 3 MB reason) is refused with its reason: decoding into the strict model
+    # would make the SDK drop such a signal silently and fail an update with "Failed decoding arguments".
     @workflow.signal(name="cancel")
-    def cancel(self, request: CancelRequest) -> None:
+    def cancel(self, raw: Any) -> None:
+        try:
+            request = _parse_request(CancelRequest, raw)
+        except ApplicationError as error:
+            workflow.logger.warning("cancel signal refused, order unchanged: %s", error)
+            return
         if not self._state.snapshot.is_terminal and self._state.cancel_request is None:
             self._state.cancel_request = request
 
     @workflow.signal(name="amend")
-    def amend(self, request: AmendRequest) -> None:
+    def amend(self, raw: Any) -> None:
+        try:
+            request = _parse_request(AmendRequest, raw)
+        except ApplicationError as error:
+            workflow.logger.warning("amend signal refused, order unchanged: %s", error)
+            return
         refusal = self._amend_refusal(request)
         if refusal is None:
             self._state.amend_requests.append(PendingAmend(request=request, id=str(workflow.uuid4())))
@@ -204,20 +233,22 @@ class OrderWorkflow(Release01Paths):
             self._state.venue_updates.append(report)
 
     @workflow.update(name="cancel_order")
-    async def cancel_order(self, request: CancelRequest) -> OrderSnapshot:
+    async def cancel_order(self, raw: Any) -> OrderSnapshot:
         """Returns the terminal snapshot, or the current one (a cancel still under way) when the run
         continues as new: the request goes on in the next run's state, so it never blocks the loop."""
-        self.cancel(request)
+        self.cancel(raw)  # parsed already by the validator
         await workflow.wait_condition(lambda: self._state.snapshot.is_terminal or self._handing_over)
         return self._state.snapshot
 
     @cancel_order.validator
-    def _validate_cancel(self, request: CancelRequest) -> None:
+    def _validate_cancel(self, raw: Any) -> None:
+        _parse_request(CancelRequest, raw)
         if self._state.snapshot.is_terminal:
             raise ApplicationError(f"order is already {self._state.snapshot.state.value}", type="CancelRefused")
 
     @workflow.update(name="amend_order")
-    async def amend_order(self, request: AmendRequest) -> OrderSnapshot:
+    async def amend_order(self, raw: Any) -> OrderSnapshot:
+        request = _parse_request(AmendRequest, raw)  # cannot fail: the validator parsed it
         if self._v2:
             # Queued at once, carried out in order by the main loop (each sees the previous one's
             # outcome); the loop never continues as new with an amend queued, so this always returns.
@@ -243,8 +274,8 @@ class OrderWorkflow(Release01Paths):
             return self._state.snapshot
 
     @amend_order.validator
-    def _validate_amend(self, request: AmendRequest) -> None:
-        refusal = self._amend_refusal(request)
+    def _validate_amend(self, raw: Any) -> None:
+        refusal = self._amend_refusal(_parse_request(AmendRequest, raw))
         if refusal:
             raise ApplicationError(refusal, type="AmendRefused")
 
