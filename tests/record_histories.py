@@ -49,7 +49,7 @@ from config.settings import Settings, load_settings
 from oms import venue_model
 from oms.markets import simulated_market
 from oms.models import OrderSnapshot, OrderState, Signal
-from oms.venue import VenueOrderRef, VenueOrderReport
+from oms.venue import VenueFill, VenueOrderRef, VenueOrderReport
 from tests.conftest import REPO, SEARCH_ATTRIBUTES, dev_server_args, direct_settings, free_port, redis_server_binary
 from tests.emulators import Emulator, running_emulators
 from tests.test_direct_execution import SIM, future_crossing, resting_price
@@ -1066,6 +1066,236 @@ async def _(st: Stage) -> None:
     async with st.worker(settings, poll_exchanges=("bybit",)):
         snap = await st.run(quantity="0.01")
     expect(snap.state == S.FILLED and snap.exchange == "bybit", snap)
+
+
+# --- release 0.2: workflow cancellation, reconciliation, cancel-and-replace confirmation ----------
+@scenario("binance-workflow-cancelled-while-unknown")
+async def _(st: Stage) -> None:
+    """The create is held past our timeout (unknown); the workflow is cancelled while reconciling:
+    the order's cancel goes on in this run, and the create, refused after the receive window, is
+    never found: cancelled."""
+    settings = st.direct(("binance",), orders={"execution_timeout_ms": 3000}, timeout_ms=1000, recv_window_ms=3000)
+    async with st.worker(settings, poll_exchanges=("binance",)):
+        st.emulator("binance").fault(kind="slow", endpoints=["create"], delay_ms=4500)
+        handle = await st.start(quantity="0.01", exchange="binance")
+        await wait_for(handle, {S.UNKNOWN})
+        await handle.cancel()
+        status = await closed(handle, timeout=60)
+        snap = await handle.query("status", result_type=OrderSnapshot)
+    expect(status in CLOSED_BY_CANCELLATION and snap.state == S.CANCELLED and S.UNKNOWN in states(snap), snap)
+
+
+@scenario("binance-workflow-cancelled-while-cancel-held")
+async def _(st: Stage) -> None:
+    """A cancel is held at the venue (pending cancel) when the workflow is cancelled: the venue call
+    is interrupted, so the order goes to unknown and is reconciled to its real end. The cancel is
+    held longer than a workflow task lasts (its local activity heartbeats the task), so the
+    cancellation request is delivered while the call is still under way."""
+    settings = st.direct(("binance",), orders={"execution_timeout_ms": 20000}, timeout_ms=20000)
+    async with st.worker(settings, poll_exchanges=("binance",)):
+        handle = await st.start(quantity="0.02", order_type="limit", limit_price=resting_price("binance"),
+                                exchange="binance")
+        await wait_for(handle, {S.ACCEPTED})
+        st.emulator("binance").fault(kind="slow", endpoints=["cancel"], delay_ms=14000)
+        await handle.signal("cancel", {"reason": "flat"})
+        await asyncio.sleep(1.0)
+        await handle.cancel()
+        status = await closed(handle, timeout=60)
+        snap = await handle.query("status", result_type=OrderSnapshot)
+    interrupted = any(t.state == S.UNKNOWN and "interrupted" in (t.reason or "") for t in snap.transitions)
+    expect(status in CLOSED_BY_CANCELLATION and snap.state == S.CANCELLED and interrupted, snap)
+
+
+def _report(st: Stage, snap: OrderSnapshot, **fields) -> VenueOrderReport:
+    """What the account poller would send for this order, with `fields` as the venue says them."""
+    return VenueOrderReport(exchange=snap.exchange, client_order_id=snap.client_order_id, symbol=snap.symbol,
+                            quantity=snap.quantity, limit_price=snap.limit_price, **fields)
+
+
+@scenario("sim-venue-status-unrecognized-reconciled")
+async def _(st: Stage) -> None:
+    """A status no venue table knows (UNRECOGNIZED, its raw word in the reason): unknown, then
+    reconciled by fetching the order, found live, then cancelled."""
+    async with st.worker(poller_s=None):
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        accepted = await wait_for(handle, {S.ACCEPTED})
+        await handle.signal("venue_update", _report(st, accepted, status="unrecognized",
+                                                    reason="unrecognized simulation order status 'HALTED'"))
+        await wait_for(handle, lambda s: S.UNKNOWN in states(s) and s.state == S.ACCEPTED)
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    unknown = next((t for t in snap.transitions if t.state == S.UNKNOWN), None)
+    expect(snap.state == S.CANCELLED and unknown is not None and "HALTED" in (unknown.reason or ""), snap)
+
+
+@scenario("sim-venue-fill-past-quantity-anomaly")
+async def _(st: Stage) -> None:
+    """A venue report with a fill larger than the order (the venue's book disagrees with ours): the
+    fill cannot be taken, the anomaly is recorded and counted, the order reconciles, then is cancelled."""
+    async with st.worker(poller_s=None):
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        accepted = await wait_for(handle, {S.ACCEPTED})
+        fill = VenueFill(trade_id="phantom-1", quantity=Decimal("5"), price=Decimal("1000.00"),
+                         at=datetime.now(timezone.utc))
+        await handle.signal("venue_update", _report(st, accepted, status="partially_filled",
+                                                    filled_quantity=Decimal("5"), fills=[fill]))
+        await wait_for(handle, lambda s: s.anomalies >= 1 and s.state == S.ACCEPTED)
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(snap.state == S.CANCELLED and snap.anomalies >= 1 and S.UNKNOWN in states(snap)
+           and snap.filled_quantity == 0, snap)
+
+
+@scenario("sim-acknowledged-order-vanishes")
+async def _(st: Stage) -> None:
+    """An acknowledged order the venue no longer knows (purged by an operator) while it is reconciled:
+    not found, looked for again after the receive window, then recorded as an anomaly and cancelled."""
+    async with st.worker(poller_s=None):
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        accepted = await wait_for(handle, {S.ACCEPTED})
+        await st.redis.delete(f"sim:simulation:order:{accepted.client_order_id}")
+        await handle.signal("venue_update", _report(st, accepted, status="unrecognized", reason="odd"))
+        snap = await asyncio.wait_for(handle.result(), 40)
+    expect(snap.state == S.CANCELLED and snap.anomalies >= 1 and "no longer knows" in (snap.last_anomaly or ""), snap)
+
+
+@scenario("sim-venue-ended-after-partial-fills", attempts=2)
+async def _(st: Stage) -> None:
+    """Partially filled; the venue then closes the order as filled short of its quantity (all its
+    fills already counted): the rest was ended by the venue, so the order is cancelled with them."""
+    async with st.worker(poller_s=None):
+        handle = await st.start(quantity="60", order_type="limit", limit_price=price_touching())
+        first = await wait_for(handle, {S.PARTIALLY_FILLED, S.FILLED})
+        expect(first.state == S.PARTIALLY_FILLED, first)
+        await handle.signal("venue_update", _report(st, first, status="filled",
+                                                    filled_quantity=first.filled_quantity, reason="self-trade"))
+        snap = await asyncio.wait_for(handle.result(), 20)
+    expect(snap.state == S.CANCELLED and snap.filled_quantity == first.filled_quantity
+           and "ended the order" in (snap.reason or ""), snap)
+
+
+@scenario("sim-malformed-requests-refused")
+async def _(st: Stage) -> None:
+    """Cancel and amend arguments that do not parse (unknown field, a number no decimal holds): a
+    signal is dropped with a log line, an update is refused naming the field; the order is unchanged."""
+    async with st.worker():
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        await wait_for(handle, {S.ACCEPTED})
+        await handle.signal("cancel", {"reason": "x", "urgent": True})
+        await handle.signal("amend", {"quantity": "NaN"})
+        await handle.signal("amend", {"limit_price": "999.00", "colour": "red"})
+        reason = await refused_update(handle, "amend_order", {"qty": "1"})
+        expect("qty" in reason, None, reason)
+        reason = await refused_update(handle, "cancel_order", {"reason": 7, "extra": 1})
+        expect("extra" in reason, None, reason)
+        unchanged = await handle.query("status", result_type=OrderSnapshot)
+        expect(unchanged.state == S.ACCEPTED and unchanged.limit_price == Decimal("1000.00"), unchanged)
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(snap.state == S.CANCELLED and snap.reason == "done" and S.PENDING_AMEND not in states(snap), snap)
+
+
+@scenario("binance-cancel-unknown-retried-after-backoff")
+async def _(st: Stage) -> None:
+    """Two cancels meet a 5xx (the venue may have acted): each time unknown, reconciled (still live),
+    and the cancel tried again after a durable, growing backoff."""
+    async with st.worker(st.direct(("binance",), orders={"retry_attempts": 0}), poll_exchanges=("binance",)):
+        handle = await st.start(quantity="0.02", order_type="limit", limit_price=resting_price("binance"),
+                                exchange="binance")
+        await wait_for(handle, {S.ACCEPTED})
+        st.emulator("binance").fault(kind="server_error", endpoints=["cancel"], count=2)
+        await handle.signal("cancel", {"reason": "flat"})
+        snap = await asyncio.wait_for(handle.result(), 30)
+    unknown = [t for t in snap.transitions if "cancel outcome unknown" in (t.reason or "")]
+    expect(snap.state == S.CANCELLED and len(unknown) == 2 and states(snap).count(S.PENDING_CANCEL) == 3, snap)
+
+
+@scenario("binance-cancel-not-sent-while-banned")
+async def _(st: Stage) -> None:
+    """The cancel meets a ban longer than the order may wait (max_wait_s): refused unprocessed, so
+    the order is live as it was; the cancel is tried again after the backoff until the ban ends."""
+    settings = st.direct(("binance",), direct={"max_wait_s": 0.5}, orders={"retry_attempts": 0})
+    async with st.worker(settings, poller_s=None):
+        handle = await st.start(quantity="0.02", order_type="limit", limit_price=resting_price("binance"),
+                                exchange="binance")
+        await wait_for(handle, {S.ACCEPTED})
+        st.emulator("binance").fault(kind="ban", endpoints=["cancel"], ban_s=2, retry_after_s=2)
+        await handle.signal("cancel", {"reason": "flat"})
+        snap = await asyncio.wait_for(handle.result(), 40)
+    expect(snap.state == S.CANCELLED and snap.reason == "flat"
+           and any("cancel not sent" in (t.reason or "") for t in snap.transitions), snap)
+
+
+@scenario("binance-continue-as-new-with-cancel-under-way")
+async def _(st: Stage) -> None:
+    """A cancel the venue keeps refusing unprocessed (5xx) is retried on the backoff while venue
+    reports keep arriving; the order continues as new with the cancel under way, and the next run
+    carries it out once the venue answers again."""
+    async with st.worker(st.direct(("binance",), orders={"retry_attempts": 0}), poller_s=None):
+        handle = await st.start(quantity="0.02", order_type="limit", limit_price=resting_price("binance"),
+                                exchange="binance")
+        accepted = await wait_for(handle, {S.ACCEPTED})
+        st.emulator("binance").fault(kind="server_error", endpoints=["cancel"], rate=1.0)
+        await handle.signal("cancel", {"reason": "flat"})
+        first_run = st.client.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id)
+        report = _report(st, accepted, status="new")
+        for _ in range(300):
+            await handle.signal("venue_update", report)
+            if (await first_run.describe()).status == WorkflowExecutionStatus.CONTINUED_AS_NEW:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the order never continued as new")
+        st.emulator("binance").clear_faults()
+        current = st.client.get_workflow_handle(handle.id, result_type=OrderSnapshot)
+        snap = await asyncio.wait_for(current.result(), 60)
+    expect(snap.state == S.CANCELLED and snap.reason == "flat"
+           and any("cancel outcome unknown" in (t.reason or "") for t in snap.transitions), snap)
+
+
+@scenario("binance-replace-cancel-refused")
+async def _(st: Stage) -> None:
+    """The cancel half of a cancel-and-replace is refused by the venue: the amend is refused, the
+    order stays working as it was."""
+    async with st.worker(st.direct(("binance",)), poll_exchanges=("binance",)):
+        handle = await st.start(quantity="0.02", order_type="limit", limit_price=resting_price("binance"),
+                                exchange="binance")
+        await wait_for(handle, {S.ACCEPTED})
+        st.emulator("binance").fault(kind="reject", endpoints=["cancel"])
+        reason = await refused_update(handle, "amend_order", {"limit_price": "1490.00"})
+        expect("venue refused the amend" in reason, None, reason)
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(snap.state == S.CANCELLED and snap.limit_price == Decimal(resting_price("binance")), snap)
+
+
+@scenario("binance-replacement-and-original-refused")
+async def _(st: Stage) -> None:
+    """The venue refuses the amended replacement, then the original terms placed again too: the
+    order, cancelled for the amend, is no longer working, and says so."""
+    async with st.worker(st.direct(("binance",)), poll_exchanges=("binance",)):
+        handle = await st.start(quantity="0.02", order_type="limit", limit_price=resting_price("binance"),
+                                exchange="binance")
+        await wait_for(handle, {S.ACCEPTED})
+        st.emulator("binance").fault(kind="reject", endpoints=["create"], count=2)
+        reason = await refused_update(handle, "amend_order", {"limit_price": "1490.00"})
+        expect("placing the original terms again failed" in reason, None, reason)
+        snap = await asyncio.wait_for(handle.result(), 20)
+    expect(snap.state == S.CANCELLED and "no longer working" in (snap.reason or ""), snap)
+
+
+@scenario("binance-replace-after-partial-fill", attempts=2)
+async def _(st: Stage) -> None:
+    """Partially filled, then amended to a price further from the market: the old order's end
+    (cancelled with its fills) is confirmed, and the replacement carries the remainder, resting."""
+    async with st.worker(st.direct(("binance",)), poller_s=None):
+        side, price = await touch_moving_away()
+        handle = await st.start(quantity="60", side=side, order_type="limit", limit_price=price, exchange="binance")
+        first = await wait_for(handle, {S.PARTIALLY_FILLED, S.FILLED})
+        expect(first.state == S.PARTIALLY_FILLED, first)
+        away = Decimal(price) * (Decimal("0.99") if side == "buy" else Decimal("1.01"))
+        new_price = away.quantize(simulated_market("ETH/USDT").price_step)
+        amended = await update(handle, "amend_order", {"limit_price": str(new_price)})
+        expect(amended.limit_price == new_price and amended.state == S.PARTIALLY_FILLED, amended)
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(snap.state == S.CANCELLED and snap.filled_quantity >= first.filled_quantity
+           and "replaced (cancel-and-replace amend)" in [t.reason for t in snap.transitions], snap)
 
 
 # --- running ---------------------------------------------------------------------------------
