@@ -353,3 +353,34 @@ async def test_a_status_the_workflow_does_not_expect_is_reconciled(time_env, scr
     assert snap.state == S.CANCELLED
     unknown = [t for t in snap.transitions if t.state == S.UNKNOWN]
     assert unknown and status.value in unknown[0].reason
+
+
+async def test_workflow_cancellation_during_a_venue_call_longer_than_its_task_is_not_a_venue_error(
+        time_env, redis, fast_settings, task_queue):
+    """An amend the venue holds for 14 s outlives its workflow task (the SDK starts a new task
+    meanwhile), so a Temporal cancellation interrupts the call itself. That is the cancellation, not
+    an amend that failed: the order is cancelled at the venue, never left working unwatched."""
+    venue = ScriptedVenue()
+    venue.queue("amend", Step(delay_s=14.0))
+    workers = ScriptedWorkers(time_env.client, task_queue, venue, fast_settings, redis, execution_timeout_ms=30_000)
+    await workers.start()
+    try:
+        signal = make_signal(symbol="BTC/USDT", quantity="1.00", **limit())
+        handle = await time_env.client.start_workflow(
+            "OrderWorkflow", signal, id=signal.workflow_id, task_queue=task_queue, result_type=OrderSnapshot)
+        await state_of(handle, {S.ACCEPTED})
+        amend = asyncio.create_task(handle.execute_update("amend_order", {"limit_price": "99.00"},
+                                                          result_type=OrderSnapshot))
+        deadline = asyncio.get_running_loop().time() + 10
+        while venue.calls["amend"] == 0:  # the amend is at the venue
+            assert asyncio.get_running_loop().time() < deadline, "the amend never reached the venue"
+            await asyncio.sleep(0.05)
+        await handle.cancel()
+        snap = await finish(time_env, handle)
+        with pytest.raises(WorkflowUpdateFailedError):
+            await amend  # it never applied: the order ended first
+    finally:
+        await workers.stop()
+    assert snap.state == S.CANCELLED, snap.transitions
+    assert not venue.live_orders(client_order_id_for(handle.id))
+    assert "interrupted by the workflow cancellation" in " ".join(t.reason or "" for t in snap.transitions)

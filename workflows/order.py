@@ -24,6 +24,7 @@ Orders started before the `order-lifecycle-v2` patch keep release 0.1's paths (o
 from __future__ import annotations
 
 import asyncio
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
@@ -535,13 +536,27 @@ class OrderWorkflow(Release01Paths):
 
     async def _read_prices(self) -> VenuePrices:
         context, snap = self._state.context, self._state.snapshot
-        return await workflow.execute_local_activity(
-            "read_prices", PriceQuery(exchange=snap.exchange, symbol=snap.symbol, quote_currency=context.market.quote,
-                                      account_currency=context.limits.currency),
-            result_type=VenuePrices, start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_attempts=5,
-                                     non_retryable_error_types=[VenueErrorType.REJECTED.value]),
-        )
+        with self._cancellation_not_a_venue_error():
+            return await workflow.execute_local_activity(
+                "read_prices", PriceQuery(exchange=snap.exchange, symbol=snap.symbol, quote_currency=context.market.quote,
+                                          account_currency=context.limits.currency),
+                result_type=VenuePrices, start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_attempts=5,
+                                         non_retryable_error_types=[VenueErrorType.REJECTED.value]),
+            )
+
+    @contextmanager
+    def _cancellation_not_a_venue_error(self):
+        """A venue call interrupted by a Temporal cancellation raises ActivityError(CancelledError),
+        which every `except VENUE_ERRORS` would take for a venue failure (an amend "failed", a
+        submission "failed", the cancellation lost). Raised as the cancellation it is, it reaches
+        `run`, which cancels the order at the venue. Release 0.1's paths keep their behaviour."""
+        try:
+            yield
+        except VENUE_ERRORS as error:
+            if self._v2 and is_cancelled_exception(error):
+                raise asyncio.CancelledError("workflow cancellation during a venue call") from error
+            raise
 
     # --- venue calls ---------------------------------------------------------------------------
     def _ref(self) -> VenueOrderRef:
@@ -552,12 +567,13 @@ class OrderWorkflow(Release01Paths):
     async def _venue_call(self, activity: str, arg: BaseModel) -> VenueOrderReport:
         """One attempt; notes when its answer came (durable once a later workflow task starts)."""
         try:
-            return await workflow.execute_local_activity(
-                activity, arg, result_type=VenueOrderReport,
-                start_to_close_timeout=timedelta(milliseconds=self._state.context.params.execution_timeout_ms),
-                retry_policy=RetryPolicy(maximum_attempts=1),
-                local_retry_threshold=LOCAL_TASK_TIMEOUT,
-            )
+            with self._cancellation_not_a_venue_error():
+                return await workflow.execute_local_activity(
+                    activity, arg, result_type=VenueOrderReport,
+                    start_to_close_timeout=timedelta(milliseconds=self._state.context.params.execution_timeout_ms),
+                    retry_policy=RetryPolicy(maximum_attempts=1),
+                    local_retry_threshold=LOCAL_TASK_TIMEOUT,
+                )
         finally:
             self._local_activity_at = workflow.info().get_current_history_length()
 
