@@ -6,7 +6,8 @@ Collected from what the tests really ran, never from a hand list:
   upserts, the snapshots a workflow returned or continued as new with, each venue local activity's
   answer (a report's `status`, or a failure's `VenueErrorType`) and every `venue_update` report the
   poller signalled;
-- denial reasons also from every in-process call of `oms.validation.validate_order`;
+- denial reasons also from every in-process call of `oms.validation.validate_order` and
+  `validate_amend` (an amend refusal is an update's error, not an order's end);
 - CLI commands from every `python -m workers.cli` / `tom` subprocess the tests started (any
   helper: the hook is on `subprocess.Popen`), with the exit codes they ended with.
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import temporalio.client
 
 REPO = Path(__file__).resolve().parent.parent
 REPORT_PATH = REPO / ".test-reports" / "contract-coverage.json"
@@ -68,24 +70,46 @@ OBSERVED = Observations()
 
 
 # --- denial reasons from in-process validation -----------------------------------------------------
-def _wrap_validate_order() -> None:
-    """Record every Denial that `validate_order` returns (unit tests and in-process workflows).
-    Installed before any test module (or the workflow module) binds the name."""
+def _wrap_validators() -> None:
+    """Record every Denial that `validate_order` or `validate_amend` returns (unit tests and
+    in-process workflows). Installed before any test module (or the workflow module) binds the names."""
+    import functools
+
     import oms.validation as validation
 
-    original = validation.validate_order
-    if getattr(original, "__wrapped_for_coverage__", False):
-        return
+    for name in ("validate_order", "validate_amend"):
+        original = getattr(validation, name)
+        if getattr(original, "__wrapped_for_coverage__", False):
+            continue
 
-    def validate_order(*args, **kwargs):
-        denial = original(*args, **kwargs)
-        if denial is not None:
-            OBSERVED.add("denial_reasons", denial.reason.value)
-        return denial
+        def recording(*args, _original=original, **kwargs):
+            denial = _original(*args, **kwargs)
+            if denial is not None:
+                OBSERVED.add("denial_reasons", denial.reason.value)
+            return denial
 
-    validate_order.__wrapped_for_coverage__ = True
-    validate_order.__doc__ = original.__doc__
-    validation.validate_order = validate_order
+        recording = functools.wraps(original)(recording)
+        recording.__wrapped_for_coverage__ = True
+        setattr(validation, name, recording)
+
+
+class StartedWorkflows(temporalio.client.Interceptor):
+    """A client interceptor remembering every workflow started through it: the time-skipping
+    server cannot list its workflows, so their histories are fetched by id instead."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def intercept_client(self, next):
+        ids = self.ids
+
+        class Recording(temporalio.client.OutboundInterceptor):
+            async def start_workflow(self, input):
+                handle = await super().start_workflow(input)
+                ids.append(handle.id)
+                return handle
+
+        return Recording(next)
 
 
 # --- CLI commands from subprocesses ------------------------------------------------------------------
@@ -200,15 +224,19 @@ def read_history_events(events: list[dict]) -> None:
                     _snapshot_items(state.get("snapshot"))
 
 
-async def collect_histories(client, workflow_type: str = "OrderWorkflow", concurrency: int = 16) -> None:
-    """Read every `workflow_type` history on the server `client` talks to."""
+async def collect_histories(client, workflow_type: str = "OrderWorkflow", concurrency: int = 16,
+                            started_ids: list[str] | None = None) -> None:
+    """Read every `workflow_type` history on the server `client` talks to (on a server that cannot
+    list them, those of `started_ids`, the workflows a StartedWorkflows interceptor saw started)."""
     from google.protobuf.json_format import MessageToDict
 
     try:
         executions = [e async for e in client.list_workflows(f"WorkflowType = '{workflow_type}'")]
-    except Exception as exc:  # e.g. a server without visibility queries: say so in the report
-        OBSERVED.history_errors.append(f"list_workflows: {type(exc).__name__}: {exc}")
-        return
+    except Exception as exc:  # a server without visibility queries: the workflows started through it
+        if started_ids is None:
+            OBSERVED.history_errors.append(f"list_workflows: {type(exc).__name__}: {exc}")
+            return
+        executions = [_Started(workflow_id) for workflow_id in dict.fromkeys(started_ids)]
     gate = asyncio.Semaphore(concurrency)
 
     async def read(execution) -> None:
@@ -222,6 +250,13 @@ async def collect_histories(client, workflow_type: str = "OrderWorkflow", concur
         OBSERVED.workflows_read += 1
 
     await asyncio.gather(*(read(e) for e in executions))
+
+
+class _Started:
+    """An execution known by its id alone (its latest run is read)."""
+
+    def __init__(self, workflow_id: str) -> None:
+        self.id, self.run_id = workflow_id, None
 
 
 # --- the report -------------------------------------------------------------------------------------
@@ -307,6 +342,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def install(config: pytest.Config) -> None:
-    _wrap_validate_order()
+    _wrap_validators()
     _hook_popen()
     config.pluginmanager.register(ContractCoveragePlugin(config), "contract-coverage")
