@@ -1298,6 +1298,88 @@ async def _(st: Stage) -> None:
            and "replaced (cancel-and-replace amend)" in [t.reason for t in snap.transitions], snap)
 
 
+@scenario("sim-venue-filled-without-trades-reconciled")
+async def _(st: Stage) -> None:
+    """A report that says filled without listing the trades (and says it lists them all): the order
+    cannot count fills it has not seen, so it goes to unknown and reconciles (found resting)."""
+    async with st.worker(poller_s=None):
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        accepted = await wait_for(handle, {S.ACCEPTED})
+        await handle.signal("venue_update", _report(st, accepted, status="filled", filled_quantity=Decimal("0.1")))
+        await wait_for(handle, lambda s: S.UNKNOWN in states(s) and s.state == S.ACCEPTED)
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    unknown = next((t for t in snap.transitions if t.state == S.UNKNOWN), None)
+    expect(snap.state == S.CANCELLED and snap.filled_quantity == 0 and unknown is not None
+           and "fetching the fills" in (unknown.reason or ""), snap)
+
+
+@scenario("bybit-amend-and-cancel-queued-during-amend")
+async def _(st: Stage) -> None:
+    """While a native amend is held at the venue, a second amend and then a cancel arrive: once the
+    first amend is answered the cancel goes first and the queued amend is answered "being cancelled"."""
+    async with st.worker(st.direct(("bybit",)), poll_exchanges=("bybit",)):
+        handle = await st.start(quantity="0.02", order_type="limit", limit_price=resting_price("bybit"),
+                                exchange="bybit")
+        await wait_for(handle, {S.ACCEPTED})
+        st.emulator("bybit").fault(kind="slow", endpoints=["amend"], delay_ms=1200)
+        await handle.signal("amend", {"limit_price": "1490.00"})
+        await asyncio.sleep(0.4)  # the first amend is held at the venue
+        await handle.signal("amend", {"limit_price": "1480.00"})
+        await handle.signal("cancel", {"reason": "flat"})
+        snap = await asyncio.wait_for(handle.result(), 30)
+    expect(snap.state == S.CANCELLED and snap.limit_price == Decimal("1490.00")
+           and states(snap).count(S.PENDING_AMEND) == 1, snap)
+
+
+@scenario("binance-unknown-cancel-second-look-fails")
+async def _(st: Stage) -> None:
+    """Unknown create and a cancel: not found; the look after the receive window fails (5xx), so the
+    order stays unknown and looks again after the backoff: cancelled, never received."""
+    settings = st.direct(("binance",), orders={"execution_timeout_ms": 3000, "retry_attempts": 0},
+                         timeout_ms=1000, recv_window_ms=3000)
+    async with st.worker(settings, poller_s=None):
+        emulator = st.emulator("binance")
+        emulator.fault(kind="slow", endpoints=["create"], delay_ms=4500)
+        handle = await st.start(quantity="0.02", exchange="binance")
+        await wait_for(handle, {S.UNKNOWN})
+        await handle.signal("cancel", {"reason": "abandon"})
+        await asyncio.sleep(1.5)  # the first look has found nothing; the order waits out the window
+        emulator.fault(kind="server_error", endpoints=["query"], count=1)
+        snap = await asyncio.wait_for(handle.result(), 60)
+    expect(snap.state == S.CANCELLED and "never received" in (snap.reason or ""), snap)
+
+
+@scenario("binance-replacement-refused-original-unknown")
+async def _(st: Stage) -> None:
+    """The venue refuses the amended replacement; placing the original terms again gets no answer:
+    unknown, reconciled by its client order id (found live), then cancelled."""
+    async with st.worker(st.direct(("binance",), timeout_ms=1000), poll_exchanges=("binance",)):
+        handle = await st.start(quantity="0.02", order_type="limit", limit_price=resting_price("binance"),
+                                exchange="binance")
+        await wait_for(handle, {S.ACCEPTED})
+        emulator = st.emulator("binance")
+        emulator.fault(kind="reject", endpoints=["create"])
+        emulator.fault(kind="drop_after_accept", endpoints=["create"])
+        reason = await refused_update(handle, "amend_order", {"limit_price": "1490.00"})
+        expect("placing the original terms again failed" in reason, None, reason)
+        await wait_for(handle, {S.ACCEPTED})
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    replaced = any("re-placing the original terms" in (t.reason or "") for t in snap.transitions)
+    expect(snap.state == S.CANCELLED and replaced and snap.limit_price == Decimal(resting_price("binance")), snap)
+
+
+@scenario("sim-venue-report-rejected-after-acceptance")
+async def _(st: Stage) -> None:
+    """A venue report that says rejected for an order the venue had acknowledged (a late risk check):
+    the venue's decision ends the order, rejected with the venue's reason."""
+    async with st.worker(poller_s=None):
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        accepted = await wait_for(handle, {S.ACCEPTED})
+        await handle.signal("venue_update", _report(st, accepted, status="rejected", reason="late risk check"))
+        snap = await asyncio.wait_for(handle.result(), 20)
+    expect(states(snap)[-2:] == [S.ACCEPTED, S.REJECTED] and snap.reason == "late risk check", snap)
+
+
 # --- running ---------------------------------------------------------------------------------
 # --- validation at the venue's price, amends validated in full, start_at amends (issue 11) --------
 @scenario("sim-denied-algo-not-supported")

@@ -57,10 +57,48 @@ KNOWN = {
     "OrderWorkflow._amend_at_venue: self._state.amend_results[pending.id] = refusal":
         "reachable only in a race: an amend valid on arrival whose quantity a fill overtakes before "
         "the main loop takes it up",
-    'OrderWorkflow._apply_report: apply(snap, S.REJECTED, workflow.now(), report.reason or "rejected by the venue")':
-        "needs a venue report `rejected` (a submission answered with a rejected order, or a listing); no "
-        "recorded venue answers so, and for an accepted order release-0.1 cannot apply it (accepted -> "
-        "rejected is not in the transition table: the workflow task fails on every attempt)",
+    'Release01Paths._apply_report_v1: apply(snap, S.REJECTED, workflow.now(), report.reason or "rejected by the venue")':
+        "needs a venue report `rejected` applied by a release-0.1 order; release 0.1 cannot apply it to an "
+        "accepted order (accepted -> rejected is not in its transition table: the workflow task fails on "
+        "every attempt), and no venue answers a submission with a rejected report (a rejection is an error)",
+    "OrderWorkflow._hand_over: return  # arrived meanwhile: served first":
+        "reachable only in a race: a cancel or amend arriving during the 1 ms closing-barrier timer "
+        "just before the run continues as new",
+    "OrderWorkflow._revalidate_at_current_prices: await self._deny(denial)":
+        "needs the venue's price to move, during a start_at wait, past a validation band the order met "
+        "at signal time; the recorder's deterministic price paths do not within a scenario's wait",
+    "OrderWorkflow._reconcile: raise":
+        "needs a Temporal cancellation delivered while a reconciliation fetch is held at the venue past "
+        "the workflow task's heartbeat (~8 s); not recorded (the same re-raise in `_venue` and "
+        "`_cancel_at_venue` is, by binance-workflow-cancelled-while-cancel-held)",
+    "OrderWorkflow._cancel_and_replace: raise":
+        "needs a Temporal cancellation delivered while a cancel-and-replace venue call is held past the "
+        "workflow task's heartbeat (~8 s); not recorded",
+    "OrderWorkflow._reconcile: await self._apply_report(report)":
+        "needs an order found only on the look after the receive window (a held create landing during "
+        "the wait); the attempt to record it (binance, create held 2 s, window 3 s) took another path "
+        "(the first look came before the cancel, so the order was sent again, and both looks after "
+        "the window found nothing), so it is not in the recorded set",
+    "OrderWorkflow._ending: return S.EXPIRED":
+        "needs a GTD order still unknown when its expire_at passes with no cancel under way; the "
+        "attempt to record it (create held, reads refused past expire_at) did not end within the "
+        "recorder's 60 s, so it is not in the recorded set",
+    "OrderWorkflow._cancel_at_venue: report = await self._fetch_quietly() or report  # the final fills (else reconciled)":
+        "needs a cancel answered as final without all its fills; the ccxt adapter fetches an order's "
+        "trades within the call (fills_complete) and the simulated venue lists every fill: only the "
+        "poller's listings are incomplete, and they never answer a cancel",
+    'OrderWorkflow._amend_at_venue: refusal = f"cannot read the venue\'s price to validate the amend: {_error_message(error)}"':
+        "needs read_prices to fail during an amend; a 5xx on the emulator's market endpoints did not "
+        "make it fail (attempted), so it is not in the recorded set",
+    'OrderWorkflow._cancel_and_replace: await self._transition(S.UNKNOWN, f"cancel-and-replace: the old order\'s end is not confirmed "':
+        "needs a cancel-and-replace whose cancel answer and then six fetches all show the old order "
+        "open or without all its fills; the adapters answer a cancel final and complete",
+    'OrderWorkflow._apply_report: apply(snap, S.UNKNOWN, now, f"venue says {status.value} with fills not yet listed; fetching them")':
+        "needs a final report without all its fills from a venue call; only the poller's listings are "
+        "incomplete, and `_track_once` fetches those in full before applying them (or drops them)",
+    "OrderWorkflow._apply_report: apply(snap, S.FILLED, now, None)":
+        "apply_fill moves an order to filled as its fills reach its quantity (every live state may go "
+        "to filled), so the order is already terminal (the first branch) when its status is read",
 }
 
 HIT = "__mutation_hit__"
