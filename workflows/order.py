@@ -587,9 +587,7 @@ class OrderWorkflow(Release01Paths):
             self._state.snapshot.venue_requests += 1
             try:
                 return await self._venue_call(activity, arg)
-            except VENUE_ERRORS as error:
-                if self._v2 and is_cancelled_exception(error):
-                    raise  # the workflow is being cancelled: not a venue error to retry
+            except VENUE_ERRORS as error:  # (never a cancellation: _venue_call raises that as such)
                 kind = _error_type(error)
                 pause = _retry_after_s(error) if kind in VENUE_BUSY else None
                 if pause is not None:
@@ -659,8 +657,6 @@ class OrderWorkflow(Release01Paths):
         try:
             report = await self._venue("venue_fetch", self._ref())
         except VENUE_ERRORS as error:
-            if is_cancelled_exception(error):
-                raise
             workflow.logger.warning("reconcile fetch failed: %s", _error_message(error))
             return  # still unknown: the next turn looks again, later
         if report.status != VenueOrderStatus.NOT_FOUND:
@@ -675,9 +671,7 @@ class OrderWorkflow(Release01Paths):
         await workflow.sleep(timedelta(milliseconds=self._state.context.receive_window_ms))
         try:
             report = await self._venue("venue_fetch", self._ref())
-        except VENUE_ERRORS as error:
-            if is_cancelled_exception(error):
-                raise
+        except VENUE_ERRORS:
             return
         if report.status != VenueOrderStatus.NOT_FOUND:
             await self._apply_report(report)
@@ -777,8 +771,6 @@ class OrderWorkflow(Release01Paths):
         try:
             report = await self._venue("venue_cancel", self._ref())
         except VENUE_ERRORS as error:
-            if is_cancelled_exception(error):
-                raise
             kind = _error_type(error)
             if kind in NOTHING_SENT:  # the cancel never left: the order is live as it was
                 snap = self._state.snapshot
@@ -856,8 +848,6 @@ class OrderWorkflow(Release01Paths):
         try:
             report = await self._venue("venue_cancel", self._ref())
         except VENUE_ERRORS as error:
-            if is_cancelled_exception(error):
-                raise
             kind = _error_type(error)
             await self._amend_failed(pending, back_to, "timeout" if kind == VenueErrorType.NOT_FOUND.value else kind,
                                      error)
@@ -889,8 +879,6 @@ class OrderWorkflow(Release01Paths):
         try:
             report = await self._venue("venue_submit", self._replacement_request())
         except VENUE_ERRORS as error:
-            if is_cancelled_exception(error):
-                raise
             if _error_type(error) != VenueErrorType.REJECTED.value or self._state.context.prices is None:
                 self._state.amend_results[pending.id] = f"replacement order: {_error_message(error)}"
                 await self._on_submit_error(error)
