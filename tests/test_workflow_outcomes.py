@@ -19,6 +19,7 @@ from oms.venue import VenueFill, VenueOrderStatus
 from tests.helpers import make_signal
 from tests.model_support import ScriptedWorkers, chain_histories, failed_workflow_tasks, resting
 from tests.scripted_venue import ScriptedVenue, Step
+from tests.test_workflow_lifecycle import wait_for_state
 
 S = OrderState
 RESULT_TIMEOUT = 60
@@ -52,16 +53,6 @@ def limit(**more) -> dict:
     return {"order_type": "limit", "limit_price": "100.00", **more}
 
 
-async def state_of(handle, wanted: set[OrderState], timeout: float = 20) -> OrderSnapshot:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        snap = await handle.query("status", result_type=OrderSnapshot)
-        if snap.state in wanted:
-            return snap
-        assert asyncio.get_running_loop().time() < deadline, f"stuck in {snap.state}: {snap.transitions}"
-        await asyncio.sleep(0.05)
-
-
 async def finish(time_env, handle) -> OrderSnapshot:
     snap = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
     runs = await chain_histories(time_env.client, handle.id, handle.first_execution_run_id)
@@ -78,7 +69,7 @@ async def test_a_refused_cancel_and_replace_replacement_ends_rejected(time_env, 
     venue = ScriptedVenue(native_amend=False)
     venue.queue("submit", Step(), Step(outcome="refused"))
     handle, _ = await scripted(venue, **limit())
-    await state_of(handle, {S.ACCEPTED})
+    await wait_for_state(handle, {S.ACCEPTED})
     with pytest.raises(WorkflowUpdateFailedError):
         await handle.execute_update("amend_order", {"quantity": "2.00"}, result_type=OrderSnapshot)
     snap = await finish(time_env, handle)
@@ -90,7 +81,7 @@ async def test_a_late_rejection_after_acceptance_ends_rejected(time_env, scripte
     """QuantConnect's `invalid` after its acknowledgement, pushed by the account poller."""
     venue = ScriptedVenue()
     handle, _ = await scripted(venue, **limit())
-    await state_of(handle, {S.ACCEPTED})
+    await wait_for_state(handle, {S.ACCEPTED})
     order = venue_order(venue, handle)
     order.status = VenueOrderStatus.REJECTED
     await handle.signal("venue_update", venue.report(order))
@@ -107,7 +98,7 @@ async def test_an_amend_before_the_acknowledgement_settles(time_env, scripted):
     await asyncio.sleep(0.3)  # the submit has been answered
     await handle.signal("amend", {"quantity": "2.00"})
     await asyncio.sleep(0.3)
-    await state_of(handle, {S.ACCEPTED, S.PARTIALLY_FILLED})
+    await wait_for_state(handle, {S.ACCEPTED, S.PARTIALLY_FILLED})
     await handle.signal("cancel", {"reason": "test"})
     snap = await finish(time_env, handle)
     assert snap.state == S.CANCELLED and snap.filled_quantity == Decimal("0.40") and snap.quantity == Decimal("2.00")
@@ -119,12 +110,12 @@ async def test_an_unforeseen_outcome_is_recorded_counted_and_reconciled(time_env
     the metric counts it, and the order reconciles on backoff timers."""
     venue = ScriptedVenue()
     handle, _ = await scripted(venue, **limit())
-    await state_of(handle, {S.ACCEPTED})
+    await wait_for_state(handle, {S.ACCEPTED})
     order = venue_order(venue, handle)
     order.quantity = Decimal("1.20")  # the venue's book disagrees with ours
     venue.fill(order)
     await handle.signal("venue_update", venue.report(order))
-    snap = await state_of(handle, {S.UNKNOWN})
+    snap = await wait_for_state(handle, {S.UNKNOWN})
     assert snap.anomalies >= 1 and "past the order" in snap.last_anomaly
     assert any(t.state == S.UNKNOWN and "unforeseen outcome" in (t.reason or "") for t in snap.transitions)
     assert int((await redis.hgetall(ANOMALIES_KEY))["scripted"]) >= 1
@@ -138,7 +129,7 @@ async def test_an_unforeseen_outcome_is_recorded_counted_and_reconciled(time_env
 async def test_workflow_cancellation_cancels_at_the_venue_with_the_fills(time_env, scripted):
     venue = ScriptedVenue()
     handle, _ = await scripted(venue, **limit())
-    await state_of(handle, {S.ACCEPTED})
+    await wait_for_state(handle, {S.ACCEPTED})
     venue.fill(venue_order(venue, handle), Decimal("0.30"))
     await handle.cancel()
     snap = await finish(time_env, handle)
@@ -153,7 +144,7 @@ async def test_workflow_cancellation_racing_a_fill_ends_filled(time_env, scripte
     venue = ScriptedVenue()
     venue.queue("cancel", Step(effect=lambda v, o: v.fill(o)))  # the venue filled it before the cancel
     handle, _ = await scripted(venue, **limit())
-    await state_of(handle, {S.ACCEPTED})
+    await wait_for_state(handle, {S.ACCEPTED})
     await handle.cancel()
     snap = await finish(time_env, handle)
     assert snap.state == S.FILLED and snap.filled_quantity == Decimal("1.00")
@@ -177,7 +168,7 @@ async def test_continue_as_new_with_cancel_and_amend_updates_in_flight(time_env,
     venue.queue("cancel", *[Step(outcome="lost_before") for _ in range(4)])
     venue.queue("amend", Step(delay_s=0.5))
     handle, _ = await scripted(venue, **limit())
-    await state_of(handle, {S.ACCEPTED})
+    await wait_for_state(handle, {S.ACCEPTED})
     amend = asyncio.create_task(handle.execute_update("amend_order", {"limit_price": "99.50"},
                                                       result_type=OrderSnapshot))
     await asyncio.sleep(0.2)  # the amend is at the venue (0.5 s) when the cancel arrives
@@ -197,7 +188,7 @@ async def test_a_cancel_that_does_not_take_is_retried_on_backoff_timers(time_env
     venue = ScriptedVenue()
     venue.queue("cancel", *[Step(outcome="ignore") for _ in range(1000)])
     handle, _ = await scripted(venue, **limit())
-    await state_of(handle, {S.ACCEPTED})
+    await wait_for_state(handle, {S.ACCEPTED})
     await handle.signal("cancel", {"reason": "test"})
     await asyncio.sleep(0.5)
     await time_env.sleep(timedelta(hours=1))
@@ -215,7 +206,7 @@ async def test_an_unknown_order_is_looked_up_on_backoff_timers(time_env, scripte
     venue.queue("submit", Step(outcome="lost_after"))
     venue.queue("fetch", *[Step(outcome="transient") for _ in range(1000)])
     handle, _ = await scripted(venue, **limit())
-    await state_of(handle, {S.UNKNOWN})
+    await wait_for_state(handle, {S.UNKNOWN})
     await time_env.sleep(timedelta(hours=1))
     per_look = fast_settings.orders.retry_attempts + 1  # each look retries transient errors itself
     assert venue.calls["fetch"] <= 40 * per_look, venue.calls
@@ -276,7 +267,7 @@ async def test_cancel_and_replace_confirms_the_old_order_ended_before_placing_th
     venue.queue("cancel", Step(outcome="ignore"))
     venue.queue("fetch", Step(effect=ends_with_a_late_fill))
     handle, _ = await scripted(venue, **limit())
-    await state_of(handle, {S.ACCEPTED})
+    await wait_for_state(handle, {S.ACCEPTED})
     amended = await handle.execute_update("amend_order", {"quantity": "2.00"}, result_type=OrderSnapshot)
     assert venue.violations == []
     replacement = venue_order(venue, handle, generation=1)
@@ -308,7 +299,7 @@ async def test_a_resting_order_ended_by_the_venue_with_partial_fills_ends_with_t
     """Pushed by the account poller without its trades: fetched, and ended with its fills."""
     venue = ScriptedVenue()
     handle, _ = await scripted(venue, **limit(quantity="8.00"))
-    await state_of(handle, {S.ACCEPTED})
+    await wait_for_state(handle, {S.ACCEPTED})
     order = venue_order(venue, handle)
     venue.fill(order, Decimal("4.16"))
     venue.end(order, VenueOrderStatus.EXPIRED)
@@ -347,7 +338,7 @@ async def test_a_status_the_workflow_does_not_expect_is_reconciled(time_env, scr
     venue.queue("cancel", Step(outcome="ignore", effect=answers_not_found))
     venue.queue("fetch", Step(effect=found_cancelled))
     handle, _ = await scripted(venue, **limit())
-    await state_of(handle, {S.ACCEPTED})
+    await wait_for_state(handle, {S.ACCEPTED})
     await handle.signal("cancel", {"reason": "test"})
     snap = await finish(time_env, handle)
     assert snap.state == S.CANCELLED
@@ -368,7 +359,7 @@ async def test_workflow_cancellation_during_a_venue_call_longer_than_its_task_is
         signal = make_signal(symbol="BTC/USDT", quantity="1.00", **limit())
         handle = await time_env.client.start_workflow(
             "OrderWorkflow", signal, id=signal.workflow_id, task_queue=task_queue, result_type=OrderSnapshot)
-        await state_of(handle, {S.ACCEPTED})
+        await wait_for_state(handle, {S.ACCEPTED})
         amend = asyncio.create_task(handle.execute_update("amend_order", {"limit_price": "99.00"},
                                                           result_type=OrderSnapshot))
         deadline = asyncio.get_running_loop().time() + 10
