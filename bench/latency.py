@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 import redis.asyncio as aioredis
 
-from activities.venue_sim import SimulatedVenue
+from activities.venues.simulated import SimulatedVenue
 from bench.stack import BenchStack, emit, percentile
 from oms.events import SIGNAL_FIELD
 from oms.generation import generate_order

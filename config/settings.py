@@ -144,7 +144,7 @@ def _numeric_id(value: str | None) -> str | None:
 
 
 class QuantConnectSettings(_Strict):
-    """A live QuantConnect algorithm reached through the REST API v2 (activities/venue_quantconnect.py)."""
+    """A live QuantConnect algorithm reached through the REST API v2 (activities/venues/quantconnect.py)."""
 
     api_key: OptionalSecret = None  # the API token; only its timestamped SHA-256 is ever sent
     project_id: Annotated[OptionalStr, AfterValidator(_numeric_id)] = None  # the live algorithm's project

@@ -1,7 +1,7 @@
 """A simulated venue, as pure functions: price path, order book, matching, fees.
 
 Nothing here does I/O or reads the clock: time is passed in, so every process computes the same
-prices and the same fills for the same inputs. The simulation adapter (`activities/venue_sim.py`)
+prices and the same fills for the same inputs. The simulation adapter (`activities/venues/simulated.py`)
 keeps `SimOrder`s in Redis and calls these functions; the exchange emulator reuses them.
 
 - Price path: a deterministic sum of sines per symbol (amplitude `volatility_bps`), so a resting

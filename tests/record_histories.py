@@ -43,8 +43,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.venue_gate import GateLimits, VenueGate
-from activities.venue_sim import FAULTS_KEY, SimulatedVenue
+from activities.venues.gate import GateLimits, VenueGate
+from activities.venues.simulated import FAULTS_KEY, SimulatedVenue
 from config.settings import Settings, load_settings
 from oms import venue_model
 from oms.markets import simulated_market

@@ -2,7 +2,7 @@
 workflow history says (read from a real history of the dev server)."""
 import sys
 
-from activities.venue_sim import FAULTS_KEY
+from activities.venues.simulated import FAULTS_KEY
 from google.protobuf.json_format import MessageToDict
 from tests import contract_coverage
 from tests.contract_coverage import OBSERVED, cli_command, read_history_events

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from activities.venue_gate import GateLimits, VenueGate
+from activities.venues.gate import GateLimits, VenueGate
 from config.settings import load_settings
 from oms import venue_model
 from oms.markets import simulated_market
@@ -30,7 +30,7 @@ from tests.conftest import direct_settings, stop_process, tom_process
 from tests.emulators import CONFIG
 from tests.helpers import executions, local_activity_calls, make_signal, start_order
 from tests.test_workflow_lifecycle import wait_for_state
-from workers.emulator.traffic import max_in_window
+from emulator.traffic import max_in_window
 from workers.worker import build_registry, running_worker
 
 S = OrderState

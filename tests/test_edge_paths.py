@@ -11,7 +11,7 @@ import grpc
 import pytest
 from temporalio.worker import UnsandboxedWorkflowRunner
 
-from activities.venue_sim import SimulatedVenue
+from activities.venues.simulated import SimulatedVenue
 from activities.venues import VenueRegistry
 from oms.models import OrderSnapshot, OrderState
 from oms.venue import VenueOrderReport, VenueOrderStatus

@@ -18,8 +18,8 @@ from oms import venue_model
 from oms.markets import SIMULATED_SYMBOLS
 from tests.conftest import REPO
 from tests.emulators import Emulator, running_emulators
-from workers.emulator.book import utc_now
-from workers.emulator.traffic import max_in_window
+from emulator.book import utc_now
+from emulator.traffic import max_in_window
 
 VENUES = ("binance", "bybit")
 SYMBOL = "BTC/USDT"

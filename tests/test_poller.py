@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 import pytest_asyncio
 
-from activities.venue_sim import SimulatedVenue
+from activities.venues.simulated import SimulatedVenue
 from activities.venues import VenueRegistry
 from oms.models import OrderSnapshot, OrderState
 from oms.venue import VenueFill, VenueOrderRef, VenueOrderStatus
@@ -147,7 +147,7 @@ async def test_catch_up_lists_orders_closed_since_the_cursor_with_their_venue_st
                                                                                     redis):
     from decimal import Decimal
 
-    from activities.venue_ccxt import build_ccxt_adapters
+    from activities.venues.ccxt_exchange import build_ccxt_adapters
     from oms.models import OrderType, Side
     from oms.venue import VenueOrderRequest, VenueOrderStatus
     from tests.conftest import direct_settings

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 import pytest_asyncio
 
-from activities.venue_quantconnect import QuantConnectVenue, auth_headers, build_quantconnect_adapter, lean_symbol
+from activities.venues.quantconnect import QuantConnectVenue, auth_headers, build_quantconnect_adapter, lean_symbol
 from activities.venues import VenueError
 from config.settings import ConfigError, Settings, SimulationSettings, load_settings
 from oms.models import OrderState, OrderType, Side, TimeInForce

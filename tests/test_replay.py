@@ -14,7 +14,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from activities.venue_sim import FAULTS_KEY
+from activities.venues.simulated import FAULTS_KEY
 from oms.models import OrderSnapshot, OrderState
 from tests.helpers import make_signal, start_order
 from tests.replay_mutation import installed_workflows

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from activities.venue_sim import SimulatedVenue
+from activities.venues.simulated import SimulatedVenue
 from activities.venues import VenueError, VenueRegistry
 from oms.events import EVENT_FIELD, ORDER_EVENTS_STREAM
 from oms.models import OrderState

@@ -465,9 +465,9 @@ async def test_the_quote_currency_is_priced_through_a_pair_of_the_same_venue(boo
 def test_the_ccxt_adapter_keeps_a_rebate_negative_and_the_fee_asset():
     from types import SimpleNamespace
 
-    from activities.venue_ccxt import CcxtVenue
+    from activities.venues.ccxt_exchange import CcxtVenue
 
-    from activities.ccxt_dialects import BybitDialect
+    from activities.venues.ccxt_dialects import BybitDialect
 
     order = {"id": "1", "status": "closed", "filled": 0.002, "amount": 0.002, "price": 55000, "timestamp": 1_700_000_000_000,
              "info": {"orderStatus": "Filled"}}

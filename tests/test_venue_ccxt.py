@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 import pytest_asyncio
 
-from activities.venue_ccxt import CcxtVenue, build_ccxt_adapters
-from activities.venue_gate import gate_status
+from activities.venues.ccxt_exchange import CcxtVenue, build_ccxt_adapters
+from activities.venues.gate import gate_status
 from activities.venues import VenueError
 from oms.markets import simulated_market
 from oms.models import OrderType, Side, TimeInForce

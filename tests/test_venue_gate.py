@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from activities.venue_gate import (
+from activities.venues.gate import (
     PATIENCE_MS,
     GateLimits,
     RequestKind,
@@ -18,7 +18,7 @@ from activities.venue_gate import (
 )
 from activities.venues import VenueError
 from oms.venue import VenueErrorType
-from workers.emulator.traffic import max_in_window
+from emulator.traffic import max_in_window
 
 
 def limits(**overrides) -> GateLimits:

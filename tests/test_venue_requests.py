@@ -5,8 +5,8 @@ from decimal import Decimal
 
 import httpx
 
-from activities.venue_requests import venue_requests
-from activities.venue_sim import SimulatedVenue
+from activities.venues.metering import venue_requests
+from activities.venues.simulated import SimulatedVenue
 from activities.venues import VenueRegistry
 from oms.models import OrderSnapshot, OrderState, OrderType, Side
 from oms.venue import VenueOrderRef, VenueOrderRequest

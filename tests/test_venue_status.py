@@ -8,10 +8,10 @@ from decimal import Decimal
 import pytest
 import pytest_asyncio
 
-from activities.ccxt_dialects import BINANCE_STATUS, BYBIT_STATUS, DIALECTS
-from activities.venue_ccxt import build_ccxt_adapters
-from activities.venue_quantconnect import LEAN_STATUS, LEAN_STATUS_TABLE, QCOrder, QuantConnectVenue, order_tag
-from activities.venue_sim import SIM_STATUS
+from activities.venues.ccxt_dialects import BINANCE_STATUS, BYBIT_STATUS, DIALECTS
+from activities.venues.ccxt_exchange import build_ccxt_adapters
+from activities.venues.quantconnect import LEAN_STATUS, LEAN_STATUS_TABLE, QCOrder, QuantConnectVenue, order_tag
+from activities.venues.simulated import SIM_STATUS
 from oms.models import OrderType, Side
 from oms.venue import VenueOrderRef, VenueOrderRequest, VenueOrderStatus as S
 from oms.venue_status import resolve

@@ -8,7 +8,7 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
-from activities.venue_sim import FAULTS_KEY
+from activities.venues.simulated import FAULTS_KEY
 from oms.models import OrderSnapshot, OrderState
 from tests.conftest import stop_process, tom_process
 from tests.helpers import executions, make_signal, start_order

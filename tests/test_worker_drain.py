@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from activities.venue_sim import FAULTS_KEY, REQUESTS_KEY
+from activities.venues.simulated import FAULTS_KEY, REQUESTS_KEY
 from oms.models import OrderSnapshot, OrderState
 from tests.conftest import WORKER_DRAIN_S, stop_process, tom_process
 from tests.helpers import local_activity_calls, make_signal, start_order

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
 
-from activities.venue_sim import FAULTS_KEY
+from activities.venues.simulated import FAULTS_KEY
 from config.settings import SimulationSettings
 from temporalio.service import RPCError, RPCStatusCode
 

@@ -78,7 +78,7 @@ async def test_venue_that_never_answers_is_unknown_then_reconciled_not_resubmitt
     places the order and then never answers (`hang_next`); the submit gives up after
     execution_timeout_ms, the order goes `unknown`, and reconciliation finds the one order placed
     (one venue order key for the client id), fills it, and never submits a second one."""
-    from activities.venue_sim import FAULTS_KEY
+    from activities.venues.simulated import FAULTS_KEY
 
     await redis.hset(FAULTS_KEY, "hang_next", 1)
     started = time.monotonic()

@@ -26,9 +26,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from config.settings import Settings
 from oms.events import order_cache_key
 from oms.models import AmendRequest, CancelRequest, OrderSnapshot, OrderState, Signal
-from activities.venue_gate import gate_status
+from activities.venues.gate import gate_status
 from activities.publish import ANOMALIES_KEY
-from activities.venue_requests import observe_venue_requests
+from activities.venues.metering import observe_venue_requests
 from workers import metrics
 from workers.consumer import consumer_lag
 from workers.intake import InvalidSignal, UnstartableSignal, loads_strict, parse_signal, start_order

@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "orders": ("workers.commands:orders", "list orders as a table"),
     "report": ("workers.commands:report", "execution metrics: fill rates, latency, slippage, fees, per exchange"),
     "demo": ("workers.commands:demo", "feed a stream of realistic signals and summarize the outcome"),
-    "exchange-emulator": ("workers.emulator.server:run", "run a local Binance/Bybit exchange emulator"),
+    "exchange-emulator": ("emulator.server:run", "run a local Binance/Bybit exchange emulator"),
 }
 
 

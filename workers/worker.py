@@ -20,7 +20,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from activities.execution import ExecutionActivities
 from activities.limits import AccountLimitActivities, DailyOrderLimit
 from activities.publish import PublishActivities
-from activities.venue_sim import SimulatedVenue
+from activities.venues.simulated import SimulatedVenue
 from activities.venues import VenueRegistry
 from config.settings import Settings
 from workers.consumer import SignalConsumer
@@ -38,12 +38,12 @@ async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegi
     registry = VenueRegistry(redis=redis)
     registry.register(SimulatedVenue(redis, settings.execution.simulation))
     if settings.execution.mode == "direct" or settings.execution.direct.accounts_in_use():
-        from activities.venue_ccxt import build_ccxt_adapters  # ccxt is heavy: only where used
+        from activities.venues.ccxt_exchange import build_ccxt_adapters  # ccxt is heavy: only where used
 
         for adapter in build_ccxt_adapters(settings, redis):
             registry.register(adapter)
     if settings.execution.mode == "quantconnect":
-        from activities.venue_quantconnect import build_quantconnect_adapter
+        from activities.venues.quantconnect import build_quantconnect_adapter
 
         registry.register(build_quantconnect_adapter(settings, redis))  # sent commands shared in Redis
     return registry

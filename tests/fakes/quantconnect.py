@@ -1,6 +1,6 @@
 """A fake QuantConnect REST API v2 with one live algorithm per project, for tests, over real HTTP.
 
-It speaks the documented protocol independently of the adapter (activities/venue_quantconnect.py):
+It speaks the documented protocol independently of the adapter (activities/venues/quantconnect.py):
 - authentication: HTTP Basic `user_id:sha256("<token>:<timestamp>")` plus a `Timestamp` header no
   older than 7200 s; anything else is HTTP 401 with the error envelope and a WWW-Authenticate header;
 - POST /authenticate, POST /live/commands/create, POST /live/orders/read, answers in the

@@ -20,9 +20,9 @@ from typing import Any
 
 from aiohttp import web
 
-from workers.emulator.book import EmuOrder
-from workers.emulator.faults import Fault
-from workers.emulator.protocol import EMULATOR
+from emulator.book import EmuOrder
+from emulator.faults import Fault
+from emulator.protocol import EMULATOR
 
 
 def add_routes(app: web.Application) -> None:

@@ -2,7 +2,7 @@
 
 One pooled client per exchange and account per worker process, markets loaded once and refreshed
 hourly, credentials only from the environment. Every request passes the shared gate (pause,
-breaker, rate limits; see venue_gate.py).
+breaker, rate limits; see gate.py).
 
 Never placed twice. Before the first send of a client order id we mark it in Redis (SET NX). If the
 mark exists, an earlier attempt (a retry, a worker that crashed mid-call, a replay) may have placed
@@ -29,9 +29,9 @@ from typing import Any
 import ccxt.async_support as ccxt
 import redis.asyncio as aioredis
 
-from activities.ccxt_client import CLIENT_CLASSES, RATE_LIMIT_ERRORS, is_nothing_sent
-from activities.ccxt_dialects import DIALECTS, Dialect
-from activities.venue_gate import PATIENCE_MS, GateLimits, VenueGate, gate_status
+from activities.venues.ccxt_client import CLIENT_CLASSES, RATE_LIMIT_ERRORS, is_nothing_sent
+from activities.venues.ccxt_dialects import DIALECTS, Dialect
+from activities.venues.gate import PATIENCE_MS, GateLimits, VenueGate, gate_status
 from activities.venues import VenueError
 from config.settings import ExchangeSettings, Settings
 from oms.models import OrderType, Side

@@ -13,9 +13,9 @@ from typing import Protocol
 
 from aiohttp import web
 
-from workers.emulator.book import Book
-from workers.emulator.faults import BanState, FaultSchedule
-from workers.emulator.traffic import Entry, Traffic
+from emulator.book import Book
+from emulator.faults import BanState, FaultSchedule
+from emulator.traffic import Entry, Traffic
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

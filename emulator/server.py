@@ -39,13 +39,13 @@ from collections.abc import Callable
 from aiohttp import web
 
 from config.settings import Settings, SimulationSettings
-from workers.emulator import admin
-from workers.emulator.binance import Binance
-from workers.emulator.book import Book, DuplicateRule
-from workers.emulator.bybit import Bybit
-from workers.emulator.faults import Fault
-from workers.emulator.protocol import EMULATOR, Emulator, Handler, Route, Venue, server_error
-from workers.emulator.traffic import Entry
+from emulator import admin
+from emulator.binance import Binance
+from emulator.book import Book, DuplicateRule
+from emulator.bybit import Bybit
+from emulator.faults import Fault
+from emulator.protocol import EMULATOR, Emulator, Handler, Route, Venue, server_error
+from emulator.traffic import Entry
 
 VENUES: dict[str, Callable[[Emulator], Venue]] = {"binance": Binance, "bybit": Bybit}
 DEFAULT_API_KEY = "emulator-key"

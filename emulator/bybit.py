@@ -31,7 +31,7 @@ from oms import venue_model
 from oms.markets import SIMULATED_SYMBOLS, simulated_market
 from oms.models import OrderType, Side, TimeInForce
 from oms.venue import VenueOrderStatus
-from workers.emulator.book import (
+from emulator.book import (
     BookError,
     EmuOrder,
     Placement,
@@ -42,8 +42,8 @@ from workers.emulator.book import (
     utc_now,
     venue_symbol,
 )
-from workers.emulator.protocol import Emulator, Handler, Route, parse_decimal
-from workers.emulator.traffic import Entry
+from emulator.protocol import Emulator, Handler, Route, parse_decimal
+from emulator.traffic import Entry
 
 ORDER_LINK_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
 RECENT_CLOSED = 500  # closed orders /v5/order/realtime still shows (openOnly=1)

@@ -30,7 +30,7 @@ from oms import venue_model
 from oms.markets import SIMULATED_SYMBOLS, simulated_market
 from oms.models import OrderType, Side, TimeInForce
 from oms.venue import VenueOrderStatus
-from workers.emulator.book import (
+from emulator.book import (
     BookError,
     EmuOrder,
     Placement,
@@ -41,8 +41,8 @@ from workers.emulator.book import (
     utc_now,
     venue_symbol,
 )
-from workers.emulator.protocol import Emulator, Handler, Route, parse_decimal
-from workers.emulator.traffic import PLACEMENT_CLASSES, Entry
+from emulator.protocol import Emulator, Handler, Route, parse_decimal
+from emulator.traffic import PLACEMENT_CLASSES, Entry
 
 CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 INTEGER = re.compile(r"^[0-9]{1,20}$")

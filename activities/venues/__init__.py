@@ -59,12 +59,12 @@ class VenueRegistry:
 
     def __init__(self, adapters: dict[str, VenueAdapter] | None = None, redis: Any = None) -> None:
         self._adapters: dict[str, VenueAdapter] = {}
-        self._redis = redis  # where venue calls are counted (activities/venue_requests.py); None: not counted
+        self._redis = redis  # where venue calls are counted (activities/venues/metering.py); None: not counted
         for adapter in (adapters or {}).values():
             self.register(adapter)
 
     def register(self, adapter: VenueAdapter) -> None:
-        from activities.venue_requests import MeteredVenue  # every venue call counted (by venue, kind)
+        from activities.venues.metering import MeteredVenue  # every venue call counted (by venue, kind)
 
         self._adapters[adapter.name] = MeteredVenue(adapter, self._redis)
 

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import ccxt.async_support as ccxt
 
-from activities.venue_gate import RequestKind, VenueGate, retry_after_s
+from activities.venues.gate import RequestKind, VenueGate, retry_after_s
 
 # The last HTTP answer seen by this task: ccxt raises from inside `fetch`, after `handle_errors`
 # saw the status, headers and body; a ContextVar keeps concurrent requests apart.
