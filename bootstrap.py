@@ -14,6 +14,7 @@ then runs `tom dev --demo` or pytest. Extra arguments are passed through
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,21 @@ def ensure_environment() -> None:
     STAMP.write_text(fingerprint)
 
 
+def ensure_chromium() -> None:
+    """The browser tests (Temporal UI, HTML report) drive Debian's Chromium: install it where missing.
+
+    Playwright cannot download its own browser on machines without internet, so the tests use the
+    system one. Needs root and apt; elsewhere the browser tests say why they skip (and fail under CI=true).
+    """
+    if shutil.which("chromium") or not shutil.which("apt-get") or os.geteuid() != 0:
+        return
+    print("bootstrap: installing chromium (apt) for the browser tests", flush=True)
+    quiet = {"stdout": subprocess.DEVNULL, "env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}}
+    if subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], **quiet).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], **quiet)
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], **quiet)
+
+
 def lock() -> int:
     """Resolve the newest versions pyproject.toml allows in a scratch virtualenv and pin them all."""
     with tempfile.TemporaryDirectory(prefix="tom-lock-") as scratch:
@@ -86,6 +102,7 @@ def main() -> int:
     if action == "dev":
         command = [str(BIN / "tom"), "dev", "--demo", *extra]
     else:
+        ensure_chromium()
         command = [str(BIN / "python"), "-m", "pytest", *extra]
     os.chdir(ROOT)
     os.execve(command[0], command, env)
