@@ -1,0 +1,130 @@
+"""The execution report: one document for `tom report --json`, `GET /report` and the HTML report.
+
+Built from the orders' snapshots (each carries its TCA, oms/tca.py) by the pure functions of
+analytics/metrics.py, whose docstring defines every figure. Exact Decimals inside; `jsonable`
+writes them as strings, as the rest of the API writes amounts, so the CLI and the API answer the
+very same JSON. Money stays per quote currency.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from analytics.metrics import DIMENSIONS, aggregate, quantile, records, venue_performance
+from oms.models import OrderSnapshot
+from oms.tca import LatencyStages, MarketPoint, parent_tca
+
+STAGES = tuple(f for f in LatencyStages.model_fields if f not in ("execution_ms", "total_ms"))
+
+
+def latency_stages(snapshots: list[OrderSnapshot]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for stage in STAGES:
+        values = [getattr(s.tca.latency, stage) for s in snapshots if s.tca is not None]
+        values = [v for v in values if v is not None]
+        out[stage] = {"orders": len(values), "p50": quantile(values, Decimal("0.5")),
+                      "p99": quantile(values, Decimal("0.99"))}
+    return out
+
+
+def parents_section(snapshots: list[OrderSnapshot],
+                    paths: dict[str, list[MarketPoint]] | None) -> list[dict[str, Any]]:
+    rows = {r.order_id: r for r in records(snapshots)}
+    out = []
+    for parent in snapshots:
+        if not rows[parent.order_id].is_parent:
+            continue
+        children = [s for s in snapshots if rows[s.order_id].parent_id == parent.order_id]
+        tca = parent_tca(parent, children, (paths or {}).get(parent.symbol))
+        out.append({
+            "order_id": parent.order_id, "symbol": parent.symbol, "quote_currency": tca.order.quote_currency,
+            "algorithm": rows[parent.order_id].algorithm, "children": tca.children,
+            "fill_ratio": tca.order.fill_ratio, "average_fill_price": tca.order.average_fill_price,
+            "notional": tca.order.notional, "fees": tca.order.fees,
+            "arrival_slippage_bps": tca.order.arrival_slippage_bps,
+            "shortfall_bps": tca.order.shortfall.total_bps if tca.order.shortfall else None,
+            **tca.benchmarks.model_dump(),
+        })
+    return out
+
+
+def build_report(snapshots: list[OrderSnapshot], since: datetime | None = None, until: datetime | None = None,
+                 paths: dict[str, list[MarketPoint]] | None = None) -> dict[str, Any]:
+    """`snapshots`: the orders created in [since, until) (the store filters); `paths`: market
+    paths per symbol, for the parents' TWAP / VWAP benchmarks where one is known."""
+    rows = records(snapshots)
+    leaves = [s for s, r in zip(snapshots, rows) if not r.is_parent]
+    return {
+        "since": since, "until": until,
+        "orders": len(leaves), "parent_orders": len(snapshots) - len(leaves),
+        "summary": [{k: v for k, v in row.items() if k != "key"} for row in aggregate(rows, None)],
+        "by": {dimension: aggregate(rows, dimension) for dimension in DIMENSIONS},
+        "exchanges": venue_performance(rows),
+        "latency_stages": latency_stages(leaves),
+        "parents": parents_section(snapshots, paths),
+    }
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+# --- text --------------------------------------------------------------------------------------
+def _fmt(value: Any, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    number = Decimal(str(value))
+    return f"{number * 100:.1f}%" if pct else f"{number:.2f}"
+
+
+def headline(doc: dict[str, Any]) -> list[str]:
+    """The figures the demo ends with: per quote currency, outcome, fill, cost."""
+    lines = [f"orders {doc['orders']} (+{doc['parent_orders']} parents)"]
+    for row in doc["summary"]:
+        lines.append(f"  {row['quote_currency']}: success {_fmt(row['success_rate'], True)}, fill rate "
+                     f"{_fmt(row['fill_rate'], True)}, execution p50 {_fmt(row['execution_ms_p50'])} ms "
+                     f"p99 {_fmt(row['execution_ms_p99'])} ms, slippage {_fmt(row['slippage_bps'])} bps, "
+                     f"fees {_fmt(row['fees'])}, total cost {_fmt(row['total_cost'])} "
+                     f"({_fmt(row['total_cost_bps'])} bps; negative is a cost)")
+    return lines
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    return ["", title, line, "-" * len(line), *("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)]
+
+
+def render_text(doc: dict[str, Any]) -> str:
+    lines = headline(doc)
+    header = ["key", "ccy", "orders", "success", "fill", "exec p50 ms", "exec p99 ms", "notional", "fees",
+              "slip bps", "cost", "cost bps"]
+    for dimension in DIMENSIONS:
+        lines += _table(f"by {dimension}", header, [
+            [str(r["key"]), r["quote_currency"], str(r["orders"]), _fmt(r["success_rate"], True),
+             _fmt(r["fill_rate"], True), _fmt(r["execution_ms_p50"]), _fmt(r["execution_ms_p99"]),
+             _fmt(r["notional"]), _fmt(r["fees"]), _fmt(r["slippage_bps"]), _fmt(r["total_cost"]),
+             _fmt(r["total_cost_bps"])] for r in doc["by"][dimension]])
+    lines += _table("exchange performance", ["venue", "orders", "sent", "ack p50 ms", "ack p99 ms", "reject",
+                                             "timeout", "unknown", "circuit open", "uptime"], [
+        [r["venue"], str(r["orders"]), str(r["sent"]), _fmt(r["ack_ms_p50"]), _fmt(r["ack_ms_p99"]),
+         _fmt(r["reject_rate"], True), _fmt(r["timeout_rate"], True), _fmt(r["unknown_rate"], True),
+         _fmt(r["circuit_open_rate"], True), _fmt(r["uptime"], True)] for r in doc["exchanges"]])
+    lines += _table("latency stages", ["stage", "orders", "p50 ms", "p99 ms"], [
+        [stage, str(v["orders"]), _fmt(v["p50"]), _fmt(v["p99"])] for stage, v in doc["latency_stages"].items()])
+    if doc["parents"]:
+        lines += _table("parent orders", ["order", "algo", "children", "fill", "slip bps", "vs TWAP bps",
+                                          "vs VWAP bps"], [
+            [p["order_id"], p["algorithm"], str(p["children"]), _fmt(p["fill_ratio"], True),
+             _fmt(p["arrival_slippage_bps"]), _fmt(p["slippage_vs_twap_bps"]), _fmt(p["slippage_vs_vwap_bps"])]
+            for p in doc["parents"]])
+    return "\n".join(lines)
