@@ -11,9 +11,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from analytics.metrics import DIMENSIONS, aggregate, quantile, records, venue_performance
+from analytics.metrics import DIMENSIONS, OrderRecord, aggregate, quantile, ratio, records, venue_performance
 from oms.models import OrderSnapshot
-from oms.tca import LatencyStages, MarketPoint, parent_tca
+from oms.tca import BPS_QUANTUM, TERMINAL, LatencyStages, MarketPoint, parent_tca
 
 STAGES = tuple(f for f in LatencyStages.model_fields if f not in ("execution_ms", "total_ms"))
 
@@ -49,6 +49,69 @@ def parents_section(snapshots: list[OrderSnapshot],
     return out
 
 
+SLIPPAGE_EDGES = (Decimal(-100), Decimal(-50), Decimal(-20), Decimal(-10), Decimal(-5), Decimal(0), Decimal(5),
+                  Decimal(10), Decimal(20), Decimal(50), Decimal(100))
+
+
+def slippage_histogram(rows: list[OrderRecord]) -> dict[str, list[dict[str, Any]]]:
+    """Per venue: orders by arrival slippage (bps, P&L-signed) in fixed bins, open-ended at both ends."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.is_parent or r.arrival_slippage_bps is None:
+            continue
+        bins = out.setdefault(r.venue, [{"from": lo, "to": hi, "orders": 0} for lo, hi in
+                                        zip((None, *SLIPPAGE_EDGES), (*SLIPPAGE_EDGES, None))])
+        next(b for b in bins if b["to"] is None or r.arrival_slippage_bps < b["to"])["orders"] += 1
+    return dict(sorted(out.items()))
+
+
+def cost_breakdown(snapshots: list[OrderSnapshot], rows: list[OrderRecord]) -> list[dict[str, Any]]:
+    """Per quote currency: the implementation shortfall's parts summed over venue orders."""
+    sums: dict[str, dict[str, Decimal]] = {}
+    for snap, r in zip(snapshots, rows):
+        if r.is_parent or snap.tca is None or snap.tca.shortfall is None:
+            continue
+        parts = sums.setdefault(r.quote_currency, {k: Decimal(0) for k in ("delay", "execution", "fees",
+                                                                             "opportunity", "total")})
+        for k in parts:
+            parts[k] += getattr(snap.tca.shortfall, k)
+    return [{"quote_currency": q, **parts} for q, parts in sorted(sums.items())]
+
+
+def fill_rate_by_hour(snapshots: list[OrderSnapshot], rows: list[OrderRecord]) -> list[dict[str, Any]]:
+    hours: dict[str, list[Decimal]] = {}
+    for snap, r in zip(snapshots, rows):
+        if not r.is_parent and r.sent and r.state in TERMINAL:
+            hours.setdefault(snap.created_at.isoformat()[:13], []).append(r.fill_ratio)
+    return [{"hour": h, "orders": len(v), "fill_rate": ratio(sum(v, Decimal(0)), len(v))}
+            for h, v in sorted(hours.items())]
+
+
+def estimate_vs_realized(rows: list[OrderRecord]) -> list[dict[str, Any]]:
+    """Per venue and quote: the pre-trade slippage estimate (cost, bps) beside the realized cost
+    (-arrival slippage bps), averaged over orders with both; estimated fees beside realized."""
+    groups: dict[tuple[str, str], list[OrderRecord]] = {}
+    for r in rows:
+        if not r.is_parent and r.sent:
+            groups.setdefault((r.venue, r.quote_currency), []).append(r)
+    out = []
+    for (venue, quote), members in sorted(groups.items()):
+        both = [r for r in members if r.estimated_slippage_bps is not None and r.arrival_slippage_bps is not None]
+        fees = [r for r in members if r.estimated_fee is not None]
+        out.append({
+            "venue": venue, "quote_currency": quote, "orders": len(both),
+            "estimated_slippage_cost_bps": _mean([r.estimated_slippage_bps for r in both]),
+            "realized_slippage_cost_bps": _mean([-r.arrival_slippage_bps for r in both]),
+            "estimated_fees": sum((r.estimated_fee for r in fees), Decimal(0)),
+            "realized_fees": sum((r.fees for r in fees), Decimal(0)),
+        })
+    return out
+
+
+def _mean(values: list[Decimal]) -> Decimal | None:
+    return (sum(values, Decimal(0)) / len(values)).quantize(BPS_QUANTUM) if values else None
+
+
 def build_report(snapshots: list[OrderSnapshot], since: datetime | None = None, until: datetime | None = None,
                  paths: dict[str, list[MarketPoint]] | None = None) -> dict[str, Any]:
     """`snapshots`: the orders created in [since, until) (the store filters); `paths`: market
@@ -58,11 +121,17 @@ def build_report(snapshots: list[OrderSnapshot], since: datetime | None = None, 
     return {
         "since": since, "until": until,
         "orders": len(leaves), "parent_orders": len(snapshots) - len(leaves),
+        "states": {state: sum(1 for s in snapshots if s.state.value == state)
+                   for state in sorted({s.state.value for s in snapshots})},
         "summary": [{k: v for k, v in row.items() if k != "key"} for row in aggregate(rows, None)],
         "by": {dimension: aggregate(rows, dimension) for dimension in DIMENSIONS},
         "exchanges": venue_performance(rows),
         "latency_stages": latency_stages(leaves),
         "parents": parents_section(snapshots, paths),
+        "slippage_histogram": slippage_histogram(rows),
+        "cost_breakdown": cost_breakdown(snapshots, rows),
+        "fill_rate_by_hour": fill_rate_by_hour(snapshots, rows),
+        "estimate_vs_realized": estimate_vs_realized(rows),
     }
 
 
@@ -79,21 +148,24 @@ def jsonable(value: Any) -> Any:
 
 
 # --- text --------------------------------------------------------------------------------------
-def _fmt(value: Any, pct: bool = False) -> str:
+def _fmt(value: Any, pct: bool = False, money: bool = False) -> str:
     if value is None:
         return "-"
     number = Decimal(str(value))
+    if money:  # a BTC amount needs its decimals: 8 places at most, trailing zeros dropped
+        return format(number.quantize(Decimal("1e-8")).normalize(), "f")
     return f"{number * 100:.1f}%" if pct else f"{number:.2f}"
 
 
 def headline(doc: dict[str, Any]) -> list[str]:
     """The figures the demo ends with: per quote currency, outcome, fill, cost."""
-    lines = [f"orders {doc['orders']} (+{doc['parent_orders']} parents)"]
+    lines = [f"orders {doc['orders']} (+{doc['parent_orders']} parents); states: "
+             + ", ".join(f"{k} {v}" for k, v in doc["states"].items())]
     for row in doc["summary"]:
         lines.append(f"  {row['quote_currency']}: success {_fmt(row['success_rate'], True)}, fill rate "
                      f"{_fmt(row['fill_rate'], True)}, execution p50 {_fmt(row['execution_ms_p50'])} ms "
                      f"p99 {_fmt(row['execution_ms_p99'])} ms, slippage {_fmt(row['slippage_bps'])} bps, "
-                     f"fees {_fmt(row['fees'])}, total cost {_fmt(row['total_cost'])} "
+                     f"fees {_fmt(row['fees'], money=True)}, total cost {_fmt(row['total_cost'], money=True)} "
                      f"({_fmt(row['total_cost_bps'])} bps; negative is a cost)")
     return lines
 
@@ -112,7 +184,8 @@ def render_text(doc: dict[str, Any]) -> str:
         lines += _table(f"by {dimension}", header, [
             [str(r["key"]), r["quote_currency"], str(r["orders"]), _fmt(r["success_rate"], True),
              _fmt(r["fill_rate"], True), _fmt(r["execution_ms_p50"]), _fmt(r["execution_ms_p99"]),
-             _fmt(r["notional"]), _fmt(r["fees"]), _fmt(r["slippage_bps"]), _fmt(r["total_cost"]),
+             _fmt(r["notional"], money=True), _fmt(r["fees"], money=True), _fmt(r["slippage_bps"]),
+             _fmt(r["total_cost"], money=True),
              _fmt(r["total_cost_bps"])] for r in doc["by"][dimension]])
     lines += _table("exchange performance", ["venue", "orders", "sent", "ack p50 ms", "ack p99 ms", "reject",
                                              "timeout", "unknown", "circuit open", "uptime"], [
@@ -128,3 +201,26 @@ def render_text(doc: dict[str, Any]) -> str:
              _fmt(p["arrival_slippage_bps"]), _fmt(p["slippage_vs_twap_bps"]), _fmt(p["slippage_vs_vwap_bps"])]
             for p in doc["parents"]])
     return "\n".join(lines)
+
+
+# --- the one entry point of the API and the CLI ------------------------------------------------------
+def parse_bound(name: str, text: str | None) -> datetime | None:
+    """A `since` / `until` bound: ISO 8601 with a timezone (an instant, never a local guess)."""
+    if text is None or text == "":
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{name}: not an ISO 8601 time such as 2026-03-02T09:00:00Z: {text!r}") from None
+    if value.tzinfo is None:
+        raise ValueError(f"{name}: the time must carry a timezone (e.g. 2026-03-02T09:00:00Z)")
+    return value
+
+
+def report_document(store, since: str | None = None, until: str | None = None) -> dict[str, Any]:
+    """The JSON document `GET /report` and `tom report --json` both answer, for orders created in
+    [since, until). Raises ValueError for a malformed bound."""
+    start, end = parse_bound("since", since), parse_bound("until", until)
+    if start is not None and end is not None and start >= end:
+        raise ValueError("since must be before until")
+    return jsonable(build_report(store.order_snapshots(start, end), start, end))
