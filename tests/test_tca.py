@@ -168,3 +168,23 @@ def test_bigquery_views_render_from_the_same_source():
     assert "APPROX_QUANTILES" in statements[1] and "JSON_VALUE" in statements[0]
     with pytest.raises(ValueError):
         view_statements("bigquery")
+
+
+def test_prometheus_histograms_carry_the_same_definitions():
+    from workers import metrics
+
+    metrics.observe_orders(data.ALL)
+    text = metrics.render().decode()
+    # binance USDT arrival slippage: -49.5050 (buy), 0 (order-unk), -24.9377 and -24.8139 (the children);
+    # the parent's own figure is its children's and is not counted again.
+    assert 'tom_order_slippage_bps_bucket{le="-50.0",quote_currency="USDT",venue="binance"} 0.0' in text
+    assert 'tom_order_slippage_bps_bucket{le="-20.0",quote_currency="USDT",venue="binance"} 3.0' in text
+    assert 'tom_order_slippage_bps_bucket{le="0.0",quote_currency="USDT",venue="binance"} 4.0' in text
+    # (buckets below zero: no _sum/_count by the OpenMetrics rule; +Inf is the count)
+    assert 'tom_order_slippage_bps_bucket{le="+Inf",quote_currency="USDT",venue="binance"} 4.0' in text
+    assert 'tom_order_slippage_bps_bucket{le="-100.0",quote_currency="BTC",venue="bybit"} 1.0' in text
+    # sent -> ack on binance: 30, 40, 5990, 30, 30 ms
+    assert 'tom_order_latency_ms_bucket{le="25.0",stage="sent_to_ack",venue="binance"} 0.0' in text
+    assert 'tom_order_latency_ms_bucket{le="50.0",stage="sent_to_ack",venue="binance"} 4.0' in text
+    assert 'tom_order_latency_ms_count{stage="sent_to_ack",venue="binance"} 5.0' in text
+    metrics.observe_orders([])

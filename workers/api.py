@@ -382,6 +382,7 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             metrics.observe_anomalies(await s.redis.hgetall(ANOMALIES_KEY))
             if s.store is not None:
                 metrics.observe_store(await asyncio.to_thread(s.store.report))
+                metrics.observe_orders(await asyncio.to_thread(s.store.order_snapshots))
             await _venue_states(s)
             await orphan_reasons(s.redis)
             await observe_venue_requests(s.redis)

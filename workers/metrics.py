@@ -8,7 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from analytics.metrics import records
+from analytics.report import SLIPPAGE_EDGES
+from oms.models import OrderSnapshot
 
 REGISTRY = CollectorRegistry()
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -71,3 +76,57 @@ def observe_anomalies(per_exchange: dict[str, str]) -> None:
     """From the `metrics:order_anomalies` hash the workflows' record_progress keeps."""
     for exchange, count in per_exchange.items():
         ORDER_ANOMALIES.labels(exchange=exchange).set(int(count))
+
+
+# --- TCA histograms: the report's definitions (oms/tca.py), rebuilt from the database at each scrape,
+# so an order counts once however often the recorder saw it (a counter fed per event could not).
+LATENCY_BUCKETS_MS = (1, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000)
+LATENCY_STAGES = ("sent_to_ack_ms", "execution_ms", "total_ms")
+
+
+def _histogram(values: list[float], edges) -> tuple[list[tuple[str, float]], float]:
+    buckets = [(str(edge), float(sum(1 for v in values if v <= edge))) for edge in edges]
+    return [*buckets, ("+Inf", float(len(values)))], float(sum(values))
+
+
+class TcaCollector:
+    """tom_order_latency_ms{venue,stage} and tom_order_slippage_bps{venue,quote_currency} (arrival
+    slippage, P&L-signed: negative is a cost), over the venue orders the last scrape read."""
+
+    def __init__(self) -> None:
+        self.snapshots: list[OrderSnapshot] = []
+
+    def collect(self):
+        latency = HistogramMetricFamily("tom_order_latency_ms", "Order latency stages, ms (oms/tca.py)",
+                                        labels=["venue", "stage"])
+        slippage = HistogramMetricFamily("tom_order_slippage_bps", "Arrival slippage, bps, negative is a cost",
+                                         labels=["venue", "quote_currency"])
+        by_stage: dict[tuple[str, str], list[float]] = {}
+        by_quote: dict[tuple[str, str], list[float]] = {}
+        for snap in self.snapshots:
+            if snap.tca is None:
+                continue
+            for stage in LATENCY_STAGES:
+                value = getattr(snap.tca.latency, stage)
+                if value is not None:
+                    by_stage.setdefault((snap.exchange, stage.removesuffix("_ms")), []).append(float(value))
+            if snap.tca.arrival_slippage_bps is not None:
+                by_quote.setdefault((snap.exchange, snap.tca.quote_currency), []).append(
+                    float(snap.tca.arrival_slippage_bps))
+        for labels, values in sorted(by_stage.items()):
+            buckets, total = _histogram(values, LATENCY_BUCKETS_MS)
+            latency.add_metric(list(labels), buckets, total)
+        for labels, values in sorted(by_quote.items()):
+            buckets, total = _histogram(values, [float(e) for e in SLIPPAGE_EDGES])
+            slippage.add_metric(list(labels), buckets, total)
+        yield latency
+        yield slippage
+
+
+TCA = TcaCollector()
+REGISTRY.register(TCA)
+
+
+def observe_orders(snapshots: list[OrderSnapshot]) -> None:
+    """Venue orders only (a parent's latency and cost are its children's)."""
+    TCA.snapshots = [s for s, r in zip(snapshots, records(snapshots)) if not r.is_parent]
