@@ -85,7 +85,7 @@ LATENCY_STAGES = ("sent_to_ack_ms", "execution_ms", "total_ms")
 
 
 def _histogram(values: list[float], edges) -> tuple[list[tuple[str, float]], float]:
-    buckets = [(str(edge), float(sum(1 for v in values if v <= edge))) for edge in edges]
+    buckets = [(str(float(edge)), float(sum(1 for v in values if v <= edge))) for edge in edges]
     return [*buckets, ("+Inf", float(len(values)))], float(sum(values))
 
 
