@@ -210,6 +210,8 @@ async def test_demo_feeds_signals_and_summarises_their_outcome(temporal_env, ord
     summary = next(line for line in result.stdout.splitlines() if line.startswith("demo: 9/9 orders terminal"))
     assert "filled" in summary
     assert "dead letters so far: 1 (stream signals.dead)" in result.stdout
+    # No API in this test: the demo says where its report's figures will be, in one line.
+    assert "demo report: the API at http://127.0.0.1:" in result.stdout
     assert await redis.xlen("signals.dead") == 1
 
 

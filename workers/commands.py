@@ -413,7 +413,33 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"      dead letters so far: {summary['dead_letters_total']} (stream signals.dead)")
 
 
+async def report_headline(settings: Settings, since: datetime, expected: int, timeout: float = 30.0) -> list[str]:
+    """The report's headline figures for the orders created since `since`, from the API once its
+    recorder has written the `expected` terminal orders (it writes behind the workflows)."""
+    from analytics.report import headline
+
+    deadline = time.monotonic() + timeout
+    doc: dict[str, Any] | None = None
+    async with httpx.AsyncClient(timeout=10) as client:
+        while True:
+            try:
+                response = await client.get(f"{_api(settings)}/report", params={"since": since.isoformat()})
+                response.raise_for_status()
+                doc = response.json()
+            except httpx.HTTPError as exc:
+                return [f"demo report: the API at {_api(settings)} is not answering ({type(exc).__name__}); "
+                        "`tom report` shows the figures once it runs"]
+            recorded = sum(n for state, n in doc["states"].items() if state in {s.value for s in TERMINAL_STATES})
+            if recorded >= expected or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    return ["demo report (`tom report` for the tables, `tom report --html FILE` for the plots):",
+            *(f"      {line}" for line in headline(doc))]
+
+
 def demo(settings: Settings, args) -> int:
+    started = datetime.now(timezone.utc)
     summary = asyncio.run(run_demo(settings, args.orders, args.rate, args.timeout))
     print_summary(summary)
+    print("\n".join(asyncio.run(report_headline(settings, started, summary["terminal"]))))
     return 0 if summary["terminal"] == summary["orders"] else 1
