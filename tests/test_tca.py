@@ -114,9 +114,9 @@ def test_report_document_and_text():
     assert jsonable(doc)["summary"][0]["fees"] == str(doc["summary"][0]["fees"])
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = DuckDBStore(tmp_path / "tca.duckdb")
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    s = DuckDBStore(tmp_path_factory.mktemp("tca") / "tca.duckdb")
     s.record(data.events(data.ALL), [], [])
     yield s
     s.close()
