@@ -11,10 +11,21 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from analytics.metrics import DIMENSIONS, OrderRecord, aggregate, quantile, ratio, records, venue_performance
+from analytics.metrics import (
+    DIMENSIONS,
+    OrderRecord,
+    aggregate,
+    group_metrics,
+    quantile,
+    ratio,
+    records,
+    venue_performance,
+)
 from oms.models import OrderSnapshot
 from oms.tca import BPS_QUANTUM, TERMINAL, LatencyStages, MarketPoint, parent_tca
 
+CURRENCY_FREE = ("orders", "outcomes", "success_rate", "fill_rate", "execution_ms_avg", "execution_ms_p50",
+                 "execution_ms_p99")
 STAGES = tuple(f for f in LatencyStages.model_fields if f not in ("execution_ms", "total_ms"))
 
 
@@ -123,6 +134,8 @@ def build_report(snapshots: list[OrderSnapshot], since: datetime | None = None, 
         "orders": len(leaves), "parent_orders": len(snapshots) - len(leaves),
         "states": {state: sum(1 for s in snapshots if s.state.value == state)
                    for state in sorted({s.state.value for s in snapshots})},
+        # Ratios and times need no currency: over every venue order. Money only per quote currency.
+        "overall": {k: v for k, v in group_metrics([r for r in rows if not r.is_parent]).items() if k in CURRENCY_FREE},
         "summary": [{k: v for k, v in row.items() if k != "key"} for row in aggregate(rows, None)],
         "by": {dimension: aggregate(rows, dimension) for dimension in DIMENSIONS},
         "exchanges": venue_performance(rows),

@@ -188,3 +188,18 @@ def test_prometheus_histograms_carry_the_same_definitions():
     assert 'tom_order_latency_ms_bucket{le="50.0",stage="sent_to_ack",venue="binance"} 4.0' in text
     assert 'tom_order_latency_ms_count{stage="sent_to_ack",venue="binance"} 5.0' in text
     metrics.observe_orders([])
+
+
+def test_prometheus_gauges_use_the_report_definitions():
+    from workers import metrics
+
+    metrics.observe_orders(data.ALL)
+    text = metrics.render().decode()
+    # 5 successes of 7 decided venue orders; fill rate (1 + .25 + 0 + 1 + 1 + 1) / 6 sent and ended
+    assert "tom_success_rate 0.714286" in text and "tom_fill_rate 0.708333" in text
+    assert 'tom_fees_total{quote_currency="USDT"} 0.7076' in text  # never added to the BTC fees
+    assert 'tom_fees_total{quote_currency="BTC"} -9.7e-06' in text
+    assert 'tom_slippage_bps_avg{exchange="bybit",quote_currency="BTC"} -103.0928' in text
+    # submission -> first fill on binance: 90 (buy), 5990 (order-unk), 90 and 90 (the children)
+    assert 'tom_submit_to_fill_ms{exchange="binance",quantile="0.5"} 90.0' in text
+    metrics.observe_orders([])
