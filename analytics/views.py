@@ -9,7 +9,7 @@ the dialects differ are the functions of `Dialect` below, written side by side:
   exact number  CAST(x AS DECIMAL(38, 12))               CAST(x AS BIGNUMERIC)
   quote         split_part(symbol, '/', 2)               SPLIT(symbol, '/')[SAFE_OFFSET(1)]
   parent id     regexp_extract(...) ('' if no match)     REGEXP_EXTRACT(...) (NULL if no match)
-  percentile    quantile_cont(x, q) (interpolated)       APPROX_QUANTILES(x, 1000)[OFFSET(q*1000)]
+  percentile    quantile_cont(x, q) (interpolated)       APPROX_QUANTILES(x, 1000 IGNORE NULLS)[SAFE_OFFSET(q*1000)]
                                                          (BigQuery has no aggregate PERCENTILE_CONT:
                                                          approximate, close on large samples)
 
@@ -56,7 +56,7 @@ BIGQUERY = Dialect(
     quote=lambda symbol: f"SPLIT({symbol}, '/')[SAFE_OFFSET(1)]",
     parent_id=lambda col: f"REGEXP_EXTRACT({col}, r'^(.*)-c[0-9]+$')",
     children=lambda col: f"COALESCE(ARRAY_LENGTH(JSON_QUERY_ARRAY({col}, '$.children')), 0)",
-    percentile=lambda x, q: f"APPROX_QUANTILES({x}, 1000)[OFFSET({int(q * 1000)})]",
+    percentile=lambda x, q: f"APPROX_QUANTILES({x}, 1000 IGNORE NULLS)[SAFE_OFFSET({int(q * 1000)})]",
 )
 
 DIALECTS = {"duckdb": DUCKDB, "bigquery": BIGQUERY}
