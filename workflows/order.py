@@ -66,8 +66,8 @@ with workflow.unsafe.imports_passed_through():
     from oms.pricing import VenuePrices
     # `apply` here is apply_safely: an illegal transition is recorded and reconciled, never raised.
     from oms.states import IllegalTransition, apply_fill, record_unforeseen
-    from oms.tca import order_tca, pre_trade
     from oms.states import apply_safely as apply
+    from oms.tca import order_tca, pre_trade
     from oms.validation import Denial, DenialReason, validate_amend, validate_order
     from oms.validation_legacy import validate_order_v1
     from oms.venue import (
