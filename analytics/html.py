@@ -128,6 +128,11 @@ def render_html(doc: dict[str, Any], title: str = "Execution report") -> str:
                        [[r["venue"], r["orders"], r["sent"], r["ack_ms_p50"], r["ack_ms_p99"], r["reject_rate"],
                          r["timeout_rate"], r["unknown_rate"], r["circuit_open_rate"], r["uptime"]]
                         for r in doc["exchanges"]])
+    parents = _table(["order", "algorithm", "children", "fill ratio", "average fill", "arrival slippage bps",
+                      "shortfall bps", "TWAP", "VWAP", "vs TWAP bps", "vs VWAP bps"],
+                     [[p["order_id"], p["algorithm"], p["children"], p["fill_ratio"], p["average_fill_price"],
+                       p["arrival_slippage_bps"], p["shortfall_bps"], p["twap"], p["vwap"], p["slippage_vs_twap_bps"],
+                       p["slippage_vs_vwap_bps"]] for p in doc["parents"]]) if doc["parents"] else "<p>none</p>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <style>
@@ -147,5 +152,6 @@ Money per quote currency; P&amp;L-signed (negative is a cost).</p>
 {''.join(plots(doc))}
 <h2>By venue</h2>{venues}
 <h2>Exchange performance</h2>{exchanges}
+<h2>Parent orders</h2>{parents}
 </body></html>
 """
