@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -179,11 +180,30 @@ def _api(settings: Settings) -> str:
     return f"http://{host}:{settings.service.port}"
 
 
+API_TOKEN_ENV = "TOM_API_TOKEN"
+
+
+def _api_get(settings: Settings, path: str, **kwargs: Any) -> httpx.Response:
+    """GET from the API with the bearer token of $TOM_API_TOKEN. A refusal of the token is the
+    user's to fix (one line, never the token); other HTTP failures propagate for the fallback."""
+    token = os.environ.get(API_TOKEN_ENV, "").strip()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.get(f"{_api(settings)}{path}", headers=headers, **kwargs)
+    if response.status_code in (401, 403):
+        try:
+            detail = response.json().get("detail", "")
+        except ValueError:
+            detail = ""
+        hint = f"set {API_TOKEN_ENV}" if not token else f"check {API_TOKEN_ENV}"
+        raise UserError(f"the API refused {path} ({response.status_code}: {detail}); {hint}")
+    return response
+
+
 def orders(settings: Settings, args) -> int:
     params = {k: v for k, v in {"state": args.state, "symbol": args.symbol, "strategy": args.strategy,
                                 "exchange": args.exchange, "limit": args.limit}.items() if v}
     try:
-        response = httpx.get(f"{_api(settings)}/orders", params=params, timeout=5)
+        response = _api_get(settings, "/orders", params=params, timeout=5)
         response.raise_for_status()
         rows = [OrderSnapshot.model_validate(o) for o in response.json()["orders"]]
     except httpx.HTTPError:
@@ -218,7 +238,7 @@ async def _orders_from_visibility(settings: Settings, args) -> list[OrderSnapsho
 
 def report(settings: Settings, args) -> int:
     try:
-        response = httpx.get(f"{_api(settings)}/report", timeout=10)
+        response = _api_get(settings, "/report", timeout=10)
         response.raise_for_status()
         data = response.json()
     except httpx.HTTPError:
