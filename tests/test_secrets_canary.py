@@ -215,6 +215,11 @@ def test_no_secret_reaches_logs_histories_redis_the_database_or_answers(tmp_path
             answers.append((result.stdout + result.stderr).encode())
             assert result.returncode == (1 if token == "x" * 40 else 0), result.stderr
         assert market.encode() in b"".join(answers)
+        wrong_password = run_tom(config, "submit", "--symbol", "ETH/USDT", "--side", "buy", "--quantity", "0.01",
+                                 "--via", "stream", env={**SECRETS, "REDIS_PASSWORD": "not-the-password"})
+        assert wrong_password.returncode == 1 and "requires a password" in wrong_password.stderr, wrong_password.stderr
+        assert len(wrong_password.stderr.strip().splitlines()) == 1, wrong_password.stderr
+        answers.append((wrong_password.stdout + wrong_password.stderr).encode())
 
         redis_blob = redis_dump(store)
         assert market.encode() in redis_blob and b"signals.dead" in redis_blob  # the dump holds the data

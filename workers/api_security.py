@@ -149,8 +149,10 @@ class ApiSecurity:
                 presented = _bearer(headers)
                 scopes = self.tokens.scopes_of(presented) if presented is not None else None
                 if scopes is None:
-                    detail = "a bearer token is required" if presented is None else "the bearer token is not valid"
-                    return 401, detail, [(b"www-authenticate", b'Bearer realm="tom"')]
+                    if presented is None:
+                        return 401, "a bearer token is required", [(b"www-authenticate", b'Bearer realm="tom"')]
+                    return 401, "the bearer token is not valid", [
+                        (b"www-authenticate", b'Bearer realm="tom", error="invalid_token"')]
                 if needed == UNDECIDED:
                     return 403, "this endpoint has no access decision; nobody may call it", []
                 if needed in ("read", "trade") and needed not in scopes:

@@ -35,7 +35,19 @@ from workers.runtime import connect_temporal, redis_client
 
 
 def _run(coro) -> int:
-    return asyncio.run(coro) or 0
+    return _run_async(coro) or 0
+
+
+def _run_async(coro) -> Any:
+    """asyncio.run, with Redis refusing our password as one line for the user."""
+    from redis.exceptions import AuthenticationError
+
+    try:
+        return asyncio.run(coro)
+    except AuthenticationError:
+        raise UserError("Redis refused the connection: it requires a password (messaging.password, REDIS_PASSWORD "
+                        "in local.yaml; `tom dev` uses REDIS_PASSWORD when set, else a random one per run that "
+                        "only its own processes know)") from None
 
 
 async def _client(settings: Settings) -> Client:
@@ -396,6 +408,6 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def demo(settings: Settings, args) -> int:
-    summary = asyncio.run(run_demo(settings, args.orders, args.rate, args.timeout))
+    summary = _run_async(run_demo(settings, args.orders, args.rate, args.timeout))
     print_summary(summary)
     return 0 if summary["terminal"] == summary["orders"] else 1
