@@ -186,6 +186,11 @@ def test_short_or_spaced_tokens_and_bad_scopes_are_refused_at_load(tmp_path):
             assert value not in str(refused.value)  # never echoed
     unset = load("    a: {token: '${T:-}', scopes: [read]}\n", {})
     assert unset.service.api_tokens["a"].token is None and unset.service.active_tokens() == {}
+    origins = tmp_path / "o.yaml"
+    for bad in ("desk.example.com", "https://desk.example.com/app", "*"):
+        origins.write_text(f"service:\n  allowed_origins: ['{bad}']\n")
+        with pytest.raises(ConfigError, match=r"service\.allowed_origins\.0"):
+            load_settings(origins, env={})
 
 
 def test_loopback_addresses():
