@@ -257,6 +257,14 @@ def test_no_secret_reaches_logs_histories_redis_the_database_or_answers(tmp_path
     assert not leaked, f"secrets found: {leaked}"
 
 
+def test_the_search_finds_a_secret_raw_or_base64_encoded_at_any_offset():
+    secret = SECRETS["REDIS_PASSWORD"]
+    for prefix in (b"", b"a", b"ab", b"abc"):
+        assert leaks(base64.b64encode(prefix + secret.encode() + b"tail")) == ["REDIS_PASSWORD"]
+        assert leaks(prefix + secret.encode()) == ["REDIS_PASSWORD"]
+    assert leaks(base64.b64encode(b"no secret here" * 8)) == []
+
+
 def test_log_lines_carrying_a_configured_secret_are_redacted(tmp_path):
     """The formatter every process logs through replaces configured secrets, in messages, their
     arguments and exception text (also as URL-quoted in a Redis URL)."""
