@@ -71,6 +71,8 @@ class ApiToken(_Strict):
 
     token: Annotated[OptionalSecret, AfterValidator(_usable_token)]
     scopes: Annotated[list[Literal["read", "trade"]], Field(min_length=1)]
+    # Requests per minute this token may make, per API process (a burst of as many, then 429); none: no limit.
+    requests_per_minute: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
 
 
 class ServiceSettings(_Strict):

@@ -157,12 +157,47 @@ async def test_cross_site_and_non_json_requests_are_refused_with_or_without_toke
         store.close()
 
 
+async def test_a_token_past_its_requests_per_minute_gets_429_and_others_are_unaffected(stack_settings, temporal_env,
+                                                                                       redis, tmp_path):
+    settings = auth_settings(stack_settings)
+    tokens = settings.service.model_dump(mode="json")["api_tokens"]
+    tokens["reader"] = {"token": READ_TOKEN, "scopes": ["read"], "requests_per_minute": 3}
+    tokens["trader"] = {"token": TRADE_TOKEN, "scopes": ["read", "trade"]}
+    settings = auth_settings(stack_settings, api_tokens=tokens)
+    store = DuckDBStore(str(tmp_path / "limits.duckdb"))
+    app = create_app(settings, Services(settings, temporal_env.client, redis, store), run_recorder=False)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            answers = [(await client.get("/positions", headers=bearer(READ_TOKEN))) for _ in range(4)]
+            assert [a.status_code for a in answers] == [200, 200, 200, 429]
+            assert 1 <= int(answers[-1].headers["retry-after"]) <= 20 and READ_TOKEN not in answers[-1].text
+            others = [(await client.get("/positions", headers=bearer(TRADE_TOKEN))).status_code for _ in range(5)]
+            assert others == [200] * 5
+            assert (await client.get("/healthz")).status_code == 200  # probes are not counted against anyone
+            spec = (await client.get("/openapi.json", headers=bearer(TRADE_TOKEN))).json()
+            assert "429" in spec["paths"]["/positions"]["get"]["responses"]
+    finally:
+        store.close()
+
+
+def test_rate_limit_refills_evenly_over_the_minute():
+    from workers.api_security import RateLimit
+
+    now = [0.0]
+    limit = RateLimit(60, clock=lambda: now[0])
+    assert all(limit.take() == 0 for _ in range(60)) and limit.take() == pytest.approx(1.0)
+    now[0] += 0.5
+    assert limit.take() == pytest.approx(0.5)
+    now[0] += 0.5
+    assert limit.take() == 0 and limit.take() > 0
+
+
 def test_token_checks_compare_digests_of_every_token(stack_settings):
     book = TokenBook(auth_settings(stack_settings).service)
     assert book.scopes_of(READ_TOKEN.encode()) == {"read"}
     assert book.scopes_of(TRADE_TOKEN.encode()) == {"trade"}
     assert book.scopes_of(READ_TOKEN[:-1].encode()) is None and book.scopes_of(b"") is None
-    assert all(len(digest) == 32 for digest, _ in book.entries)  # SHA-256: lengths never differ
+    assert all(len(digest) == 32 for digest, _, _ in book.entries)  # SHA-256: lengths never differ
 
 
 def test_short_or_spaced_tokens_and_bad_scopes_are_refused_at_load(tmp_path):

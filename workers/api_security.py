@@ -4,6 +4,7 @@ One ASGI middleware, in front of everything else (body limit, routing, validatio
 judged before a byte of its body is read or a parameter is checked:
   1. authentication (`service.api_tokens`): with any token set, every endpoint but the probes needs
      `Authorization: Bearer <token>`: 401 without a valid one, 403 without the endpoint's scope;
+     A token with `requests_per_minute` gets 429 (with Retry-After) past it, per API process;
   2. cross-site refusal: a state-changing request carrying an `Origin` not in
      `service.allowed_origins` is refused with 403, with or without a token (a web page a trader
      opens must never place orders through a local API);
@@ -21,6 +22,8 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import math
+import time
 from typing import Literal
 
 from starlette.routing import Match
@@ -80,25 +83,49 @@ def _digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
 
 
+class RateLimit:
+    """A token bucket: `per_minute` requests in a burst, refilled evenly over the minute."""
+
+    def __init__(self, per_minute: int, clock=time.monotonic) -> None:
+        self.capacity, self.rate, self.clock = float(per_minute), per_minute / 60.0, clock
+        self.tokens, self.at = self.capacity, clock()
+
+    def take(self) -> float:
+        """0 when the request may go, else the seconds until it could."""
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
 class TokenBook:
-    """The configured tokens as digests, and the scopes each grants."""
+    """The configured tokens as digests, the scopes each grants and its rate limit."""
 
     def __init__(self, service: ServiceSettings) -> None:
-        self.entries = [(_digest(t.token.get_secret_value().encode()), frozenset(t.scopes))
-                        for t in service.active_tokens().values()]
+        self.entries = [(_digest(t.token.get_secret_value().encode()), frozenset(t.scopes), name)
+                        for name, t in service.active_tokens().items()]
+        self.limits = {name: RateLimit(t.requests_per_minute)
+                       for name, t in service.active_tokens().items() if t.requests_per_minute}
 
     @property
     def enabled(self) -> bool:
         return bool(self.entries)
 
-    def scopes_of(self, presented: bytes) -> frozenset[str] | None:
-        """The scopes of the token presented, or None; every entry is compared, match or not."""
+    def match(self, presented: bytes) -> tuple[str, frozenset[str]] | None:
+        """(name, scopes) of the token presented, or None; every entry is compared, match or not."""
         probe = _digest(presented)
-        found: frozenset[str] | None = None
-        for digest, scopes in self.entries:
+        found = None
+        for digest, scopes, name in self.entries:
             if hmac.compare_digest(probe, digest):
-                found = scopes
+                found = (name, scopes)
         return found
+
+    def scopes_of(self, presented: bytes) -> frozenset[str] | None:
+        found = self.match(presented)
+        return found[1] if found else None
 
 
 def _bearer(headers: dict[bytes, bytes]) -> bytes | None:
@@ -147,16 +174,22 @@ class ApiSecurity:
             needed = self.decision(scope, method)
             if needed != "public":
                 presented = _bearer(headers)
-                scopes = self.tokens.scopes_of(presented) if presented is not None else None
-                if scopes is None:
+                found = self.tokens.match(presented) if presented is not None else None
+                if found is None:
                     if presented is None:
                         return 401, "a bearer token is required", [(b"www-authenticate", b'Bearer realm="tom"')]
                     return 401, "the bearer token is not valid", [
                         (b"www-authenticate", b'Bearer realm="tom", error="invalid_token"')]
                 if needed == UNDECIDED:
                     return 403, "this endpoint has no access decision; nobody may call it", []
+                name, scopes = found
                 if needed in ("read", "trade") and needed not in scopes:
                     return 403, f"this token lacks the '{needed}' scope", []
+                limit = self.tokens.limits.get(name)
+                wait = limit.take() if limit is not None else 0.0
+                if wait:
+                    return 429, "this token's requests_per_minute is used up; retry later", [
+                        (b"retry-after", str(math.ceil(wait)).encode())]
         if method in STATE_CHANGING:
             origin = headers.get(b"origin")
             if origin is not None and origin.decode("latin-1").rstrip("/").lower() not in self.allowed_origins:
@@ -204,6 +237,8 @@ def document(spec: dict, service: ServiceSettings) -> None:
                                              f"\n\nNeeds a bearer token with the `{needed}` scope.").strip()
                 responses.setdefault("401", {"description": "no valid bearer token", **problem})
                 responses.setdefault("403", {"description": "the token lacks the scope", **problem})
+                if any(t.requests_per_minute for t in service.active_tokens().values()):
+                    responses.setdefault("429", {"description": "the token's rate limit is used up", **problem})
             if method.upper() in STATE_CHANGING:
                 responses.setdefault("403", {"description": "a cross-site Origin", **problem})
                 responses.setdefault("415", {"description": "a body that is not application/json", **problem})
