@@ -3,8 +3,8 @@
 One ASGI middleware, in front of everything else (body limit, routing, validation), so a request is
 judged before a byte of its body is read or a parameter is checked:
   1. authentication (`service.api_tokens`): with any token set, every endpoint but the probes needs
-     `Authorization: Bearer <token>`: 401 without a valid one, 403 without the endpoint's scope;
-     A token with `requests_per_minute` gets 429 (with Retry-After) past it, per API process;
+     `Authorization: Bearer <token>`: 401 without a valid one, 403 without the endpoint's scope,
+     429 (with Retry-After) past the token's `requests_per_minute` (a bucket per API process);
   2. cross-site refusal: a state-changing request carrying an `Origin` not in
      `service.allowed_origins` is refused with 403, with or without a token (a web page a trader
      opens must never place orders through a local API);
@@ -172,7 +172,7 @@ class ApiSecurity:
         headers = {k.lower(): v for k, v in scope["headers"]}
         if self.tokens.enabled:
             needed = self.decision(scope, method)
-            if needed != "public":
+            if needed != PUBLIC:
                 presented = _bearer(headers)
                 found = self.tokens.match(presented) if presented is not None else None
                 if found is None:
