@@ -167,3 +167,69 @@ def test_history_names_its_timers_and_local_activities(ui_stack):
     assert "buy 0.0137 BTC/USDT at market on simulation" in joined, summaries  # the static summary
     assert "prepare: market rules" in joined and "venue: place the order" in joined, summaries
     assert "record: filled" in joined, summaries
+
+
+ORDER_COLUMNS = ("OrderState", "Symbol", "Exchange", "StrategyId")
+
+
+async def _text(page) -> str:
+    """The page's text, with its frames' (the UI renders Markdown details in sandboxed iframes)."""
+    texts = [await page.inner_text("main") if await page.locator("main").count() else await page.inner_text("body")]
+    for frame in page.frames[1:]:
+        try:
+            texts.append(await frame.inner_text("body", timeout=2_000))
+        except Exception:  # a frame navigating away or gone: read on the next poll
+            pass
+    return "\n".join(texts)
+
+
+async def _wait_for_text(page, *needles: str, timeout_s: float = 20) -> str:
+    """The page's text once it contains every needle (the UI loads and decodes asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = await _text(page)
+        missing = [n for n in needles if n not in text]
+        if not missing:
+            return text
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{missing} not on the page within {timeout_s}s; it shows: {text[:3000]}")
+        await page.wait_for_timeout(250)
+
+
+async def test_operator_finds_a_filled_order_in_the_temporal_ui(ui_stack, browser_page):
+    """The operator's path: the saved view's columns, the filter, the order, its story, its status."""
+    from urllib.parse import quote
+
+    page, filled = browser_page, ui_stack["orders"]["filled"]
+    page.set_default_timeout(15_000)
+    ui = f"http://127.0.0.1:{ui_stack['ports']['ui']}"
+    query = 'OrderState = "filled" AND Symbol = "BTC/USDT"'
+    await page.goto(f"{ui}/namespaces/default/workflows?query={quote(query)}", wait_until="networkidle")
+    # The order columns (README "What an operator sees"): stored by the UI in the browser.
+    await page.click('[data-track-intent="configure-columns"]')
+    for column in ("Run ID", "Type"):
+        await page.click(f'[data-testid="orderable-list-item-{column}-remove-button"]')
+    for column in ORDER_COLUMNS:
+        await page.click(f'[data-testid="orderable-list-item-{column}-add-button"]')
+    await page.keyboard.press("Escape")
+    await page.goto(f"{ui}/namespaces/default/workflows?query={quote(query)}", wait_until="networkidle")
+    text = await _wait_for_text(page, "1 COMPLETED", filled.order_id, *ORDER_COLUMNS, "strat-ui-7f3a9c")
+    for other in ("denied", "expired"):
+        assert ui_stack["orders"][other].order_id not in text, f"the filter let the {other} order through"
+    assert 'OrderState = "filled"' in text and 'Symbol = "BTC/USDT"' in text  # the filter chips
+    await page.screenshot(path=str(screenshot_path("ui-orders-filtered")))
+
+    await page.get_by_role("link", name=filled.order_id).first.click()
+    await _wait_for_text(page, "COMPLETED", "OrderWorkflow", '"state": "filled"')  # the result, decoded
+    await page.click("text=Search Attributes")
+    await _wait_for_text(page, "OrderState", "filled", "BTC/USDT", "simulation")
+    await page.click("text=User Metadata")
+    await _wait_for_text(page, "buy 0.0137 BTC/USDT at market on simulation", "strat-ui-7f3a9c", "FILLED")
+    await page.screenshot(path=str(screenshot_path("ui-order-story")), full_page=True)
+    await page.click("text=Queries")
+    await page.click('[data-testid="query-select-button"]')
+    await page.get_by_role("option", name="status", exact=True).click()
+    await page.get_by_role("button", name="Run Query").click()
+    assert await page.input_value('[data-testid="query-select"]') == "status"
+    await _wait_for_text(page, "Refresh Query", '"state": "filled"', filled.fills[0].trade_id)
+    await page.screenshot(path=str(screenshot_path("ui-order-status-query")), full_page=True)
