@@ -217,6 +217,11 @@ async def test_operator_finds_a_filled_order_in_the_temporal_ui(ui_stack, browse
     for other in ("denied", "expired"):
         assert ui_stack["orders"][other].order_id not in text, f"the filter let the {other} order through"
     assert 'OrderState = "filled"' in text and 'Symbol = "BTC/USDT"' in text  # the filter chips
+    # Saved as the view "Filled BTC orders" (the UI keeps saved views and columns in the browser).
+    await page.get_by_role("button", name="Save as New").click()
+    await page.locator('[data-testid="workflow-save-view-modal-input"]').press_sequentially("Filled BTC orders")
+    await page.locator('#workflow-save-view-modal [data-testid="confirm-modal-button"]').click()
+    await _wait_for_text(page, "Filled BTC orders")
     await page.screenshot(path=str(screenshot_path("ui-orders-filtered")))
 
     await page.get_by_role("link", name=filled.order_id).first.click()
