@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from oms.models import OrderSnapshot, OrderState, Signal
 
-# The UI shows a fill table in the current details: the latest few (the snapshot lists more).
+# The current details list the latest few fills (the snapshot lists more).
 DETAILS_FILLS_SHOWN = 10
 
 # How each terminal state reads in the UI's current details. Every order *workflow* completes
@@ -82,8 +82,9 @@ def current_details(snap: OrderSnapshot) -> str:
                  f"{snap.venue_requests} venue requests")
     if snap.fills:
         shown = snap.fills[-DETAILS_FILLS_SHOWN:]
-        table = ["| trade id | quantity | price | fee | liquidity |", "|---|---|---|---|---|"]
-        table += [f"| {f.trade_id} | {_num(f.quantity)} | {_num(f.price)} | {_num(f.fee)} {f.fee_currency or ''} "
-                  f"| {f.liquidity or '-'} |" for f in shown]
-        lines += [f"fills: {snap.fill_count} (latest {len(shown)})", "\n".join(table)]
+        listed = [f"- trade {f.trade_id}: {_num(f.quantity)} @ {_num(f.price)}, fee {_num(f.fee)}"
+                  + (f" {f.fee_currency}" if f.fee_currency else "") + (f" ({f.liquidity})" if f.liquidity else "")
+                  for f in shown]
+        lines += [f"fills: {snap.fill_count}" + (f" (latest {len(shown)})" if len(shown) < snap.fill_count else ""),
+                  "\n".join(listed)]
     return "\n\n".join(lines)

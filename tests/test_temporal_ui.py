@@ -230,7 +230,9 @@ async def test_operator_finds_a_filled_order_in_the_temporal_ui(ui_stack, browse
     await _wait_for_text(page, "OrderState", "filled", "BTC/USDT", "simulation")
     await page.click("text=User Metadata")
     await _wait_for_text(page, "buy 0.0137 BTC/USDT at market on simulation", "strat-ui-7f3a9c", "FILLED")
-    await page.screenshot(path=str(screenshot_path("ui-order-story")), full_page=True)
+    # The README's picture (docs/ui-order.png) is this one: the order's page without the side bar.
+    await page.screenshot(path=str(screenshot_path("ui-order-story")),
+                          clip={"x": 260, "y": 60, "width": 1120, "height": 860})
     await page.click("text=Queries")
     await page.click('[data-testid="query-select-button"]')
     await page.get_by_role("option", name="status", exact=True).click()
