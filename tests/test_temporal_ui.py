@@ -240,3 +240,32 @@ async def test_operator_finds_a_filled_order_in_the_temporal_ui(ui_stack, browse
     assert await page.input_value('[data-testid="query-select"]') == "status"
     await _wait_for_text(page, "Refresh Query", '"state": "filled"', filled.fills[0].trade_id)
     await page.screenshot(path=str(screenshot_path("ui-order-status-query")), full_page=True)
+
+
+async def test_summaries_are_not_part_of_determinism(ui_stack):
+    """Recorded histories have no summaries on their timers and local-activity markers, today's code
+    adds them, and the recorded ones still replay (user metadata is not compared on replay; the
+    whole set replays in tests/test_replay.py). An encrypted history with summaries replays too,
+    given the key."""
+    from temporalio.worker import Replayer
+
+    from tests.replay_mutation import installed_workflows
+    from tests.test_replay import HISTORIES, load_history
+    from workers.runtime import data_converter
+
+    recorded = [HISTORIES / "release-0.2" / name for name in (
+        "order-rec-skip-gtd-expires-after-3-days-589b.json", "order-rec-sim-start-at-waits-then-fills-7498.json",
+        "order-rec-skip-own-polls-back-off-then-cancel-cbed.json")]
+    for path in recorded:
+        history = load_history(path)
+        named = [e for e in history.events if e.HasField("timer_started_event_attributes")
+                 or e.HasField("marker_recorded_event_attributes")]
+        assert named and not any(e.HasField("user_metadata") for e in named), path.name
+        await Replayer(workflows=installed_workflows(), data_converter=data_converter(
+            load_settings(REPO / "config" / "local.yaml", env={}))).replay_workflow(history)
+
+    settings = ui_stack["settings"]
+    client = await connect_temporal(settings)
+    fresh = await client.get_workflow_handle(ui_stack["orders"]["filled"].order_id).fetch_history()
+    assert any(e.HasField("user_metadata") for e in fresh.events if e.HasField("marker_recorded_event_attributes"))
+    await Replayer(workflows=installed_workflows(), data_converter=data_converter(settings)).replay_workflow(fresh)
