@@ -153,3 +153,18 @@ def test_snapshot_fills_are_bounded():
         snap.record_fill(FillRecord(trade_id=f"t{i}", quantity=Decimal("0.01"), price=Decimal(100), at=now))
     assert snap.fill_count == SNAPSHOT_FILLS_MAX + 7 and len(snap.fills) == SNAPSHOT_FILLS_MAX
     assert snap.fills[0].trade_id == "t7" and snap.fills[-1].trade_id == f"t{SNAPSHOT_FILLS_MAX + 6}"
+
+
+def test_codec_server_refuses_to_start_without_a_key_or_exposed_without_a_token(tmp_path):
+    from tests.conftest import run_tom
+
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(settings_with(tmp_path).to_yaml())
+    out = run_tom(plain, "codec-server", timeout=60)
+    assert out.returncode == 1 and "temporal.payload_key is not set" in out.stderr, out.stderr
+    key = new_key()
+    exposed = tmp_path / "exposed.yaml"
+    exposed.write_text(settings_with(tmp_path, payload_key=key).to_yaml())
+    out = run_tom(exposed, "codec-server", "--host", "0.0.0.0", timeout=60)
+    assert out.returncode == 1 and "without temporal.codec_server.auth_token" in out.stderr, out.stderr
+    assert key not in out.stderr + out.stdout
