@@ -20,6 +20,9 @@ carries them out, so every venue call is made from one place and a cancel racing
 whatever the venue decided (late fills are counted). History stays bounded: long-lived orders
 continue-as-new with their whole state, pending requests included.
 Orders started before the `order-lifecycle-v2` patch keep release 0.1's paths (order_release01.py).
+What the Temporal UI shows is part of the job: every timer and venue call carries a summary, and the
+current details (oms/story.py) follow each transition. Both are user metadata, which replay does not
+compare, so adding or rewording them needs no patch (tests/test_temporal_ui.py replays old histories).
 """
 from __future__ import annotations
 
