@@ -136,7 +136,9 @@ class DevStack:
         await self._wait_ready("Redis", self._redis_answers)
         if self.encrypted:
             self._tom("codec", "codec-server")
-        self._tom("worker", "worker")
+        # One worker process: the local stack shares a laptop with the dev server and the API
+        # (`tom worker --processes N` uses more cores).
+        self._tom("worker", "worker", "--processes", "1")
         self._tom("consumer", "consume")
         self._tom("api", "api")
         await self._wait_ready("API", self._api_ready)
