@@ -91,7 +91,7 @@ def ui_stack(tmp_path_factory, redis_url):
                                       start_new_session=True))
         codec = tom_process(config, "codec-server", log_path=tmp / "codec.log")
         procs.append(codec)
-        worker = tom_process(config, "worker", log_path=tmp / "worker.log")
+        worker = tom_process(config, "worker", "--processes", "1", log_path=tmp / "worker.log")
         procs.append(worker)
         wait_for_http(f"http://127.0.0.1:{ports['ui']}/", timeout=60, proc=procs[0])
         wait_for_http(f"{codec_url}/decode", timeout=60, proc=codec)
