@@ -312,6 +312,28 @@ class OrderParams(_Strict):
         return value
 
 
+def _payload_keys(value: SecretStr | None) -> SecretStr | None:
+    """Comma-separated base64 AES-256 keys; refused (never echoed) unless each is 32 bytes."""
+    if value is not None:
+        from workers.payload_codec import parse_keys  # one parser for config and codec
+
+        parse_keys(value.get_secret_value())
+    return value
+
+
+PayloadKeys = Annotated[OptionalSecret, AfterValidator(_payload_keys)]
+
+
+class CodecServerSettings(_Strict):
+    """`tom codec-server`: decodes payloads for the Temporal UI and CLI of authorised operators."""
+
+    host: str = "localhost"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8089
+    # Browser origins allowed to call it (the Temporal UI's); others get no CORS headers.
+    cors_origins: list[str] = ["http://localhost:8233", "http://127.0.0.1:8233"]
+    auth_token: OptionalSecret = None  # when set, requests need `Authorization: Bearer <token>`
+
+
 class TemporalSettings(_Strict):
     address: str = "localhost:7233"
     namespace: str = "default"
@@ -320,6 +342,25 @@ class TemporalSettings(_Strict):
     api_key: OptionalSecret = None
     ui_port: Annotated[int, Field(ge=1, le=65535)] = 8233
     sandbox: bool = True  # run workflows in the SDK's determinism sandbox (false: faster, see README)
+    # AES-GCM payload encryption: the key new payloads are encrypted with, and older keys still
+    # accepted for decoding (rotation). Unset: payloads are stored in plain JSON.
+    payload_key: PayloadKeys = None
+    payload_old_keys: PayloadKeys = None
+    codec_server: CodecServerSettings = CodecServerSettings()
+
+    @field_validator("payload_key")
+    @classmethod
+    def _one_current_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and "," in value.get_secret_value():
+            raise ValueError("one key encrypts; list older ones in temporal.payload_old_keys")
+        return value
+
+    @model_validator(mode="after")
+    def _old_keys_need_a_current_one(self) -> "TemporalSettings":
+        if self.payload_old_keys is not None and self.payload_key is None:
+            raise ValueError("payload_old_keys: set without temporal.payload_key (decrypt-only is not "
+                             "supported: new payloads would be stored unencrypted)")
+        return self
 
 
 class Settings(_Strict):

@@ -88,6 +88,8 @@ class DevStack:
                   (self.settings.service.port, "API")]
         if self.start_redis:
             wanted.append((m.port, "Redis"))
+        if self.encrypted:
+            wanted.append((self.settings.temporal.codec_server.port, "codec server"))
         for port, what in wanted:
             if _port_in_use("127.0.0.1", port):
                 raise UserError(f"port {port} ({what}) is already in use — is another `tom dev` running?")
@@ -131,6 +133,8 @@ class DevStack:
                    "--namespace", t.namespace, "--log-level", "warn", "--ui-disable-news-fetch"]
         for name in SEARCH_ATTRIBUTES:
             command += ["--search-attribute", f"{name}=Keyword"]
+        if self.encrypted:  # the UI decrypts through `tom codec-server`, started below
+            command += ["--ui-codec-endpoint", self.codec_url]
         self._spawn("temporal", command)
         if self.start_redis:
             redis_server = find_binary("redis-server")
@@ -144,6 +148,8 @@ class DevStack:
                         stdin_text=f"requirepass {password}\n")
         await self._wait_ready("Temporal", self._temporal_ready)
         await self._wait_ready("Redis", self._redis_answers)
+        if self.encrypted:
+            self._tom("codec", "codec-server")
         # One worker process: the local stack shares a laptop with the dev server and the API
         # (`tom worker --processes N` uses more cores).
         self._tom("worker", "worker", "--processes", "1")
@@ -195,6 +201,15 @@ class DevStack:
             return False
 
     @property
+    def encrypted(self) -> bool:
+        return self.settings.temporal.payload_key is not None
+
+    @property
+    def codec_url(self) -> str:
+        server = self.settings.temporal.codec_server
+        return f"http://{server.host}:{server.port}"
+
+    @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.service.port}"
 
@@ -213,7 +228,8 @@ class DevStack:
             "tom dev: the local stack is up",
             f"  Temporal        {self.settings.temporal.address}  (namespace {self.settings.temporal.namespace}, "
             f"task queue {self.settings.temporal.task_queue})",
-            f"  Temporal UI     http://localhost:{self.settings.temporal.ui_port}",
+            f"  Temporal UI     http://localhost:{self.settings.temporal.ui_port}"
+            + (f"  (payloads encrypted; decoded by {self.codec_url})" if self.encrypted else ""),
             f"  Redis           {m.host}:{m.port}  ({redis_note})",
             f"  API             {self.api_url}  (docs {self.api_url}/docs, metrics {self.api_url}/metrics)",
             f"  DuckDB          {Path(self.settings.database.path).resolve()}",

@@ -1,7 +1,8 @@
 """Connections every process shares: Temporal client, Redis client, logging.
 
 One place decides the data converter (pydantic, so every workflow input and output is a typed
-model) and how secrets reach the Temporal client.
+model; encrypted with `temporal.payload_key`, workers/payload_codec.py) and how secrets reach the
+Temporal client.
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, SecretStr
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 
 from config.settings import Settings
+from workers.payload_codec import codec_from_settings, with_encryption
 
 WORKFLOW_TYPE = "OrderWorkflow"
 SEARCH_ATTRIBUTES = ("OrderState", "Symbol", "Exchange", "StrategyId")
@@ -27,8 +30,13 @@ async def connect_temporal(settings: Settings) -> Client:
         namespace=t.namespace,
         tls=t.tls,
         api_key=t.api_key.get_secret_value() if t.api_key else None,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),
     )
+
+
+def data_converter(settings: Settings) -> DataConverter:
+    """Pydantic models as JSON; AES-GCM encrypted when `temporal.payload_key` is set."""
+    return with_encryption(pydantic_data_converter, codec_from_settings(settings.temporal))
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
