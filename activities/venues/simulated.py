@@ -17,7 +17,7 @@ import asyncio
 import random
 import uuid
 from datetime import datetime, timezone
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
@@ -25,6 +25,7 @@ from redis.exceptions import WatchError
 from config.settings import SimulationSettings
 from oms import venue_model
 from oms.markets import simulated_market
+from oms.models import Side
 from oms.venue import (
     MarketInfo,
     MarketQuote,
@@ -149,6 +150,18 @@ class SimulatedVenue:
         now = _now()
         bid, ask = venue_model.top_of_book(symbol, now, self._sim)
         return MarketQuote(market=market, bid=bid, ask=ask, at=now)
+
+    async def order_book(self, symbol: str, depth: int) -> tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]:
+        """(bids, asks) now, best first, at most `depth` levels a side (the model's book, for routing)."""
+        market = await self.market(symbol)
+        now = _now()
+        step = market.amount_step
+
+        def side(taker: Side) -> list[tuple[Decimal, Decimal]]:
+            return [(price, (size / step).to_integral_value(ROUND_DOWN) * step)
+                    for price, size in venue_model.book_side(symbol, taker, now, self._sim)[:depth]]
+
+        return side(Side.SELL), side(Side.BUY)
 
     async def submit(self, request: VenueOrderRequest) -> VenueOrderReport:
         await self._enter()
