@@ -28,7 +28,7 @@ from oms.generation import market_collar, route as first_rule
 from oms.models import OrderType, Signal
 from oms.routing import BookLevel, RoutePlan, VenueBook, route
 from oms.slicing import SliceError, child_caps
-from oms.venue import VenueErrorType
+from oms.venue import MarketInfo, VenueErrorType
 
 BOOK_DEPTH = 20  # levels a side read for routing
 
@@ -77,6 +77,8 @@ class RoutingService:
         venue today's rule gives it (one candidate and no child caps, or no venue can fill it)."""
         venues, why = self.candidates(signal)
         venues = [v for v in venues if v not in (exclude or [])] or venues
+        if why == "smart routing" and len(venues) == 1:
+            why = f"{venues[0]}: the only venue configured"
         empty = RoutePlan(symbol=signal.symbol, side=signal.side, quantity=signal.quantity, legs=[], reason=why)
         if len(venues) == 1 and not self._caps_apply(signal, venues):
             return empty
@@ -105,12 +107,11 @@ class RoutingService:
                              Decimal(repr(self._settings.orders.max_slippage_bps)), floor)
 
     async def _venue_book(self, exchange: str, symbol: str) -> VenueBook:
-        book = await self._cached_book(exchange, symbol)
-        if book.eligible:
-            problem = await self._gate_problem(exchange)
-            if problem:
-                book = book.model_copy(update={"eligible": False, "ineligible_reason": problem})
-        return book
+        """Gate state first (fresh each time): a venue with an open breaker or a pause is not asked."""
+        problem = await self._gate_problem(exchange)
+        if problem:
+            return _ineligible(exchange, symbol, problem)
+        return await self._cached_book(exchange, symbol)
 
     async def _cached_book(self, exchange: str, symbol: str) -> VenueBook:
         key, ttl = (exchange, symbol), self._settings.execution.routing_book_ttl_ms / 1000
@@ -124,29 +125,21 @@ class RoutingService:
             return book
 
     async def _fetch(self, exchange: str, symbol: str) -> VenueBook:
-        from oms.venue import MarketInfo
-
-        placeholder = MarketInfo(symbol=symbol, base=symbol.split("/")[0], quote=symbol.split("/")[-1],
-                                 amount_step=Decimal(0), price_step=Decimal(0))
-
-        def ineligible(reason: str, market: MarketInfo = placeholder) -> VenueBook:
-            return VenueBook(exchange=exchange, market=market, taker_fee=market.taker_fee, eligible=False,
-                             ineligible_reason=reason)
-
         if exchange not in self._registry.names:
-            return ineligible("venue not configured")
+            return _ineligible(exchange, symbol, "venue not configured")
         adapter = self._registry.get(exchange)
         if not hasattr(adapter, "order_book"):
-            return ineligible("venue gives no order book")
+            return _ineligible(exchange, symbol, "venue gives no order book")
         try:
             market = await adapter.market(symbol)
         except VenueError as error:
-            return ineligible("market not listed" if error.kind == VenueErrorType.REJECTED else f"market unavailable: {error}")
+            return _ineligible(exchange, symbol, "market not listed" if error.kind == VenueErrorType.REJECTED
+                               else f"market unavailable: {error}"[:200])
         try:
             self.fetches += 1
             bids, asks = await adapter.order_book(symbol, BOOK_DEPTH)
         except VenueError as error:
-            return ineligible(f"book unavailable: {error}"[:200], market)
+            return _ineligible(exchange, symbol, f"book unavailable: {error}"[:200], market)
         return VenueBook(exchange=exchange, market=market, taker_fee=market.taker_fee,
                          bids=[BookLevel(price=p, quantity=q) for p, q in bids],
                          asks=[BookLevel(price=p, quantity=q) for p, q in asks],
@@ -162,6 +155,13 @@ class RoutingService:
         if status["paused_for_s"] > 0:
             return f"paused ({status['pause_reason'] or 'rate limited'}, {status['paused_for_s']} s left)"
         return None
+
+
+def _ineligible(exchange: str, symbol: str, reason: str, market: MarketInfo | None = None) -> VenueBook:
+    base, _, quote = symbol.partition("/")
+    market = market or MarketInfo(symbol=symbol, base=base, quote=quote, amount_step=Decimal(0), price_step=Decimal(0))
+    return VenueBook(exchange=exchange, market=market, taker_fee=market.taker_fee, eligible=False,
+                     ineligible_reason=reason)
 
 
 class RoutingActivities:

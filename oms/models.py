@@ -257,6 +257,8 @@ class OrderSnapshot(BaseModel):
     anomalies: int = 0
     last_anomaly: str | None = None
     venue_requests: int = 0  # venue calls made for this order (every retry and look-up counts)
+    # Why this venue: the router's reason and what it weighed (oms/routing.py RoutePlan), one line.
+    routing_reason: str | None = None
 
     @property
     def is_terminal(self) -> bool:

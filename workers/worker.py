@@ -18,6 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.execution import ExecutionActivities
+from activities.routing import RoutingActivities, RoutingService
 from activities.limits import AccountLimitActivities, DailyOrderLimit
 from activities.publish import PublishActivities
 from activities.venues.simulated import SimulatedVenue
@@ -52,7 +53,8 @@ async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegi
 async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis,
                        registry: VenueRegistry | None = None, max_concurrent: int | None = None) -> Worker:
     registry = registry or await build_registry(settings, redis)
-    execution = ExecutionActivities(registry, settings, DailyOrderLimit(redis))
+    routing = RoutingService(registry, settings, redis)  # one book cache per worker process
+    execution = ExecutionActivities(registry, settings, DailyOrderLimit(redis), routing)
     limits = AccountLimitActivities(redis)
     publish = PublishActivities(redis, settings)
     concurrency = max_concurrent or 500
@@ -60,7 +62,8 @@ async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis
         client,
         task_queue=settings.temporal.task_queue,
         workflows=[OrderWorkflow],
-        activities=[*execution.all(), limits.reserve_daily_order, publish.record_progress],
+        activities=[*execution.all(), *RoutingActivities(routing).all(), limits.reserve_daily_order,
+                    publish.record_progress],
         max_concurrent_workflow_tasks=concurrency,
         max_concurrent_activities=concurrency,
         max_concurrent_local_activities=concurrency,
