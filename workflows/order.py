@@ -91,7 +91,7 @@ STRATEGY_ID = SearchAttributeKey.for_keyword("StrategyId")
 # end or continue as new; the id is recorded once, at the start of each run.
 LIFECYCLE_V2 = "order-lifecycle-v2"
 # Orders routed by the smart router (prepare_order's context carries the plan): a split becomes a
-# parent order, a plan's reason is recorded. Contexts recorded before it have no plan.
+# parent order, a plan's reason is recorded. Runs started before it ignore a plan.
 SMART_ROUTING = "smart-routing"
 BUSY_WAIT_MAX_S = 30.0
 # A cancel that did not take, an `unknown` to reconcile, a cancel-and-replace awaiting its cancel's
@@ -199,6 +199,9 @@ class OrderWorkflow(Release01Paths):
         self._seen = set(self._state.seen_fill_ids)
         self._pending_fills: list[Fill] = []
         self._v2 = workflow.patched(LIFECYCLE_V2)
+        # Asked here, at the run's first task, not after prepare_order: a local activity's marker and a
+        # patch marker recorded in one task are not always in the order the code ran them.
+        self._smart_routing = workflow.patched(SMART_ROUTING)
         self._lock = asyncio.Lock()  # release 0.1's amend_order only
         self._handing_over = False  # continue-as-new is waiting for the handlers to return
         # A Temporal cancellation request is not carried to a new run by the server: this run sees the
@@ -424,7 +427,7 @@ class OrderWorkflow(Release01Paths):
         snap = self._state.snapshot
         snap.exchange = context.exchange
         # A context from before smart routing has no route: those orders replay as they ran.
-        if (context.route is not None or context.route_refusal is not None) and workflow.patched(SMART_ROUTING):
+        if self._smart_routing and (context.route is not None or context.route_refusal is not None):
             if context.route is not None:
                 snap.routing_reason = _routing_reason(context.route)
             if context.route_refusal is not None:
