@@ -128,6 +128,14 @@ class FaultSettings(_Strict):
     lost_ack_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
 
 
+class SimulatedVenueSettings(_Strict):
+    """One more simulated venue: what differs from `execution.simulation` (unset: the same)."""
+
+    maker_fee: Annotated[float, Field(ge=0, le=0.01)] | None = None
+    taker_fee: Annotated[float, Field(ge=0, le=0.01)] | None = None
+    depth_levels: Annotated[int, Field(ge=1, le=100)] | None = None
+
+
 class SimulationSettings(_Strict):
     slippage: Annotated[float, Field(ge=0, le=0.1)] = 0.0005  # 5 bps base slippage
     delay_ms: Annotated[int, Field(ge=0, le=60_000)] = 100
@@ -136,6 +144,17 @@ class SimulationSettings(_Strict):
     volatility_bps: Annotated[float, Field(ge=0, le=1000)] = 20.0  # price path amplitude
     depth_levels: Annotated[int, Field(ge=1, le=100)] = 10
     faults: FaultSettings = FaultSettings()
+    # More simulated venues beside `simulation`, each on the same price path with its own fees and
+    # depth (so smart routing has venues to choose between): name `simulation-<x>` -> overrides.
+    venues: dict[Annotated[str, Field(pattern=r"^simulation-[a-z0-9]{1,20}$")], SimulatedVenueSettings] = Field(
+        default_factory=dict)
+
+    def venue(self, name: str) -> "SimulationSettings":
+        """The settings one simulated venue prices with: these, with the venue's own overrides."""
+        overrides = self.venues.get(name)
+        if overrides is None:
+            return self
+        return self.model_copy(update={k: v for k, v in overrides.model_dump().items() if v is not None} | {"venues": {}})
 
 
 def _numeric_id(value: str | None) -> str | None:

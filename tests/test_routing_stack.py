@@ -23,7 +23,7 @@ from oms.models import OrderSnapshot, OrderState, Side
 from oms.parent import ParentOrderInput
 from oms.routing import walk
 from tests.conftest import direct_settings
-from tests.helpers import make_signal, start_order
+from tests.helpers import executions, make_signal, start_order
 from tests.test_direct_execution import direct_worker
 from workers.worker import build_registry
 
@@ -159,3 +159,30 @@ async def test_order_beyond_one_venues_depth_is_split_across_both_venues(tempora
             assert final.filled_quantity > max(depth.values())
         else:
             await client.get_workflow_handle(signal.workflow_id).terminate("ParentOrderWorkflow is not on this branch")
+
+
+async def test_simulated_venues_differ_and_an_unpinned_order_goes_to_the_cheaper(temporal_env, fast_settings, redis,
+                                                                                task_queue):
+    from workers.intake import servable_exchanges
+    from workers.worker import running_worker
+
+    simulation = {**fast_settings.execution.simulation.model_dump(mode="json"),
+                  "venues": {"simulation-b": {"taker_fee": 0.0001, "depth_levels": 3}}}
+    settings = fast_settings.with_overrides(execution={**fast_settings.execution.model_dump(mode="json"),
+                                                       "simulation": simulation})
+    assert servable_exchanges(settings) == {"simulation", "simulation-b"}
+    async with running_worker(temporal_env.client, settings, redis):
+        unpinned = await (await start_order(temporal_env.client, task_queue, make_signal(quantity="0.01"))).result()
+        pinned = await (await start_order(temporal_env.client, task_queue,
+                                          make_signal(quantity="0.01", exchange="simulation"))).result()
+    assert unpinned.state == S.FILLED and unpinned.exchange == "simulation-b", unpinned
+    assert unpinned.routing_reason.startswith("simulation-b: best all-in"), unpinned.routing_reason
+    assert "taker fee 0.0005" in unpinned.routing_reason and "taker fee 0.0001" in unpinned.routing_reason
+    fills = [f for f in await executions(redis) if f["order_id"] == unpinned.order_id]
+    assert fills and all(f["venue"] == "simulation-b" for f in fills)
+    assert pinned.state == S.FILLED and pinned.exchange == "simulation"
+    assert pinned.routing_reason == "pinned to simulation by the signal"
+    registry = await build_registry(settings, redis)
+    books = {name: await registry.get(name).order_book("ETH/USDT", 20) for name in ("simulation", "simulation-b")}
+    assert len(books["simulation"][1]) == 10 and len(books["simulation-b"][1]) == 3  # depth per venue
+    await registry.close()

@@ -38,6 +38,8 @@ DRAIN_MARGIN_S = 2.0  # past GRACEFUL_SHUTDOWN, for the pollers and the worker's
 async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegistry:
     registry = VenueRegistry(redis=redis)
     registry.register(SimulatedVenue(redis, settings.execution.simulation))
+    for name in settings.execution.simulation.venues:
+        registry.register(SimulatedVenue(redis, settings.execution.simulation.venue(name), name))
     if settings.execution.mode == "direct" or settings.execution.direct.accounts_in_use():
         from activities.venues.ccxt_exchange import build_ccxt_adapters  # ccxt is heavy: only where used
 

@@ -79,7 +79,8 @@ def _ms(at: datetime) -> int:
 class SimulatedVenue:
     name = "simulation"
 
-    def __init__(self, redis: aioredis.Redis, sim: SimulationSettings) -> None:
+    def __init__(self, redis: aioredis.Redis, sim: SimulationSettings, name: str = "simulation") -> None:
+        self.name = name  # more simulated venues (execution.simulation.venues) differ by fees and depth
         self._redis = redis
         self._sim = sim
         self._take_one = redis.register_script(_TAKE_ONE)
@@ -185,7 +186,7 @@ class SimulatedVenue:
             raise VenueError(VenueErrorType.UNKNOWN_OUTCOME, "simulated lost acknowledgement")
         if await self._fault("hang"):
             await asyncio.sleep(HANG_SECONDS)
-        return sim_report(order)
+        return sim_report(order, self.name)
 
     async def fetch(self, ref: VenueOrderRef) -> VenueOrderReport:
         await self._enter()
@@ -194,13 +195,13 @@ class SimulatedVenue:
                                     symbol=ref.symbol, status=VenueOrderStatus.NOT_FOUND)
         now = _now()
         order = await self._update(ref.client_order_id, lambda o: venue_model.advance(o, now, self._sim))
-        return sim_report(order)
+        return sim_report(order, self.name)
 
     async def cancel(self, ref: VenueOrderRef) -> VenueOrderReport:
         await self._enter()
         now = _now()
         order = await self._update(ref.client_order_id, lambda o: venue_model.cancel(o, now, self._sim))
-        return sim_report(order)
+        return sim_report(order, self.name)
 
     async def amend(self, request: VenueAmendRequest) -> VenueOrderReport:
         await self._enter()
@@ -212,7 +213,7 @@ class SimulatedVenue:
             except ValueError as exc:
                 raise VenueError(VenueErrorType.REJECTED, f"amend refused: {exc}") from None
 
-        return sim_report(await self._update(request.client_order_id, change))
+        return sim_report(await self._update(request.client_order_id, change), self.name)
 
     async def fetch_open(self, account: str, symbols: list[str] | None = None) -> list[VenueOrderReport]:
         await self._enter()
@@ -224,7 +225,7 @@ class SimulatedVenue:
             except VenueError:
                 continue
             if symbols is None or order.symbol in symbols:
-                reports.append(sim_report(order))
+                reports.append(sim_report(order, self.name))
         return reports
 
     async def fetch_closed_since(self, account: str, since_ms: int) -> list[VenueOrderReport]:
@@ -235,7 +236,7 @@ class SimulatedVenue:
         for client_order_id in await self._redis.zrangebyscore(key, since_ms, "+inf"):
             order = await self._load(client_order_id)
             if order is not None:
-                reports.append(sim_report(order))
+                reports.append(sim_report(order, self.name))
         return reports
 
     async def close(self) -> None:
