@@ -86,11 +86,16 @@ class RoutingService:
         collar = self._collar(signal, books)
         execution = self._settings.execution
         try:
-            return route(signal.side, signal.quantity, list(books), collar_price=collar,
+            plan = route(signal.side, signal.quantity, list(books), collar_price=collar,
                          max_child_quantity=execution.max_child_quantity or None,
                          max_child_notional=execution.max_child_notional or None, symbol=signal.symbol)
         except SliceError as error:
             raise RoutingRefused(str(error)) from None
+        if not plan.legs:  # the order keeps the first rule's venue: say so, and why
+            first = first_rule(signal, execution.mode, list(execution.direct.exchanges))
+            limit = " (its limit price)" if collar is not None and collar == signal.limit_price else ""
+            plan = plan.model_copy(update={"reason": f"{plan.reason}{limit}; sent to {first} (the first rule)"})
+        return plan
 
     def _collar(self, signal: Signal, books: tuple[VenueBook, ...]) -> Decimal | None:
         """A limit order's limit; a market order's collar around the best venue's mid (the signal's

@@ -185,4 +185,7 @@ async def test_simulated_venues_differ_and_an_unpinned_order_goes_to_the_cheaper
     registry = await build_registry(settings, redis)
     books = {name: await registry.get(name).order_book("ETH/USDT", 20) for name in ("simulation", "simulation-b")}
     assert len(books["simulation"][1]) == 10 and len(books["simulation-b"][1]) == 3  # depth per venue
+    resting = await RoutingService(registry, settings, redis).plan(
+        make_signal(quantity="0.01", order_type="limit", limit_price="1500.00"))
+    assert resting.legs == [] and resting.reason.endswith("(its limit price); sent to simulation (the first rule)")
     await registry.close()
