@@ -189,3 +189,33 @@ async def test_simulated_venues_differ_and_an_unpinned_order_goes_to_the_cheaper
         make_signal(quantity="0.01", order_type="limit", limit_price="1500.00"))
     assert resting.legs == [] and resting.reason.endswith("(its limit price); sent to simulation (the first rule)")
     await registry.close()
+
+
+async def test_plan_route_activity_routes_and_refuses_an_impossible_child_cap(fast_settings, redis):
+    from temporalio.exceptions import ApplicationError
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.routing import RouteRequest, RoutingActivities
+
+    simulation = {**fast_settings.execution.simulation.model_dump(mode="json"),
+                  "venues": {"simulation-b": {"taker_fee": 0.0001}}}
+    execution = {**fast_settings.execution.model_dump(mode="json"), "simulation": simulation}
+    settings = fast_settings.with_overrides(execution=execution)
+    registry = await build_registry(settings, redis)
+    try:
+        activities = RoutingActivities(RoutingService(registry, settings, redis))
+        plan = await ActivityEnvironment().run(activities.plan_route, RouteRequest(signal=make_signal(quantity="0.01")))
+        assert [(leg.exchange, leg.quantity) for leg in plan.legs] == [("simulation-b", Decimal("0.01"))]
+        capped = fast_settings.with_overrides(execution={**execution, "max_child_quantity": {"ETH/USDT": "0.004"}})
+        activities = RoutingActivities(RoutingService(registry, capped, redis))
+        plan = await ActivityEnvironment().run(activities.plan_route, RouteRequest(signal=make_signal(quantity="0.01")))
+        assert [leg.quantity for leg in plan.legs] == [Decimal("0.0034"), Decimal("0.0033"), Decimal("0.0033")]
+        assert plan.is_split and {leg.exchange for leg in plan.legs} == {"simulation-b"}
+        impossible = fast_settings.with_overrides(execution={**execution, "max_child_quantity": {"simulation-b": "0.00001",
+                                                                                                "simulation": "0.00001"}})
+        activities = RoutingActivities(RoutingService(registry, impossible, redis))
+        with pytest.raises(ApplicationError, match="below the venue minimum") as refused:
+            await ActivityEnvironment().run(activities.plan_route, RouteRequest(signal=make_signal(quantity="0.01")))
+        assert refused.value.type == "RoutingRefused" and refused.value.non_retryable
+    finally:
+        await registry.close()
