@@ -150,13 +150,18 @@ async def test_order_beyond_one_venues_depth_is_split_across_both_venues(tempora
         assert parent_input.signal == signal
         assert {leg.exchange for leg in plan.legs} == {"binance", "bybit"}
         assert sum((leg.quantity for leg in plan.legs), Decimal(0)) == quantity
-        assert all(leg.quantity <= depth[leg.exchange] for leg in plan.legs)
         assert plan.best_single_venue is None and "no single venue" in plan.reason, plan.reason
+        # Each venue's depth within the collar as the router saw it (the book it planned on): less
+        # than the order, and each leg within it.
+        seen = {line.split(":")[0]: Decimal(line.split(" fills ")[1].split(" of ")[0])
+                for line in plan.considered if " fills " in line}
+        assert set(seen) == {"binance", "bybit"} and all(d < quantity for d in seen.values()), plan.considered
+        assert all(leg.quantity <= seen[leg.exchange] for leg in plan.legs)
         # Nothing reached a venue before the split, and no daily-order slot was spent on it.
         assert all(not e.orders() for e in emulators.values())
         if _parent_registered():
             final = await client.get_workflow_handle(signal.workflow_id, result_type=OrderSnapshot).result()
-            assert final.filled_quantity > max(depth.values())
+            assert final.filled_quantity > max(seen.values())
         else:
             await client.get_workflow_handle(signal.workflow_id).terminate("ParentOrderWorkflow is not on this branch")
 
