@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from decimal import Decimal
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -171,6 +172,14 @@ class FaultSettings(_Strict):
     lost_ack_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
 
 
+class SimulatedVenueSettings(_Strict):
+    """One more simulated venue: what differs from `execution.simulation` (unset: the same)."""
+
+    maker_fee: Annotated[float, Field(ge=0, le=0.01)] | None = None
+    taker_fee: Annotated[float, Field(ge=0, le=0.01)] | None = None
+    depth_levels: Annotated[int, Field(ge=1, le=100)] | None = None
+
+
 class SimulationSettings(_Strict):
     slippage: Annotated[float, Field(ge=0, le=0.1)] = 0.0005  # 5 bps base slippage
     delay_ms: Annotated[int, Field(ge=0, le=60_000)] = 100
@@ -179,6 +188,17 @@ class SimulationSettings(_Strict):
     volatility_bps: Annotated[float, Field(ge=0, le=1000)] = 20.0  # price path amplitude
     depth_levels: Annotated[int, Field(ge=1, le=100)] = 10
     faults: FaultSettings = FaultSettings()
+    # More simulated venues beside `simulation`, each on the same price path with its own fees and
+    # depth (so smart routing has venues to choose between): name `simulation-<x>` -> overrides.
+    venues: dict[Annotated[str, Field(pattern=r"^simulation-[a-z0-9]{1,20}$")], SimulatedVenueSettings] = Field(
+        default_factory=dict)
+
+    def venue(self, name: str) -> "SimulationSettings":
+        """The settings one simulated venue prices with: these, with the venue's own overrides."""
+        overrides = self.venues.get(name)
+        if overrides is None:
+            return self
+        return self.model_copy(update={k: v for k, v in overrides.model_dump().items() if v is not None} | {"venues": {}})
 
 
 def _numeric_id(value: str | None) -> str | None:
@@ -217,6 +237,9 @@ class ExchangeSettings(_Strict):
     # The venue refuses a signed request older than this: after it has passed, an order we may have
     # sent and cannot find was never placed, so it can be sent again under the same client id.
     recv_window_ms: Annotated[int, Field(ge=1000, le=60_000)] = 5_000
+    # The taker fee this account pays (a VIP tier, a discount); unset: the venue's listed rate.
+    # The router ranks venues by it and fee estimates use it.
+    taker_fee: Annotated[float, Field(ge=0, le=0.01)] | None = None
 
 
 class CircuitBreakerSettings(_Strict):
@@ -242,6 +265,16 @@ class DirectSettings(_Strict):
         return any(a.api_key or a.base_url for a in self.accounts.values())
 
 
+def _cap_key(value: dict) -> dict:
+    for key in value:
+        if not re.fullmatch(r"[A-Z0-9]{1,20}/[A-Z0-9]{1,20}|[a-z0-9_-]{1,32}", str(key)):
+            raise ValueError(f"{key!r} is neither a symbol (BTC/USDT) nor a venue name (binance)")
+    return value
+
+
+ChildCap = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+
+
 class ExecutionSettings(_Strict):
     mode: Literal["simulation", "quantconnect", "direct"] = "simulation"
     simulation: SimulationSettings = SimulationSettings()
@@ -251,6 +284,18 @@ class ExecutionSettings(_Strict):
     # in `tom worker` cancels them at the venue, or only reports them (workers/sweep.py).
     orphans: Literal["cancel", "report"] = "cancel"
     orphan_sweep_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
+    # Smart routing (oms/routing.py): `smart` sends an order the signal does not pin to the venue
+    # (or split across venues) with the best all-in price on their books; `first`: the first venue.
+    routing: Literal["smart", "first"] = "smart"
+    routing_book_ttl_ms: Annotated[int, Field(ge=0, le=60_000)] = 300  # a book serves routing this long
+    # Child order caps, keyed by symbol (`BTC/USDT`) or venue (`binance`); the tighter applies.
+    max_child_quantity: dict[str, ChildCap] = Field(default_factory=dict)  # base units
+    max_child_notional: dict[str, ChildCap] = Field(default_factory=dict)  # quote currency
+
+    @field_validator("max_child_quantity", "max_child_notional")
+    @classmethod
+    def _cap_keys(cls, value: dict) -> dict:
+        return _cap_key(value)
 
     @model_validator(mode="after")
     def _mode_configured(self) -> "ExecutionSettings":

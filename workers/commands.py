@@ -66,6 +66,8 @@ def _snapshot_table(snap: OrderSnapshot) -> str:
             ("filled", f"{snap.filled_quantity} @ {snap.average_fill_price or '-'}  fees {snap.fees}"),
             ("slippage", f"{snap.slippage_bps} bps" if snap.slippage_bps is not None else "-"),
             ("client id", snap.client_order_id)]
+    if snap.routing_reason:  # why this venue (smart routing)
+        rows.append(("routing", snap.routing_reason))
     rows += _tca_rows(snap)
     lines = [f"{k:<11} {v}" for k, v in rows]
     lines += [f"  {t.at.strftime('%H:%M:%S.%f')[:-3]}  {t.state.value:<17} {t.reason or ''}" for t in snap.transitions]

@@ -73,6 +73,7 @@ def servable_exchanges(settings: Settings) -> set[str]:
                                                and (direct.accounts[name].api_key or direct.accounts[name].base_url))}
     if execution.mode == "simulation":
         names.add("simulation")
+        names.update(execution.simulation.venues)
     elif execution.mode == "quantconnect":
         names.add("quantconnect")
     return names
@@ -192,7 +193,8 @@ def parse_signal(payload: str | bytes, settings: Settings, now: datetime | None 
     if problem:
         raise InvalidSignal(problem)
     _check_timing(signal, settings, now, received_at)
-    simulated = signal.exchange == "simulation" or (signal.exchange is None and settings.execution.mode == "simulation")
+    simulated = signal.exchange in ("simulation", *settings.execution.simulation.venues) or (
+        signal.exchange is None and settings.execution.mode == "simulation")
     if simulated and simulated_market(signal.symbol) is None:
         raise InvalidSignal(f"symbol: unknown symbol {signal.symbol} on the simulated exchange")
     return signal
