@@ -13,7 +13,9 @@ message is acknowledged only after its workflow start is durable (or the order a
 after it is dead-lettered; one whose consumer dies unacknowledged is delivered again after the ack
 deadline, and its start then finds the workflow `order-<signal_id>` already there: one order. Our
 idempotency never relies on Pub/Sub's exactly-once delivery, nor our dead letters on its
-dead-letter policy (the emulator has neither, and neither is needed).
+dead-letter policy (the emulator has neither, and neither is needed). The ack deadline is
+`messaging.claim_idle_ms`, for the subscription and for each lease extension while a consumer holds
+a message (say while Temporal is down and the start is retried with backoff).
 
 A dead letter is one message on P+S-dead: its body is the original payload as received (bytes,
 clipped to `messaging.max_payload_bytes`), its attributes `reason` (clipped to Pub/Sub's 1024
@@ -222,8 +224,11 @@ class PubSubSignalSource:
                 message.nack()
 
         m = self._settings.messaging
+        # Leases are extended claim_idle_ms at a time (the client's default is 60 s per stream): a
+        # consumer that dies leaves its messages to the others after at most claim_idle_ms.
         flow = pubsub_v1.types.FlowControl(max_messages=m.flow_control_max_messages,
-                                           max_bytes=m.flow_control_max_bytes)
+                                           max_bytes=m.flow_control_max_bytes,
+                                           max_duration_per_lease_extension=m.claim_idle_ms // 1000)
         self._pull = self._subscriber.subscribe(self._names.subscription_path(), callback=on_message,
                                                 flow_control=flow)
         log.info("consumer %s pulling %s", self.consumer, self._names.subscription_path())
