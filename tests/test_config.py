@@ -30,6 +30,7 @@ def test_shipped_configs_load_with_every_brief_key():
     assert dev.execution.mode == "quantconnect" and dev.execution.quantconnect.project_id == "42"
     assert dev.execution.quantconnect.api_key.get_secret_value() == "qc-secret-123"
     assert dev.account_limits.max_order_value == 5000
+    assert (dev.messaging.type, dev.messaging.project, dev.messaging.topic_prefix) == ("pubsub", "development", "dev_")
 
 
 @pytest.mark.parametrize("text, expected", [
