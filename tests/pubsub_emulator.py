@@ -40,6 +40,10 @@ def find_emulator_jar() -> tuple[str, Path]:
     gcloud = shutil.which("gcloud")
     if gcloud is None:
         _unavailable("no `gcloud` on PATH (its SDK root holds the emulator jar)")
+    # gcloud is <sdk root>/bin/gcloud: look there first (`gcloud info` takes seconds), then ask it.
+    jar = Path(gcloud).resolve().parent.parent / JAR_UNDER_SDK
+    if jar.exists():
+        return java, jar
     root = subprocess.run([gcloud, "info", "--format=value(installation.sdk_root)"], capture_output=True,
                           text=True, timeout=60).stdout.strip()
     jar = Path(root) / JAR_UNDER_SDK

@@ -231,15 +231,15 @@ async def test_orders_publish_their_events_and_fills_to_pubsub_once_each(
 
 async def test_a_sigkilled_consumer_process_loses_no_signal_and_doubles_none(
         temporal_env, ps_worker, ps_settings, names, redis, tmp_path):
-    """`tom consume` on Pub/Sub takes 30 signals and is SIGKILLed as soon as the first order
-    exists; a second consumer gets whatever it had not acknowledged (after the ack deadline): 30
+    """`tom consume` on Pub/Sub takes 10 signals and is SIGKILLed as soon as the first order
+    exists; a second consumer gets whatever it had not acknowledged (after the ack deadline): 10
     orders, one workflow run each, all filled."""
     client = temporal_env.client
     config = tmp_path / "config.yaml"
     target = client.service_client.config.target_host
     config.write_text(ps_settings.with_overrides(
         temporal={**ps_settings.temporal.model_dump(mode="json"), "address": target}).to_yaml())
-    batch = [make_signal(quantity="0.01") for _ in range(30)]
+    batch = [make_signal(quantity="0.01") for _ in range(10)]
     await publish_signals(ps_settings, redis, [s.model_dump_json() for s in batch])
     doomed = tom_process(config, "consume", "--name", "doomed", log_path=tmp_path / "doomed.log")
     try:
@@ -256,7 +256,7 @@ async def test_a_sigkilled_consumer_process_loses_no_signal_and_doubles_none(
             done = await client.count_workflows(
                 f"TaskQueue = '{ps_settings.temporal.task_queue}' AND ExecutionStatus = 'Completed'")
             return done.count >= len(batch)
-        await eventually(all_filled, 90, "30 completed orders", interval=0.5)
+        await eventually(all_filled, 90, "10 completed orders", interval=0.5)
     finally:
         await survivor.close()
     runs = [w async for w in client.list_workflows(f"TaskQueue = '{ps_settings.temporal.task_queue}'")]
@@ -265,3 +265,22 @@ async def test_a_sigkilled_consumer_process_loses_no_signal_and_doubles_none(
     starters = [await starter_identity(client, s.workflow_id) for s in batch]
     by_doomed = sum(1 for who in starters if who.startswith(f"{doomed.pid}@"))
     assert by_doomed >= 1 and survivor.consumer.stats.started == len(batch) - by_doomed, (by_doomed, survivor.consumer.stats)
+
+
+def test_without_java_or_the_jar_the_emulator_tests_skip_saying_why_and_fail_under_ci(monkeypatch, tmp_path):
+    import shutil
+
+    from tests import pubsub_emulator as module
+
+    real_which = shutil.which
+    monkeypatch.setattr(module.shutil, "which", lambda name: None if name == "java" else real_which(name))
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"no `java` on PATH"):
+        module.find_emulator_jar()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"cannot run: no `java` on PATH .*CI must have it"):
+        module.find_emulator_jar()
+    monkeypatch.setattr(module.shutil, "which", lambda name: str(tmp_path / name))  # an SDK without the jar
+    monkeypatch.setattr(module.subprocess, "run", lambda *a, **k: type("R", (), {"stdout": str(tmp_path)})())
+    with pytest.raises(pytest.fail.Exception, match=r"the emulator jar is not at"):
+        module.find_emulator_jar()
