@@ -56,6 +56,10 @@ class SignalSource(Protocol):
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None: ...
 
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Give back messages this consumer will not finish (it is stopping, or their batch
+        failed): another consumer, or this one, gets them again. Those already acknowledged stay so."""
+
     async def dead_letter(self, delivery: Delivery, payload: bytes, reason: str) -> None:
         """Put the message aside with its reason and payload (idempotent per message id); the
         caller then acknowledges it."""

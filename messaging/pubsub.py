@@ -258,6 +258,10 @@ class PubSubSignalSource:
         for delivery in deliveries:
             delivery.handle.ack()
 
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:  # a nack after an ack changes nothing
+            delivery.handle.nack()
+
     async def dead_letter(self, delivery: Delivery, payload: bytes, reason: str) -> None:
         limit = self._settings.messaging.max_payload_bytes
         marker = _marker(self._names.dead, f"{self.name}:{delivery.message_id}")

@@ -160,6 +160,9 @@ class RedisSignalSource:
         if deliveries:
             await self._redis.xack(self.name, self._group, *(d.message_id for d in deliveries))
 
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        pass  # they stay pending: XAUTOCLAIM hands them out again after claim_idle_ms
+
     async def dead_letter(self, delivery: Delivery, payload: bytes, reason: str) -> None:
         await append_dead_letter(self._dead, self.name, delivery.message_id, payload, reason,
                                  self._settings.messaging.max_payload_bytes)

@@ -284,3 +284,30 @@ def test_without_java_or_the_jar_the_emulator_tests_skip_saying_why_and_fail_und
     monkeypatch.setattr(module.subprocess, "run", lambda *a, **k: type("R", (), {"stdout": str(tmp_path)})())
     with pytest.raises(pytest.fail.Exception, match=r"the emulator jar is not at"):
         module.find_emulator_jar()
+
+
+async def test_a_batch_that_fails_is_handed_back_and_done_once_the_transport_recovers(
+        temporal_env, ps_settings, names, redis):
+    """The dead-letter topic disappears under a running consumer: dead-lettering fails, the
+    consumer hands the message back (a nack, not a lease held for an hour) and tries again; once the
+    topic is back the signal is dead-lettered, once."""
+    from google.cloud import pubsub_v1
+
+    consumer = RunningConsumer(SignalConsumer(temporal_env.client, redis, ps_settings, name="flaky"))
+    admin = pubsub_v1.PublisherClient()
+    try:
+        await eventually(lambda: consumer.consumer._source._pull is not None, 30, "the consumer pulling")
+        await asyncio.to_thread(admin.delete_topic, topic=names.topic(names.dead))
+        await asyncio.wrap_future(admin.publish(names.topic(names.signals), b"[]"))
+        stats = consumer.consumer.stats
+        await eventually(lambda: stats.dead_lettered >= 2, 30, "two failed attempts at the dead letter")
+        assert "NotFound" in (stats.last_error or ""), stats
+        assert not await redis.exists(DEAD_LETTER_STREAM)
+        await asyncio.to_thread(admin.create_topic, name=names.topic(names.dead))
+        dead_sub = subscribe_topic(names.project, names.dead, f"{names.dead}-test")
+        await eventually(lambda: redis.exists(DEAD_LETTER_STREAM), 30, "the dead letter written")
+    finally:
+        admin.stop()
+        await consumer.close()
+    dead = await asyncio.to_thread(drain, dead_sub, 1)
+    assert [d.data for d in dead] == [b"[]"] and "a signal is a JSON object" in dead[0].attributes["reason"]

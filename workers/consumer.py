@@ -76,7 +76,12 @@ class SignalConsumer:
                     self.stats.reclaimed += self._source.redelivered - before
                     log.info("reclaimed %d pending signals", self._source.redelivered - before)
                 if deliveries:
-                    await self._process_until_done(deliveries, stop)
+                    try:
+                        left = await self._process_until_done(deliveries, stop)
+                    except BaseException:
+                        await self._source.release(deliveries)  # the batch failed: let it come back
+                        raise
+                    await self._source.release(left)  # stopping while Temporal was down
             except self._source.transient_errors as exc:  # transport restarting: pending messages stay pending
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
                 log.warning("%s unavailable (%s); retrying in 1s", self._settings.messaging.type, exc)
@@ -86,8 +91,9 @@ class SignalConsumer:
                 log.exception("consumer error; retrying in 1s")
                 await _pause(stop, 1.0)
 
-    async def _process_until_done(self, deliveries: list[Delivery], stop: asyncio.Event) -> None:
-        """Process a batch; messages whose workflow could not be started are retried with backoff."""
+    async def _process_until_done(self, deliveries: list[Delivery], stop: asyncio.Event) -> list[Delivery]:
+        """Process a batch; messages whose workflow could not be started are retried with backoff.
+        Returns those still not done when `stop` came."""
         backoff = BACKOFF_START_S
         while deliveries and not stop.is_set():
             deliveries = await self._process(deliveries)
@@ -98,6 +104,7 @@ class SignalConsumer:
                 await _pause(stop, backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
         self.stats.backoff_s = 0.0
+        return deliveries
 
     async def _process(self, deliveries: list[Delivery]) -> list[Delivery]:
         """Start or dead-letter each message; ack what is done; return what must be retried."""
