@@ -127,7 +127,7 @@ def subscribe_topic(project: str, topic: str, name: str, ordered: bool = False) 
         publisher.stop()
 
 
-def drain(subscription: str, at_least: int, timeout: float = 30.0, quiet_s: float = 1.5) -> list[Received]:
+def drain(subscription: str, at_least: int, timeout: float = 30.0, quiet_s: float = 1.0) -> list[Received]:
     """Pull and acknowledge until at least `at_least` messages came and then `quiet_s` passed
     without another (so extra copies would be seen too)."""
     from google.cloud import pubsub_v1

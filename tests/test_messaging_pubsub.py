@@ -3,7 +3,8 @@
 Signals become orders exactly once however often Pub/Sub delivers them (the same message twice, a
 consumer that never acknowledged, a consumer SIGKILLed); bad signals are dead-lettered with their
 reason and payload, once; order events and fills are published once per event id / fill id, with
-the order id as ordering key, including across a failed, retried publish.
+the order id as ordering key, including across a failed, retried publish; a batch that fails is
+handed back, not held.
 """
 from __future__ import annotations
 
@@ -72,11 +73,14 @@ async def test_a_signal_delivered_twice_and_a_consumer_that_never_acked_make_one
     """The same signal published twice (two messages) makes one order; a consumer that starts
     orders and dies before acknowledging leaves its messages to be redelivered after the ack
     deadline (messaging.claim_idle_ms, 10 s), and the second consumer finds the orders there:
-    duplicates, acknowledged, still one workflow run each. A bad signal taken by the first consumer
-    and redelivered is dead-lettered once."""
+    duplicates, acknowledged, still one workflow run each, and each order's events and fills are
+    on the Pub/Sub topics once. A bad signal taken by the first consumer and redelivered is
+    dead-lettered once."""
     client = temporal_env.client
-    twice, once = make_signal(quantity="0.05"), make_signal(quantity="0.02")
+    twice, once = make_signal(quantity="0.05"), make_signal(quantity="0.02", side="sell")
     dead_sub = subscribe_topic(names.project, names.dead, f"{names.dead}-test")
+    events_sub = subscribe_topic(names.project, names.order_events, f"{names.order_events}-test", ordered=True)
+    fills_sub = subscribe_topic(names.project, names.executions, f"{names.executions}-test", ordered=True)
     await publish_signals(ps_settings, redis, [twice.model_dump_json(), twice.model_dump_json(),
                                                once.model_dump_json(), "{not json"])
 
@@ -98,10 +102,29 @@ async def test_a_signal_delivered_twice_and_a_consumer_that_never_acked_make_one
     stats = second.consumer.stats
     assert (stats.started, stats.duplicates, stats.dead_lettered) == (0, 3, 1), stats
 
+    snapshots = []
     for signal in (twice, once):
         snapshot = await client.get_workflow_handle(signal.workflow_id, result_type=OrderSnapshot).result()
         assert snapshot.state == OrderState.FILLED
         assert await runs_of(client, signal.workflow_id) == 1
+        snapshots.append(snapshot)
+    # Every transition on <prefix>order-events and every fill on <prefix>executions, once each, in
+    # order per order (the ordering key), carrying the ids consumers dedupe by.
+    transitions = sum(len(s.transitions) for s in snapshots)
+    events = await asyncio.to_thread(drain, events_sub, transitions)
+    ids = [e.attributes["event_id"] for e in events]
+    assert len(ids) == len(set(ids)) == transitions
+    for snapshot in snapshots:
+        mine = [json.loads(e.data) for e in events if e.ordering_key == snapshot.order_id]
+        assert [m["state"] for m in mine] == [t.state.value for t in snapshot.transitions]
+        assert [m["event_id"] for m in mine] == [f"{snapshot.order_id}:{i}" for i in range(len(mine))]
+    fills = await asyncio.to_thread(drain, fills_sub, 2)
+    fill_ids = [f.attributes["fill_id"] for f in fills]
+    assert len(fill_ids) == len(set(fill_ids)) == len(fills)
+    for snapshot in snapshots:
+        mine = [f for f in fills if f.ordering_key == snapshot.order_id]
+        assert all(f.attributes["order_id"] == snapshot.order_id for f in mine)
+        assert sum(Decimal(json.loads(f.data)["quantity"]) for f in mine) == snapshot.filled_quantity
     dead = await asyncio.to_thread(drain, dead_sub, 1)
     assert len(dead) == 1, [d.attributes for d in dead]  # dead-lettered twice, published once
     assert dead[0].data == b"{not json" and dead[0].attributes["reason"].startswith("malformed JSON")
@@ -196,37 +219,6 @@ async def test_events_and_fills_are_published_once_across_a_failed_and_retried_p
     assert all(f.ordering_key == f.attributes["order_id"] for f in fills)
     # The Redis streams (the recorder's feed) have every item once as well.
     assert len(await redis.xrange("order_events")) == 5 and len(await redis.xrange("executions")) == 3
-
-
-async def test_orders_publish_their_events_and_fills_to_pubsub_once_each(
-        temporal_env, ps_worker, ps_settings, names, redis):
-    """Signals through Pub/Sub to filled orders: every transition on <prefix>order-events and every
-    fill on <prefix>executions, once each, in order per order (ordering key), matching the orders."""
-    events_sub = subscribe_topic(names.project, names.order_events, f"{names.order_events}-test", ordered=True)
-    fills_sub = subscribe_topic(names.project, names.executions, f"{names.executions}-test", ordered=True)
-    orders = [make_signal(quantity="0.03"), make_signal(quantity="0.04", side="sell")]
-    await publish_signals(ps_settings, redis, [s.model_dump_json() for s in orders])
-    consumer = RunningConsumer(SignalConsumer(temporal_env.client, redis, ps_settings, name="flow"))
-    try:
-        await consumer.wait_handled(len(orders))
-        snapshots = [await temporal_env.client.get_workflow_handle(s.workflow_id, result_type=OrderSnapshot).result()
-                     for s in orders]
-    finally:
-        await consumer.close()
-    assert all(s.state == OrderState.FILLED for s in snapshots)
-    transitions = sum(len(s.transitions) for s in snapshots)
-    events = await asyncio.to_thread(drain, events_sub, transitions)
-    ids = [e.attributes["event_id"] for e in events]
-    assert len(ids) == len(set(ids)) == transitions
-    for snapshot in snapshots:
-        mine = [json.loads(e.data) for e in events if e.ordering_key == snapshot.order_id]
-        assert [m["state"] for m in mine] == [t.state.value for t in snapshot.transitions]
-    fills = await asyncio.to_thread(drain, fills_sub, 2)
-    fill_ids = [f.attributes["fill_id"] for f in fills]
-    assert len(fill_ids) == len(set(fill_ids)) and {f.ordering_key for f in fills} == {s.order_id for s in snapshots}
-    for snapshot in snapshots:
-        filled = sum(Decimal(json.loads(f.data)["quantity"]) for f in fills if f.ordering_key == snapshot.order_id)
-        assert filled == snapshot.filled_quantity
 
 
 async def test_a_sigkilled_consumer_process_loses_no_signal_and_doubles_none(

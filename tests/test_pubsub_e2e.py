@@ -68,7 +68,7 @@ def dev_shaped_config(tmp_path: Path, temporal_env, redis_url: str, emulator, da
            "TEMPORAL_NAMESPACE": "default"}
     dev = load_settings(REPO / "config" / "dev.yaml", env=env)
     execution = dev.execution.model_dump(mode="json")
-    execution.update(mode="simulation", simulation={**execution["simulation"], "delay_ms": 1500})
+    execution.update(mode="simulation", simulation={**execution["simulation"], "delay_ms": 1000})
     settings = dev.with_overrides(
         service={**dev.service.model_dump(mode="json"), "host": "127.0.0.1", "port": free_port()},
         messaging=pubsub_messaging(dev.messaging.model_dump(mode="json"), emulator),
@@ -99,7 +99,7 @@ async def test_a_pubsub_signal_becomes_one_filled_order_across_a_worker_sigkill(
         assert published.returncode == 0, published.stderr
         assert published.stdout.strip() == f"published {order_id} to {names.topic(names.signals)}"
 
-        # Kill the worker while its submit waits on the simulated venue (which answers after 1.5 s
+        # Kill the worker while its submit waits on the simulated venue (which answers after 1 s
         # of the request counter going up): the rest of the order runs on another worker.
         await eventually(lambda: redis.get(REQUESTS_KEY), 60, "the order's submit at the venue")
         cached = await redis.get(f"order:{order_id}")
