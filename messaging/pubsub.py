@@ -287,13 +287,18 @@ class PubSubSignalSource:
         await asyncio.to_thread(self._publisher.stop)
 
 
+_SIGNAL_TOPOLOGY_READY: set[PubSubNames] = set()
+
+
 async def publish_signals(settings: Settings, payloads: Sequence[str]) -> str:
     """Publish signals to the signals topic (creating it and the subscription first, so nothing
     published before the first consumer starts is lost)."""
     names = PubSubNames.from_settings(settings)
     publisher = pubsub_v1.PublisherClient()
     try:
-        await asyncio.to_thread(ensure_signal_topology, settings, publisher)
+        if names not in _SIGNAL_TOPOLOGY_READY:  # once per process (`tom demo` publishes one by one)
+            await asyncio.to_thread(ensure_signal_topology, settings, publisher)
+            _SIGNAL_TOPOLOGY_READY.add(names)
         futures = [publisher.publish(names.topic(names.signals), payload.encode()) for payload in payloads]
         await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
     finally:
