@@ -62,6 +62,9 @@ class NeverAcks(PubSubSignalSource):
     async def ack(self, deliveries) -> None:
         self.unacked = getattr(self, "unacked", 0) + len(deliveries)
 
+    async def release(self, deliveries) -> None:
+        pass  # a dead consumer hands nothing back
+
     async def close(self) -> None:
         self._pull.cancel()
         await asyncio.to_thread(self._subscriber.close)
