@@ -33,7 +33,7 @@ from tests.pubsub_emulator import drain, pubsub_emulator, pubsub_messaging, subs
 from tests.test_consumer import eventually
 
 
-def _duckdb_database(tmp_path: Path) -> dict:
+def _duckdb_database(request, tmp_path: Path) -> dict:
     return {"type": "duckdb", "path": str(tmp_path / "orders.duckdb")}
 
 
@@ -48,8 +48,10 @@ def _duckdb_rows(database: dict, order_id: str) -> tuple[list[str], list[str], s
     return events, fills, state[0] if state else None
 
 
-# database.type -> (its settings for this test, reader of an order's rows once `tom api` has stopped)
-STORED: dict[str, tuple[Callable[[Path], dict], Callable[[dict, str], tuple[list[str], list[str], str | None]]]] = {
+# database.type -> (its `database` settings for this test, from the pytest request (an emulator
+# fixture can be had with request.getfixturevalue) and tmp_path; reader of an order's rows once
+# `tom api` has stopped)
+STORED: dict[str, tuple[Callable[..., dict], Callable[[dict, str], tuple[list[str], list[str], str | None]]]] = {
     "duckdb": (_duckdb_database, _duckdb_rows),
 }
 
@@ -57,7 +59,7 @@ STORED: dict[str, tuple[Callable[[Path], dict], Callable[[dict, str], tuple[list
 @pytest.fixture(params=sorted(STORED))
 def database(request, tmp_path):
     make, read = STORED[request.param]
-    return make(tmp_path), read
+    return make(request, tmp_path), read
 
 
 def dev_shaped_config(tmp_path: Path, temporal_env, redis_url: str, emulator, database: dict) -> Path:
