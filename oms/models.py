@@ -132,6 +132,10 @@ class ExecutionTiming(BaseModel):
     algo: ExecutionAlgo | None = None
     duration_s: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] | None = None
     slices: Annotated[int, Field(ge=1, le=1000)] | None = None
+    # twap: spread each slice's size and time by up to this percentage (workflow.random(), durable)
+    randomize_pct: Annotated[Decimal, Field(ge=0, le=50, allow_inf_nan=False)] | None = None
+    # iceberg: the quantity shown at the venue at a time (one child order), refilled when it fills
+    display_quantity: Amount | None = None
 
 
 class Signal(BaseModel):
@@ -223,6 +227,16 @@ class Fill(BaseModel):
     at: datetime
 
 
+class ChildSummary(BaseModel):
+    """One child of a parent order, as the parent's snapshot lists it (DESIGN.md section 3b)."""
+
+    order_id: str
+    exchange: str
+    quantity: Decimal
+    filled_quantity: Decimal = Decimal(0)
+    state: OrderState = OrderState.CREATED
+
+
 class OrderSnapshot(BaseModel):
     """The order as the `status` query, the API and the cache show it (DESIGN.md section 3)."""
 
@@ -257,6 +271,10 @@ class OrderSnapshot(BaseModel):
     anomalies: int = 0
     last_anomaly: str | None = None
     venue_requests: int = 0  # venue calls made for this order (every retry and look-up counts)
+    # Parent orders (an execution algorithm or a split route): their children; a child names its parent.
+    children: list[ChildSummary] = Field(default_factory=list)
+    parent_order_id: str | None = None
+    algo: str | None = None  # the parent's execution algorithm (twap, iceberg) or "route"
 
     @property
     def is_terminal(self) -> bool:
