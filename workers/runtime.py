@@ -14,7 +14,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from config.settings import Settings
 
 WORKFLOW_TYPE = "OrderWorkflow"
-SEARCH_ATTRIBUTES = ("OrderState", "Symbol", "Exchange", "StrategyId")
+PARENT_WORKFLOW_TYPE = "ParentOrderWorkflow"  # a signal with execution.algo, or a split route
+SEARCH_ATTRIBUTES = ("OrderState", "Symbol", "Exchange", "StrategyId", "ParentOrderId")
 
 
 async def connect_temporal(settings: Settings) -> Client:
