@@ -1380,6 +1380,87 @@ async def _(st: Stage) -> None:
     expect(states(snap)[-2:] == [S.ACCEPTED, S.REJECTED] and snap.reason == "late risk check", snap)
 
 
+# --- parent orders: execution algorithms (issue 13) ----------------------------------------------
+async def start_parent(st: Stage, **fields) -> WorkflowHandle:
+    """A parent order through intake (a signal with execution.algo); kept with its children once done."""
+    from workers.intake import start_order as intake_start
+
+    signal = st.signal(**fields)
+    await intake_start(st.client, st.settings, signal)
+    handle = await first_run(st, signal.workflow_id)
+    st.kept.append((signal.workflow_id, handle))
+    return handle
+
+
+async def first_run(st: Stage, workflow_id: str) -> WorkflowHandle:
+    """A handle that knows its first run (save_histories follows the chain from it)."""
+    run_id = (await st.client.get_workflow_handle(workflow_id).describe()).run_id
+    return st.client.get_workflow_handle(workflow_id, run_id=run_id, first_execution_run_id=run_id,
+                                         result_type=OrderSnapshot)
+
+
+async def keep_children(st: Stage, parent: OrderSnapshot) -> None:
+    st.kept.extend([(c.order_id, await first_run(st, c.order_id)) for c in parent.children])
+
+
+@scenario("parent-twap-filled")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        snap = await (await start_parent(st, quantity="0.3", execution={"algo": "twap", "slices": 3, "duration_s": 3,
+                                                                        "randomize_pct": 20})).result()
+        await keep_children(st, snap)
+    expect(snap.state == S.FILLED and len(snap.children) == 3 and snap.filled_quantity == Decimal("0.3"), snap)
+
+
+@scenario("parent-twap-refused-child-returned")
+async def _(st: Stage) -> None:
+    await st.redis.hset(FAULTS_KEY, "reject_next", 1)
+    async with st.worker():
+        snap = await (await start_parent(st, quantity="0.2", execution={"algo": "twap", "slices": 2,
+                                                                        "duration_s": 2})).result()
+        await keep_children(st, snap)
+    expect(snap.state == S.FILLED and [c.state for c in snap.children] == [S.REJECTED, S.FILLED], snap)
+
+
+@scenario("parent-twap-amended-then-cancelled")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        handle = await start_parent(st, quantity="0.2", execution={"algo": "twap", "slices": 2, "duration_s": 60})
+        await wait_for(handle, lambda s: bool(s.children) and s.children[0].state == S.FILLED)
+        await update(handle, "amend_order", {"quantity": "0.3"})
+        await handle.signal("amend", {"quantity": "0.4"})
+        await wait_for(handle, lambda s: s.quantity == Decimal("0.4"))
+        snap = await update(handle, "cancel_order", {"reason": "end"})
+        await keep_children(st, snap)
+    expect(snap.state == S.CANCELLED and len(snap.children) == 1 and snap.filled_quantity == Decimal("0.1"), snap)
+
+
+@scenario("parent-iceberg-child-cancelled-refilled-then-cancelled")
+async def _(st: Stage) -> None:
+    """An iceberg resting below the market: its visible child is cancelled on its own, its quantity
+    comes back and a new visible child is placed (amended to a new price first); then the parent is
+    cancelled."""
+    async with st.worker():
+        quote = await SimulatedVenue(st.redis, st.settings.execution.simulation).quote("ETH/USDT")
+        handle = await start_parent(st, quantity="0.3", order_type="limit",
+                                    limit_price=str((quote.bid * Decimal("0.95")).quantize(Decimal("0.01"))),
+                                    execution={"algo": "iceberg", "display_quantity": "0.1"})
+        first = await wait_for(handle, lambda s: bool(s.children) and s.children[0].state == S.ACCEPTED)
+        await handle.signal("amend", {"limit_price": str((quote.bid * Decimal("0.94")).quantize(Decimal("0.01")))})
+        await st.client.get_workflow_handle(first.children[0].order_id).signal("cancel", {"reason": "by hand"})
+        await wait_for(handle, lambda s: len(s.children) == 2 and s.children[1].state == S.ACCEPTED)
+        snap = await update(handle, "cancel_order", {"reason": "end"})
+        await keep_children(st, snap)
+    expect(snap.state == S.CANCELLED and [c.state for c in snap.children] == [S.CANCELLED, S.CANCELLED], snap)
+
+
+@scenario("parent-denied-invalid-parameters")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        snap = await (await start_parent(st, execution={"algo": "twap", "duration_s": 30})).result()
+    expect(snap.state == S.DENIED and (snap.reason or "").startswith("invalid_algo_parameters"), snap)
+
+
 # --- running ---------------------------------------------------------------------------------
 # --- validation at the venue's price, amends validated in full, start_at amends (issue 11) --------
 @scenario("sim-denied-algo-not-supported")
