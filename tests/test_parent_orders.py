@@ -10,7 +10,9 @@ from temporalio.service import RPCError
 
 from activities.venues.simulated import FAULTS_KEY, SimulatedVenue
 from oms.models import OrderSnapshot, OrderState, Signal
-from tests.helpers import executions, make_signal
+from oms.parent import ParentOrderInput
+from oms.routing import RouteLeg, RoutePlan
+from tests.helpers import executions, make_signal, order_events
 from workers.intake import start_order
 
 S = OrderState
@@ -87,6 +89,12 @@ async def test_twap_children_go_out_on_schedule_and_sum_exactly(temporal_env, or
             break
         await asyncio.sleep(0.2)
     assert found == {c.order_id for c in children}
+    # What GET /orders/{id} serves first (the order cache) and what the recorder stores (the events'
+    # snapshots) hold the parent with its children.
+    cached = OrderSnapshot.model_validate_json(await redis.get(f"order:{signal.workflow_id}"))
+    assert cached.state == S.FILLED and [c.order_id for c in cached.children] == [c.order_id for c in children]
+    events = [e for e in await order_events(redis) if e["order_id"] == signal.workflow_id]
+    assert events[-1]["state"] == "filled" and len(events[-1]["snapshot"]["children"]) == 5
 
 
 async def test_cancelled_parent_leaves_no_open_child_and_places_none(temporal_env, order_worker, fast_settings, redis):
@@ -171,7 +179,7 @@ async def test_invalid_algorithm_parameters_are_refused_with_a_reason(temporal_e
         assert final.children == []
     # More slices than the venue's minimum allows: fewer, larger ones, said on the order.
     merged = await asyncio.wait_for((await start_parent(temporal_env.client, fast_settings,
-                                                        twap("0.012", 5, 2))).result(), 60)
+                                                        twap("0.012", 5, 4))).result(), 60)
     assert merged.state == S.FILLED, merged.reason
     # min_order_size 10 USDT (config/local.yaml) at ~3000 (the simulated path moves): ~0.0035 ETH a child
     sent = len(merged.children)
@@ -192,3 +200,19 @@ async def test_a_long_twap_continues_as_new_with_its_children(temporal_env, orde
     fills = await executions(redis)
     assert sum(D(f["quantity"]) for f in fills) == D("0.8") and len({f["fill_id"] for f in fills}) == len(fills)
     assert timedelta(0) < final.updated_at - final.created_at
+
+
+async def test_a_split_route_places_one_child_per_leg(temporal_env, order_worker, fast_settings, task_queue):
+    """The router's plan (h13route) arrives as ParentOrderInput.route: one child per leg, on its venue."""
+    signal = make_signal(quantity="0.3")
+    legs = [RouteLeg(exchange="simulation", quantity=D(q), expected_average_price=D("3000"),
+                     expected_all_in_price=D("3001")) for q in ("0.1", "0.2")]
+    plan = RoutePlan(symbol="ETH/USDT", side="buy", quantity=D("0.3"), legs=legs, reason="split: test plan")
+    handle = await temporal_env.client.start_workflow(
+        "ParentOrderWorkflow", ParentOrderInput(signal=signal, route=plan), id=signal.workflow_id,
+        task_queue=task_queue, result_type=OrderSnapshot)
+    final = await asyncio.wait_for(handle.result(), 60)
+    assert final.state == S.FILLED and final.algo == "route", final.reason
+    assert [(c.quantity, c.exchange, c.state) for c in final.children] == [
+        (D("0.1"), "simulation", S.FILLED), (D("0.2"), "simulation", S.FILLED)]
+    assert final.transitions[1].reason == "split: test plan"
