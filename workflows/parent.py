@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         AmendRequest,
         CancelRequest,
         ExecutionAlgo,
+        ExecutionTiming,
         OrderSnapshot,
         OrderState,
         OrderType,
@@ -73,6 +74,7 @@ CHILDREN_PER_RUN = 400  # children started in one run: continue as new before th
 MAX_OPEN_CHILDREN = 400  # in flight at once (DESIGN.md section 5: aim for under 500)
 EXTRA_ATTEMPTS = 3  # children placed after the schedule for quantity given back, then the parent ends
 EXTRA_DELAY = timedelta(seconds=2)  # before each: a venue that just refused gets a moment
+SLICE_LEAD = timedelta(seconds=1)  # a TWAP slice's child starts this early (at most half the gap), waiting on start_at
 REFUSED_IN_A_ROW = 3  # iceberg: children refused in a row without a fill end the parent
 
 
@@ -360,14 +362,14 @@ class ParentOrderWorkflow:
         state = self._state
         while state.next_slice < state.slices and state.cancel_request is None:
             due = self._slice_due(state.next_slice)
-            if workflow.now() < due:
+            if workflow.now() < self._slice_launch(state.next_slice):
                 return True
             index = state.next_slice
             state.next_slice += 1
             quantity = algos.twap_slice_quantity(index, state.slice_weights, books.left_to_work(state),
                                                  state.amount_step, state.min_child_quantity)
             if quantity > 0:
-                await self._start_child(quantity, index, due)
+                await self._start_child(quantity, index, due, start_at=due if due > workflow.now() else None)
         return await self._place_leftover()
 
     async def _place_leftover(self) -> bool:
@@ -416,11 +418,21 @@ class ParentOrderWorkflow:
     def _slice_due(self, index: int) -> datetime:
         return self._state.started_at + timedelta(milliseconds=self._state.slice_offsets_ms[index])
 
-    def _child_signal(self, quantity: Decimal, exchange: str) -> Signal:
-        """The child's own order: the parent's terms for this quantity, on this venue, worked now."""
+    def _slice_launch(self, index: int) -> datetime:
+        """When slice `index`'s child is started: a little before it is due, with `start_at` = due, so
+        the child is validated and waiting on its own timer when the time comes; it then reads the
+        venue's price again and submits (the parent's timer, a workflow task and the child's start
+        are not on the slice's path: bench/twap_schedule.py)."""
+        offsets = self._state.slice_offsets_ms
+        gap_ms = offsets[index] - offsets[index - 1] if index > 0 else 0
+        return self._slice_due(index) - min(SLICE_LEAD, timedelta(milliseconds=gap_ms / 2))
+
+    def _child_signal(self, quantity: Decimal, exchange: str, start_at: datetime | None = None) -> Signal:
+        """The child's own order: the parent's terms for this quantity, on this venue, placed at
+        `start_at` (or now)."""
         signal, snap = self._signal, self._state.snapshot
-        update: dict = {"quantity": quantity, "execution": None, "exchange": exchange,
-                        "limit_price": snap.limit_price}
+        update: dict = {"quantity": quantity, "exchange": exchange, "limit_price": snap.limit_price,
+                        "execution": ExecutionTiming(start_at=start_at) if start_at else None}
         if self._route is None and signal.execution.algo == ExecutionAlgo.TWAP:
             # Market slices; with a price cap, IOC limits at the cap (never breached: the rest returns).
             update.update(time_in_force=TimeInForce.IOC if snap.limit_price else None, expire_at=None,
@@ -428,7 +440,7 @@ class ParentOrderWorkflow:
         return signal.model_copy(update=update)
 
     async def _start_child(self, quantity: Decimal, index: int | None, planned: datetime | None,
-                           exchange: str | None = None) -> None:
+                           exchange: str | None = None, start_at: datetime | None = None) -> None:
         state, snap = self._state, self._state.snapshot
         exchange = exchange or (self._route.legs[0].exchange if self._route is not None else snap.exchange)
         child = ChildOrder(order_id=books.child_id(snap.order_id, state.next_child), exchange=exchange,
@@ -436,7 +448,7 @@ class ParentOrderWorkflow:
         state.next_child += 1
         state.children.append(child)
         self._started_this_run += 1
-        signal = self._child_signal(quantity, exchange)
+        signal = self._child_signal(quantity, exchange, start_at)
         handle = await workflow.start_child_workflow(
             "OrderWorkflow", ChildOrderInput(signal=signal, parent_order_id=snap.order_id), id=child.order_id,
             parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
@@ -499,7 +511,7 @@ class ParentOrderWorkflow:
         timeout = None
         if (self._route is None and state.cancel_request is None and state.next_slice < state.slices
                 and self._signal.execution.algo == ExecutionAlgo.TWAP):
-            timeout = self._slice_due(state.next_slice) - workflow.now()
+            timeout = self._slice_launch(state.next_slice) - workflow.now()
         if state.snapshot.expire_at is not None:
             until_expiry = state.snapshot.expire_at - workflow.now()
             timeout = until_expiry if timeout is None else min(timeout, until_expiry)
