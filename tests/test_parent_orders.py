@@ -107,7 +107,16 @@ async def test_cancelled_parent_leaves_no_open_child_and_places_none(temporal_en
     # A TWAP whose second slice is 20 s away: cancelled after its first child ended.
     slow = twap("0.2", 2, 40)
     paced = await start_parent(temporal_env.client, fast_settings, slow)
+    # The same iceberg cancelled from the Temporal UI or CLI (a workflow cancellation request).
+    from_ui = make_signal(quantity="0.3", order_type="limit", limit_price=str(price),
+                          execution={"algo": "iceberg", "display_quantity": "0.1"})
+    cancelled_in_temporal = await start_parent(temporal_env.client, fast_settings, from_ui)
     await wait_until(resting, lambda s: s.children and s.children[0].state == S.ACCEPTED)
+    await wait_until(cancelled_in_temporal, lambda s: s.children and s.children[0].state == S.ACCEPTED)
+    await cancelled_in_temporal.cancel()
+    ended = await asyncio.wait_for(cancelled_in_temporal.result(), 30)
+    assert ended.state == S.CANCELLED and ended.reason == "workflow cancellation requested", ended.reason
+    assert [c.state for c in await children_of(temporal_env.client, ended)] == [S.CANCELLED]
     await wait_until(paced, lambda s: s.children and s.children[0].state == S.FILLED)
     after = await resting.execute_update("cancel_order", {"reason": "enough"}, result_type=OrderSnapshot)
     assert after.state == S.CANCELLED and after.reason == "enough"
