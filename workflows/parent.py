@@ -49,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         ExecutionAlgo,
         ExecutionTiming,
         OrderSnapshot,
+        TERMINAL_STATES,
         OrderState,
         OrderType,
         Signal,
@@ -74,7 +75,7 @@ CHILDREN_PER_RUN = 400  # children started in one run: continue as new before th
 MAX_OPEN_CHILDREN = 400  # in flight at once (DESIGN.md section 5: aim for under 500)
 EXTRA_ATTEMPTS = 3  # children placed after the schedule for quantity given back, then the parent ends
 EXTRA_DELAY = timedelta(seconds=2)  # before each: a venue that just refused gets a moment
-SLICE_LEAD = timedelta(seconds=1)  # a TWAP slice's child starts this early (at most half the gap), waiting on start_at
+SLICE_LEAD = timedelta(seconds=2)  # a TWAP slice's child starts this early (at most 3/4 of the gap), waiting on start_at
 REFUSED_IN_A_ROW = 3  # iceberg: children refused in a row without a fill end the parent
 
 
@@ -90,6 +91,10 @@ def _initial_snapshot(signal: Signal, now: datetime, algo: str) -> OrderSnapshot
         transitions=[Transition(state=S.CREATED, at=now)], expire_at=signal.expire_at, intent=signal.intent,
         algo=algo,
     )
+
+
+def _milestones(children: list) -> list[tuple[str, bool]]:
+    return [(c.order_id, c.state in TERMINAL_STATES) for c in children]
 
 
 @workflow.defn(name="ParentOrderWorkflow")
@@ -425,7 +430,7 @@ class ParentOrderWorkflow:
         are not on the slice's path: bench/twap_schedule.py)."""
         offsets = self._state.slice_offsets_ms
         gap_ms = offsets[index] - offsets[index - 1] if index > 0 else 0
-        return self._slice_due(index) - min(SLICE_LEAD, timedelta(milliseconds=gap_ms / 2))
+        return self._slice_due(index) - min(SLICE_LEAD, timedelta(milliseconds=gap_ms * 3 / 4))
 
     def _child_signal(self, quantity: Decimal, exchange: str, start_at: datetime | None = None) -> Signal:
         """The child's own order: the parent's terms for this quantity, on this venue, placed at
@@ -542,7 +547,10 @@ class ParentOrderWorkflow:
             self._through_submitted(target)
             if can_transition(snap.state, target):
                 apply(snap, target, workflow.now(), None)
-        if len(snap.transitions) > state.published_transitions or snap.children != state.published_children:
+        # Recorded with each transition (every fill is one), and when a child starts or ends: a
+        # child's intermediate states show in the parent's `status` query, not as a storage call each.
+        if len(snap.transitions) > state.published_transitions or \
+                _milestones(snap.children) != _milestones(state.published_children):
             await self._record(snapshot_only=len(snap.transitions) == state.published_transitions)
 
     async def _record(self, snapshot_only: bool = False) -> None:
