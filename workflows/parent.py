@@ -105,7 +105,7 @@ class ParentOrderWorkflow:
         self._route = order.route
         algo = order.signal.execution.algo.value if order.signal.execution and order.signal.execution.algo else "route"
         self._state = order.state or ParentState(snapshot=_initial_snapshot(order.signal, workflow.now(), algo))
-        self._context: OrderContext | None = None  # this run's market and limits (read again after continue-as-new)
+        self._context: OrderContext | None = None  # market and limits, read once (what later runs need is in the state)
         self._lock = asyncio.Lock()  # amend_order awaits the children's signals: one at a time
         self._changed = False  # a child report, cancel or amend arrived: the loop looks again
         self._handing_over = False
@@ -272,8 +272,6 @@ class ParentOrderWorkflow:
         signal = self._signal
         if self._route is not None and self._route.legs:
             signal = signal.model_copy(update={"exchange": self._route.legs[0].exchange})
-        elif self._state.prepared:
-            signal = signal.model_copy(update={"exchange": self._state.snapshot.exchange})
         self._context = await workflow.execute_local_activity(
             "prepare_order", signal, result_type=OrderContext, start_to_close_timeout=timedelta(seconds=10),
             retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_interval=timedelta(seconds=10)),
