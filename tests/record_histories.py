@@ -1455,6 +1455,67 @@ async def _(st: Stage) -> None:
     expect(snap.state == S.CANCELLED and [c.state for c in snap.children] == [S.CANCELLED, S.CANCELLED], snap)
 
 
+@scenario("parent-twap-capped-after-start-at")
+async def _(st: Stage) -> None:
+    """A TWAP with a price cap (IOC limit children) that starts 2 s after it is received."""
+    async with st.worker():
+        quote = await SimulatedVenue(st.redis, st.settings.execution.simulation).quote("ETH/USDT")
+        start_at = datetime.now(timezone.utc) + timedelta(seconds=2)
+        snap = await (await start_parent(st, quantity="0.2", limit_price=str((quote.ask * Decimal("1.03")).quantize(
+            Decimal("0.01"))), execution={"algo": "twap", "slices": 2, "duration_s": 2,
+                                          "start_at": start_at.isoformat()})).result()
+        await keep_children(st, snap)
+    expect(snap.state == S.FILLED and snap.transitions[1].at < start_at <= snap.transitions[2].at, snap)
+
+
+@scenario("parent-twap-continue-as-new")
+async def _(st: Stage) -> None:
+    """16 slices, one a second: the parent crosses the recorder's continue-as-new suggestion (200
+    events) between two children and the next run finishes the schedule."""
+    async with st.worker():
+        handle = await start_parent(st, quantity="0.8", execution={"algo": "twap", "slices": 16, "duration_s": 16})
+        snap = await handle.result()
+        await keep_children(st, snap)
+        status = (await st.client.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id).describe()).status
+    expect(snap.state == S.FILLED and len(snap.children) == 16 and status == WorkflowExecutionStatus.CONTINUED_AS_NEW,
+           snap)
+
+
+@scenario("parent-route-split")
+async def _(st: Stage) -> None:
+    """The router's plan arrives as ParentOrderInput.route: one child per leg."""
+    from oms.parent import ParentOrderInput
+    from oms.routing import RouteLeg, RoutePlan
+
+    async with st.worker():
+        signal = st.signal(quantity="0.3")
+        legs = [RouteLeg(exchange="simulation", quantity=Decimal(q), expected_average_price=Decimal("3000"),
+                         expected_all_in_price=Decimal("3001")) for q in ("0.1", "0.2")]
+        plan = RoutePlan(symbol="ETH/USDT", side="buy", quantity=Decimal("0.3"), legs=legs, reason="split: recorded")
+        await st.client.start_workflow("ParentOrderWorkflow", ParentOrderInput(signal=signal, route=plan),
+                                       id=signal.workflow_id, task_queue=st.task_queue)
+        handle = await first_run(st, signal.workflow_id)
+        st.kept.append((signal.workflow_id, handle))
+        snap = await handle.result()
+        await keep_children(st, snap)
+    expect(snap.state == S.FILLED and [c.quantity for c in snap.children] == [Decimal("0.1"), Decimal("0.2")], snap)
+
+
+@scenario("parent-workflow-cancelled")
+async def _(st: Stage) -> None:
+    """A resting iceberg cancelled as a Temporal workflow (UI, CLI): its open child is cancelled."""
+    async with st.worker():
+        quote = await SimulatedVenue(st.redis, st.settings.execution.simulation).quote("ETH/USDT")
+        handle = await start_parent(st, quantity="0.2", order_type="limit",
+                                    limit_price=str((quote.bid * Decimal("0.95")).quantize(Decimal("0.01"))),
+                                    execution={"algo": "iceberg", "display_quantity": "0.1"})
+        await wait_for(handle, lambda s: bool(s.children) and s.children[0].state == S.ACCEPTED)
+        await handle.cancel()
+        snap = await handle.result()
+        await keep_children(st, snap)
+    expect(snap.state == S.CANCELLED and [c.state for c in snap.children] == [S.CANCELLED], snap)
+
+
 @scenario("parent-denied-invalid-parameters")
 async def _(st: Stage) -> None:
     async with st.worker():
