@@ -1516,6 +1516,42 @@ async def _(st: Stage) -> None:
     expect(snap.state == S.CANCELLED and [c.state for c in snap.children] == [S.CANCELLED], snap)
 
 
+@scenario("parent-amends-refused-then-iceberg-merged")
+async def _(st: Stage) -> None:
+    """Amends a parent cannot take (a price on a market TWAP, a quantity below what is filled, off the
+    lot size, one while it is being cancelled) are refused and change nothing; an iceberg whose
+    remainder is too small for the venue sends it with its last visible child."""
+    async with st.worker():
+        handle = await start_parent(st, quantity="0.2", execution={"algo": "twap", "slices": 2, "duration_s": 60})
+        await wait_for(handle, lambda s: bool(s.children) and s.children[0].state == S.FILLED)
+        for amend in ({"limit_price": "3000"}, {"quantity": "0.05"}, {"quantity": "0.20001"}):
+            await handle.signal("amend", amend)
+        await handle.signal("cancel", {"reason": "end"})
+        await handle.signal("amend", {"quantity": "0.5"})
+        twap = await handle.result()
+        await keep_children(st, twap)
+        quote = await SimulatedVenue(st.redis, st.settings.execution.simulation).quote("ETH/USDT")
+        iceberg = await (await start_parent(st, quantity="0.1001", order_type="limit",
+                                            limit_price=str((quote.ask * Decimal("1.03")).quantize(Decimal("0.01"))),
+                                            execution={"algo": "iceberg", "display_quantity": "0.1"})).result()
+        await keep_children(st, iceberg)
+    expect(twap.state == S.CANCELLED and twap.quantity == Decimal("0.2") and len(twap.children) == 1, twap)
+    expect(iceberg.state == S.FILLED and [c.quantity for c in iceberg.children] == [Decimal("0.1001")], iceberg)
+
+
+@scenario("parent-iceberg-refused-three-times")
+async def _(st: Stage) -> None:
+    """The venue refuses three visible children in a row: the parent stops, rejected."""
+    await st.redis.hset(FAULTS_KEY, "reject_next", 3)
+    async with st.worker():
+        quote = await SimulatedVenue(st.redis, st.settings.execution.simulation).quote("ETH/USDT")
+        snap = await (await start_parent(st, quantity="0.3", order_type="limit",
+                                         limit_price=str((quote.ask * Decimal("1.03")).quantize(Decimal("0.01"))),
+                                         execution={"algo": "iceberg", "display_quantity": "0.1"})).result()
+        await keep_children(st, snap)
+    expect(snap.state == S.REJECTED and [c.state for c in snap.children] == [S.REJECTED] * 3, snap)
+
+
 @scenario("parent-denied-invalid-parameters")
 async def _(st: Stage) -> None:
     async with st.worker():
