@@ -1470,14 +1470,14 @@ async def _(st: Stage) -> None:
 
 @scenario("parent-twap-continue-as-new")
 async def _(st: Stage) -> None:
-    """16 slices, one a second: the parent crosses the recorder's continue-as-new suggestion (200
+    """20 slices, one a second: the parent crosses the recorder's continue-as-new suggestion (200
     events) between two children and the next run finishes the schedule."""
     async with st.worker():
-        handle = await start_parent(st, quantity="0.8", execution={"algo": "twap", "slices": 16, "duration_s": 16})
+        handle = await start_parent(st, quantity="1.0", execution={"algo": "twap", "slices": 20, "duration_s": 20})
         snap = await handle.result()
         await keep_children(st, snap)
         status = (await st.client.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id).describe()).status
-    expect(snap.state == S.FILLED and len(snap.children) == 16 and status == WorkflowExecutionStatus.CONTINUED_AS_NEW,
+    expect(snap.state == S.FILLED and len(snap.children) == 20 and status == WorkflowExecutionStatus.CONTINUED_AS_NEW,
            snap)
 
 

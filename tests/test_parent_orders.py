@@ -200,17 +200,17 @@ async def test_invalid_algorithm_parameters_are_refused_with_a_reason(temporal_e
 
 
 async def test_a_long_twap_continues_as_new_with_its_children(temporal_env, order_worker, fast_settings, redis):
-    """The dev server suggests continue-as-new at 200 events (tests/conftest.py): a 16-slice TWAP
-    (one a second) crosses it; the new run knows its children and finishes the schedule."""
-    signal = twap("0.8", 16, 16)
+    """The dev server suggests continue-as-new at 200 events (tests/conftest.py): a 20-slice TWAP
+    (one a second, ~12 events each) crosses it; the new run knows its children and finishes the schedule."""
+    signal = twap("1.0", 20, 20)
     handle = await start_parent(temporal_env.client, fast_settings, signal)
     first_run = (await handle.describe()).run_id
     final = await asyncio.wait_for(handle.result(), 120)
-    assert final.state == S.FILLED and final.filled_quantity == D("0.8"), final.reason
-    assert [c.order_id for c in final.children] == [f"{signal.workflow_id}-c{n}" for n in range(1, 17)]
+    assert final.state == S.FILLED and final.filled_quantity == D("1.0"), final.reason
+    assert [c.order_id for c in final.children] == [f"{signal.workflow_id}-c{n}" for n in range(1, 21)]
     assert (await handle.describe()).run_id != first_run
     fills = await executions(redis)
-    assert sum(D(f["quantity"]) for f in fills) == D("0.8") and len({f["fill_id"] for f in fills}) == len(fills)
+    assert sum(D(f["quantity"]) for f in fills) == D("1.0") and len({f["fill_id"] for f in fills}) == len(fills)
     assert timedelta(0) < final.updated_at - final.created_at
 
 

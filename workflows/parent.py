@@ -426,6 +426,8 @@ class ParentOrderWorkflow:
         the child is validated and waiting on its own timer when the time comes; it then reads the
         venue's price again and submits (the parent's timer, a workflow task and the child's start
         are not on the slice's path: bench/twap_schedule.py)."""
+        if self._should_continue_as_new():
+            return self._slice_due(index)  # no early child: the run hands over once the open ones end
         offsets = self._state.slice_offsets_ms
         gap_ms = offsets[index] - offsets[index - 1] if index > 0 else 0
         return self._slice_due(index) - min(SLICE_LEAD, timedelta(milliseconds=gap_ms * 3 / 4))
