@@ -60,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
     from oms.parent import ChildOrder, ChildReport, ParentOrderInput, ParentState, PendingParentAmend
     from oms.pricing import to_account_currency
     from oms.states import can_transition
+    from oms.story import current_details
     from oms.states import apply_safely as apply
     from oms.validation import Denial, DenialReason, validate_order
 
@@ -91,6 +92,14 @@ def _initial_snapshot(signal: Signal, now: datetime, algo: str) -> OrderSnapshot
         transitions=[Transition(state=S.CREATED, at=now)], expire_at=signal.expire_at, intent=signal.intent,
         algo=algo,
     )
+
+
+def _details(snap: OrderSnapshot) -> str:
+    """The Temporal UI's current details of a parent: the order's story, then its children."""
+    lines = [current_details(snap), "", f"**{snap.algo} parent: {len(snap.children)} children**"]
+    lines += [f"- `{c.order_id}` {c.state.value}: {c.filled_quantity} of {c.quantity} on {c.exchange}"
+              for c in snap.children[-20:]]
+    return "\n".join(lines)
 
 
 def _milestones(children: list) -> list[tuple[str, bool]]:
@@ -274,6 +283,7 @@ class ParentOrderWorkflow:
             signal = signal.model_copy(update={"exchange": self._route.legs[0].exchange})
         self._context = await workflow.execute_local_activity(
             "prepare_order", signal, result_type=OrderContext, start_to_close_timeout=timedelta(seconds=10),
+            summary="prepare the parent: market rules, limits, prices",
             retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_interval=timedelta(seconds=10)),
             local_retry_threshold=timedelta(seconds=5),
         )
@@ -462,6 +472,8 @@ class ParentOrderWorkflow:
                 SearchAttributePair(EXCHANGE, exchange), SearchAttributePair(STRATEGY_ID, signal.strategy_id),
                 SearchAttributePair(PARENT_ORDER_ID, snap.order_id)]),
             result_type=OrderSnapshot,
+            static_summary=f"slice {index + 1 if index is not None else 'extra'}: {quantity} {snap.symbol} on {exchange}"
+                           + (f" at {start_at.isoformat()}" if start_at else ""),
         )
         workflow.logger.info("child %s: %s %s on %s", child.order_id, quantity, snap.symbol, exchange)
         asyncio.ensure_future(self._watch(handle, child.order_id))
@@ -571,12 +583,13 @@ class ParentOrderWorkflow:
             EXCHANGE.value_set(snap.exchange), STRATEGY_ID.value_set(snap.strategy_id)])
         await workflow.execute_local_activity(
             "record_progress", OrderProgress(snapshot=snap, events=events, release_daily=release),
-            start_to_close_timeout=timedelta(seconds=10),
+            start_to_close_timeout=timedelta(seconds=10), summary=f"record the parent: {snap.state.value}",
             retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_interval=timedelta(seconds=5)))
         state.daily_released = state.daily_released or release is not None
         if not snapshot_only:
             state.published_transitions = len(snap.transitions)
         state.published_children = list(snap.children)
+        workflow.set_current_details(_details(snap))
 
     # --- continue-as-new -----------------------------------------------------------------------
     def _should_continue_as_new(self) -> bool:
