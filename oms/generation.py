@@ -2,8 +2,8 @@
 
 Resolves what the signal leaves open from the order parameters (type, time in force, venue),
 adds a price collar for market orders (max_slippage_bps against the venue's price; a signal's
-reference price can only narrow it) and a pre-trade estimate of fees and slippage, and plans
-slices for TWAP / iceberg execution (not run yet: validation refuses algorithm signals).
+reference price can only narrow it) and a pre-trade estimate of fees and slippage. `plan_slices` is
+an even split; parent orders plan their algorithms with oms/algos.py (ParentOrderWorkflow).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class OrderInstruction(BaseModel):
     price_collar: Decimal | None  # worst acceptable average price of a market order
     estimated_fee: Decimal | None
     estimated_slippage_bps: Decimal | None
-    # What the signal asked of an execution algorithm: validation refuses it until one exists.
+    # What the signal asked of an execution algorithm: a single order refuses it (parent orders run them).
     algo: ExecutionAlgo | None = None
     slices: int | None = None
     duration_s: int | None = None

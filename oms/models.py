@@ -134,6 +134,10 @@ class ExecutionTiming(BaseModel):
     algo: ExecutionAlgo | None = None
     duration_s: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] | None = None
     slices: Annotated[int, Field(ge=1, le=1000)] | None = None
+    # twap: spread each slice's size and time by up to this percentage (workflow.random(), durable)
+    randomize_pct: Annotated[Decimal, Field(ge=0, le=50, allow_inf_nan=False)] | None = None
+    # iceberg: the quantity shown at the venue at a time (one child order), refilled when it fills
+    display_quantity: Amount | None = None
 
 
 class Signal(BaseModel):
@@ -225,6 +229,16 @@ class Fill(BaseModel):
     at: datetime
 
 
+class ChildSummary(BaseModel):
+    """One child of a parent order, as the parent's snapshot lists it (DESIGN.md section 3b)."""
+
+    order_id: str
+    exchange: str
+    quantity: Decimal
+    filled_quantity: Decimal = Decimal(0)
+    state: OrderState = OrderState.CREATED
+
+
 # The snapshot lists at most this many fills (the latest): it travels in every event, query answer
 # and continue-as-new input, so it must stay small whatever the order's life; `fill_count` counts all.
 SNAPSHOT_FILLS_MAX = 50
@@ -278,6 +292,10 @@ class OrderSnapshot(BaseModel):
     venue_requests: int = 0  # venue calls made for this order (every retry and look-up counts)
     # Why this venue: the router's reason and what it weighed (oms/routing.py RoutePlan), one line.
     routing_reason: str | None = None
+    # Parent orders (an execution algorithm or a split route): their children; a child names its parent.
+    children: list[ChildSummary] = Field(default_factory=list)
+    parent_order_id: str | None = None
+    algo: str | None = None  # the parent's execution algorithm (twap, iceberg) or "route"
     # Transaction cost analysis (oms/tca.py): decision and arrival prices, the pre-trade estimate, and
     # the realized costs and latency stages, kept current on every publish. None before preparation.
     tca: OrderTCA | None = None

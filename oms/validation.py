@@ -52,6 +52,7 @@ class DenialReason(StrEnum):
     OUT_OF_BOUNDS = "out_of_bounds"
     REFERENCE_PRICE_FAR = "reference_price_far"
     ALGO_NOT_SUPPORTED = "algo_not_supported"
+    INVALID_ALGO_PARAMETERS = "invalid_algo_parameters"  # twap / iceberg parameters it cannot honour
     AMEND_NOT_APPLICABLE = "amend_not_applicable"
 
 
@@ -81,11 +82,14 @@ def _bounds(quantity: Decimal, *prices: Decimal | None) -> Denial | None:
 
 
 def _algorithm(order: OrderInstruction) -> Denial | None:
+    """A single order runs no algorithm: a signal with execution.algo becomes a parent order
+    (ParentOrderWorkflow, oms/algos.py); algorithm parameters without an algo are refused."""
     asked = [f"{name} {value}" for name, value in
              (("algo", order.algo), ("slices", order.slices), ("duration_s", order.duration_s)) if value is not None]
     if asked:
         return _deny(DenialReason.ALGO_NOT_SUPPORTED,
-                     f"execution algorithms are not supported yet ({', '.join(asked)}); send the order without them")
+                     f"a single order runs no execution algorithm ({', '.join(asked)}); name execution.algo "
+                     "(twap or iceberg) to work it as a parent order, or send it without them")
     return None
 
 

@@ -224,14 +224,16 @@ def read_history_events(events: list[dict]) -> None:
                     _snapshot_items(state.get("snapshot"))
 
 
-async def collect_histories(client, workflow_type: str = "OrderWorkflow", concurrency: int = 16,
-                            started_ids: list[str] | None = None) -> None:
-    """Read every `workflow_type` history on the server `client` talks to (on a server that cannot
-    list them, those of `started_ids`, the workflows a StartedWorkflows interceptor saw started)."""
+async def collect_histories(client, workflow_types: tuple[str, ...] = ("OrderWorkflow", "ParentOrderWorkflow"),
+                            concurrency: int = 16, started_ids: list[str] | None = None) -> None:
+    """Read every history of `workflow_types` (orders and parent orders) on the server `client` talks
+    to (on a server that cannot list them, those of `started_ids`, the workflows a StartedWorkflows
+    interceptor saw started)."""
     from google.protobuf.json_format import MessageToDict
 
+    types = ", ".join(f"'{t}'" for t in workflow_types)
     try:
-        executions = [e async for e in client.list_workflows(f"WorkflowType = '{workflow_type}'")]
+        executions = [e async for e in client.list_workflows(f"WorkflowType IN ({types})")]
     except Exception as exc:  # a server without visibility queries: the workflows started through it
         if started_ids is None:
             OBSERVED.history_errors.append(f"list_workflows: {type(exc).__name__}: {exc}")

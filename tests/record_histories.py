@@ -1404,6 +1404,183 @@ async def _(st: Stage) -> None:
         snap = await st.run(quantity="0.01")
     expect(snap.state == S.DENIED and "below_min_amount" in (snap.reason or "")
            and "below the venue minimum" in snap.reason, snap)
+# --- parent orders: execution algorithms (issue 13) ----------------------------------------------
+async def start_parent(st: Stage, **fields) -> WorkflowHandle:
+    """A parent order through intake (a signal with execution.algo); kept with its children once done."""
+    from workers.intake import start_order as intake_start
+
+    signal = st.signal(**fields)
+    await intake_start(st.client, st.settings, signal)
+    handle = await first_run(st, signal.workflow_id)
+    st.kept.append((signal.workflow_id, handle))
+    return handle
+
+
+async def first_run(st: Stage, workflow_id: str) -> WorkflowHandle:
+    """A handle that knows its first run (save_histories follows the chain from it)."""
+    run_id = (await st.client.get_workflow_handle(workflow_id).describe()).run_id
+    return st.client.get_workflow_handle(workflow_id, run_id=run_id, first_execution_run_id=run_id,
+                                         result_type=OrderSnapshot)
+
+
+async def keep_children(st: Stage, parent: OrderSnapshot) -> None:
+    st.kept.extend([(c.order_id, await first_run(st, c.order_id)) for c in parent.children])
+
+
+@scenario("parent-twap-filled")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        snap = await (await start_parent(st, quantity="0.3", execution={"algo": "twap", "slices": 3, "duration_s": 3,
+                                                                        "randomize_pct": 20})).result()
+        await keep_children(st, snap)
+    expect(snap.state == S.FILLED and len(snap.children) == 3 and snap.filled_quantity == Decimal("0.3"), snap)
+
+
+@scenario("parent-twap-refused-child-returned")
+async def _(st: Stage) -> None:
+    await st.redis.hset(FAULTS_KEY, "reject_next", 1)
+    async with st.worker():
+        snap = await (await start_parent(st, quantity="0.2", execution={"algo": "twap", "slices": 2,
+                                                                        "duration_s": 2})).result()
+        await keep_children(st, snap)
+    expect(snap.state == S.FILLED and snap.children[0].state == S.REJECTED
+           and all(c.state == S.FILLED for c in snap.children[1:]), snap)
+
+
+@scenario("parent-twap-amended-then-cancelled")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        handle = await start_parent(st, quantity="0.2", execution={"algo": "twap", "slices": 2, "duration_s": 60})
+        await wait_for(handle, lambda s: bool(s.children) and s.children[0].state == S.FILLED)
+        await update(handle, "amend_order", {"quantity": "0.3"})
+        await handle.signal("amend", {"quantity": "0.4"})
+        await wait_for(handle, lambda s: s.quantity == Decimal("0.4"))
+        snap = await update(handle, "cancel_order", {"reason": "end"})
+        await keep_children(st, snap)
+    expect(snap.state == S.CANCELLED and len(snap.children) == 1 and snap.filled_quantity == Decimal("0.1"), snap)
+
+
+@scenario("parent-iceberg-child-cancelled-refilled-then-cancelled")
+async def _(st: Stage) -> None:
+    """An iceberg resting below the market: its visible child is cancelled on its own, its quantity
+    comes back and a new visible child is placed (amended to a new price first); then the parent is
+    cancelled."""
+    async with st.worker():
+        quote = await SimulatedVenue(st.redis, st.settings.execution.simulation).quote("ETH/USDT")
+        handle = await start_parent(st, quantity="0.3", order_type="limit",
+                                    limit_price=str((quote.bid * Decimal("0.95")).quantize(Decimal("0.01"))),
+                                    execution={"algo": "iceberg", "display_quantity": "0.1"})
+        first = await wait_for(handle, lambda s: bool(s.children) and s.children[0].state == S.ACCEPTED)
+        await handle.signal("amend", {"limit_price": str((quote.bid * Decimal("0.94")).quantize(Decimal("0.01")))})
+        await st.client.get_workflow_handle(first.children[0].order_id).signal("cancel", {"reason": "by hand"})
+        await wait_for(handle, lambda s: len(s.children) == 2 and s.children[1].state == S.ACCEPTED)
+        snap = await update(handle, "cancel_order", {"reason": "end"})
+        await keep_children(st, snap)
+    expect(snap.state == S.CANCELLED and [c.state for c in snap.children] == [S.CANCELLED, S.CANCELLED], snap)
+
+
+@scenario("parent-twap-capped-after-start-at")
+async def _(st: Stage) -> None:
+    """A TWAP with a price cap (IOC limit children) that starts 2 s after it is received."""
+    async with st.worker():
+        quote = await SimulatedVenue(st.redis, st.settings.execution.simulation).quote("ETH/USDT")
+        start_at = datetime.now(timezone.utc) + timedelta(seconds=2)
+        snap = await (await start_parent(st, quantity="0.2", limit_price=str((quote.ask * Decimal("1.03")).quantize(
+            Decimal("0.01"))), execution={"algo": "twap", "slices": 2, "duration_s": 2,
+                                          "start_at": start_at.isoformat()})).result()
+        await keep_children(st, snap)
+    expect(snap.state == S.FILLED and snap.transitions[1].at < start_at <= snap.transitions[2].at, snap)
+
+
+@scenario("parent-twap-continue-as-new")
+async def _(st: Stage) -> None:
+    """20 slices, one a second: the parent crosses the recorder's continue-as-new suggestion (200
+    events) between two children and the next run finishes the schedule."""
+    async with st.worker():
+        handle = await start_parent(st, quantity="1.0", execution={"algo": "twap", "slices": 20, "duration_s": 20})
+        snap = await handle.result()
+        await keep_children(st, snap)
+        status = (await st.client.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id).describe()).status
+    expect(snap.state == S.FILLED and len(snap.children) == 20 and status == WorkflowExecutionStatus.CONTINUED_AS_NEW,
+           snap)
+
+
+@scenario("parent-route-split")
+async def _(st: Stage) -> None:
+    """The router's plan arrives as ParentOrderInput.route: one child per leg."""
+    from oms.parent import ParentOrderInput
+    from oms.routing import RouteLeg, RoutePlan
+
+    async with st.worker():
+        signal = st.signal(quantity="0.3")
+        legs = [RouteLeg(exchange="simulation", quantity=Decimal(q), expected_average_price=Decimal("3000"),
+                         expected_all_in_price=Decimal("3001")) for q in ("0.1", "0.2")]
+        plan = RoutePlan(symbol="ETH/USDT", side="buy", quantity=Decimal("0.3"), legs=legs, reason="split: recorded")
+        await st.client.start_workflow("ParentOrderWorkflow", ParentOrderInput(signal=signal, route=plan),
+                                       id=signal.workflow_id, task_queue=st.task_queue)
+        handle = await first_run(st, signal.workflow_id)
+        st.kept.append((signal.workflow_id, handle))
+        snap = await handle.result()
+        await keep_children(st, snap)
+    expect(snap.state == S.FILLED and [c.quantity for c in snap.children] == [Decimal("0.1"), Decimal("0.2")], snap)
+
+
+@scenario("parent-workflow-cancelled")
+async def _(st: Stage) -> None:
+    """A resting iceberg cancelled as a Temporal workflow (UI, CLI): its open child is cancelled."""
+    async with st.worker():
+        quote = await SimulatedVenue(st.redis, st.settings.execution.simulation).quote("ETH/USDT")
+        handle = await start_parent(st, quantity="0.2", order_type="limit",
+                                    limit_price=str((quote.bid * Decimal("0.95")).quantize(Decimal("0.01"))),
+                                    execution={"algo": "iceberg", "display_quantity": "0.1"})
+        await wait_for(handle, lambda s: bool(s.children) and s.children[0].state == S.ACCEPTED)
+        await handle.cancel()
+        snap = await handle.result()
+        await keep_children(st, snap)
+    expect(snap.state == S.CANCELLED and [c.state for c in snap.children] == [S.CANCELLED], snap)
+
+
+@scenario("parent-amends-refused-then-iceberg-merged")
+async def _(st: Stage) -> None:
+    """Amends a parent cannot take (a price on a market TWAP, a quantity below what is filled, off the
+    lot size, one while it is being cancelled) are refused and change nothing; an iceberg whose
+    remainder is too small for the venue sends it with its last visible child."""
+    async with st.worker():
+        handle = await start_parent(st, quantity="0.2", execution={"algo": "twap", "slices": 2, "duration_s": 60})
+        await wait_for(handle, lambda s: bool(s.children) and s.children[0].state == S.FILLED)
+        for amend in ({"limit_price": "3000"}, {"quantity": "0.05"}, {"quantity": "0.20001"}):
+            await handle.signal("amend", amend)
+        await handle.signal("cancel", {"reason": "end"})
+        await handle.signal("amend", {"quantity": "0.5"})
+        twap = await handle.result()
+        await keep_children(st, twap)
+        quote = await SimulatedVenue(st.redis, st.settings.execution.simulation).quote("ETH/USDT")
+        iceberg = await (await start_parent(st, quantity="0.1001", order_type="limit",
+                                            limit_price=str((quote.ask * Decimal("1.03")).quantize(Decimal("0.01"))),
+                                            execution={"algo": "iceberg", "display_quantity": "0.1"})).result()
+        await keep_children(st, iceberg)
+    expect(twap.state == S.CANCELLED and twap.quantity == Decimal("0.2") and len(twap.children) == 1, twap)
+    expect(iceberg.state == S.FILLED and [c.quantity for c in iceberg.children] == [Decimal("0.1001")], iceberg)
+
+
+@scenario("parent-iceberg-refused-three-times")
+async def _(st: Stage) -> None:
+    """The venue refuses three visible children in a row: the parent stops, rejected."""
+    await st.redis.hset(FAULTS_KEY, "reject_next", 3)
+    async with st.worker():
+        quote = await SimulatedVenue(st.redis, st.settings.execution.simulation).quote("ETH/USDT")
+        snap = await (await start_parent(st, quantity="0.3", order_type="limit",
+                                         limit_price=str((quote.ask * Decimal("1.03")).quantize(Decimal("0.01"))),
+                                         execution={"algo": "iceberg", "display_quantity": "0.1"})).result()
+        await keep_children(st, snap)
+    expect(snap.state == S.REJECTED and [c.state for c in snap.children] == [S.REJECTED] * 3, snap)
+
+
+@scenario("parent-denied-invalid-parameters")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        snap = await (await start_parent(st, execution={"algo": "twap", "duration_s": 30})).result()
+    expect(snap.state == S.DENIED and (snap.reason or "").startswith("invalid_algo_parameters"), snap)
 
 
 # --- running ---------------------------------------------------------------------------------

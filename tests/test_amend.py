@@ -67,7 +67,7 @@ async def test_main_denial_reasons_through_the_workflow(temporal_env, fast_setti
         assert snap.filled_quantity == 0
     assert ok.state == S.FILLED, ok.reason
     assert "USDT" in results["above_max_order_value"].reason
-    assert "not supported yet" in results["algo_not_supported"].reason
+    assert "runs no execution algorithm" in results["algo_not_supported"].reason
     assert await redis.get("sim:requests") in (b"1", "1")  # only the ETH/BTC order reached the venue
 
 

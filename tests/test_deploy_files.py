@@ -45,7 +45,7 @@ def test_compose_describes_the_stack_with_real_commands():
     assert "8004:8004" in services["api"]["ports"]
     assert {"7233:7233", "8233:8233"} <= set(services["temporal"]["ports"])
     temporal_command = " ".join(services["temporal"]["command"])
-    for attribute in ("OrderState", "Symbol", "Exchange", "StrategyId"):
+    for attribute in ("OrderState", "Symbol", "Exchange", "StrategyId", "ParentOrderId"):
         assert f"{attribute}=Keyword" in temporal_command
     for service in services.values():
         image = service.get("image", "")

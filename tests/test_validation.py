@@ -99,9 +99,10 @@ VALIDATE_ORDER_CASES = {
     DenialReason.ALGO_NOT_SUPPORTED: (_raw(algo="twap"), Side.BUY, BTC, P, None),
 }
 # Decided outside validate_order: by the workflow from prepare_order's answer, by the shared daily
-# cap, or by validate_amend. Each has its own test below or in the workflow tests.
+# cap, by validate_amend, or by an algorithm's plan (oms/algos.py, tests/test_algos.py). Each has
+# its own test below or in the workflow tests.
 ELSEWHERE = {DenialReason.UNKNOWN_SYMBOL, DenialReason.UNKNOWN_EXCHANGE, DenialReason.DAILY_ORDER_LIMIT,
-             DenialReason.AMEND_NOT_APPLICABLE}
+             DenialReason.AMEND_NOT_APPLICABLE, DenialReason.INVALID_ALGO_PARAMETERS}
 
 
 def test_every_denial_reason_is_covered():
@@ -217,11 +218,13 @@ def test_the_collar_never_reaches_zero(bps):
     assert instruction.price_collar >= BTC.price_step > 0
 
 
-def test_algorithms_are_refused_until_the_engine_exists():
+def test_a_single_order_runs_no_algorithm():
+    """Algorithms run in ParentOrderWorkflow (intake starts one for execution.algo); an OrderWorkflow
+    given one, or algorithm parameters without an algo, refuses them."""
     for execution in ({"algo": "twap", "duration_s": 60, "slices": 4}, {"algo": "iceberg"}, {"slices": 3},
                       {"duration_s": 30}):
         denial = check(signal(execution=execution), P)
-        assert denial.reason == DenialReason.ALGO_NOT_SUPPORTED and "not supported yet" in denial.message
+        assert denial.reason == DenialReason.ALGO_NOT_SUPPORTED and "runs no execution algorithm" in denial.message
     assert check(signal(execution={"start_at": NOW.isoformat()}), P) is None
 
 

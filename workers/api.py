@@ -42,7 +42,8 @@ from workers.storage import DuckDBStore
 from workers.sweep import orphan_reasons
 
 log = logging.getLogger("tom.api")
-ORDER_ID = Annotated[str, Path(pattern=r"^order-[A-Za-z0-9_.:-]{1,64}$", description="order-<signal_id>")]
+ORDER_ID = Annotated[str, Path(pattern=r"^order-[A-Za-z0-9_.:-]{1,64}(-c[0-9]{1,6})?$",
+                                description="order-<signal_id>, or a parent order's child order-<signal_id>-c<n>")]
 
 
 class SignalAccepted(BaseModel):

@@ -68,8 +68,14 @@ def _snapshot_table(snap: OrderSnapshot) -> str:
             ("client id", snap.client_order_id)]
     if snap.routing_reason:  # why this venue (smart routing)
         rows.append(("routing", snap.routing_reason))
+    if snap.parent_order_id:
+        rows.append(("parent", snap.parent_order_id))
+    if snap.algo:
+        rows.append(("algorithm", f"{snap.algo}: {len(snap.children)} children"))
     rows += _tca_rows(snap)
     lines = [f"{k:<11} {v}" for k, v in rows]
+    lines += [f"  {c.order_id:<34} {c.state.value:<17} {c.filled_quantity}/{c.quantity} on {c.exchange}"
+              for c in snap.children]
     lines += [f"  {t.at.strftime('%H:%M:%S.%f')[:-3]}  {t.state.value:<17} {t.reason or ''}" for t in snap.transitions]
     return "\n".join(lines)
 
@@ -255,13 +261,15 @@ def orders(settings: Settings, args) -> int:
     print(f"{'ORDER':<34} {'STATE':<17} {'SIDE':<4} {'QTY':>12} {'SYMBOL':<10} {'FILLED':>12} {'AVG PRICE':>14} EXCHANGE")
     for r in rows:
         print(f"{r.order_id[:34]:<34} {r.state.value:<17} {r.side.value:<4} {r.quantity:>12} {r.symbol:<10} "
-              f"{r.filled_quantity:>12} {str(r.average_fill_price or '-')[:14]:>14} {r.exchange}")
+              f"{r.filled_quantity:>12} {str(r.average_fill_price or '-')[:14]:>14} {r.exchange}"
+              + (f"  [{r.algo} parent: {len(r.children)} children]" if r.algo else "")
+              + (f"  [child of {r.parent_order_id}]" if r.parent_order_id else ""))
     return 0
 
 
 async def _orders_from_visibility(settings: Settings, args) -> list[OrderSnapshot]:
     """Without the API: list through Temporal visibility (search attributes), snapshots by query."""
-    clauses = ["WorkflowType = 'OrderWorkflow'"]
+    clauses = ["WorkflowType IN ('OrderWorkflow', 'ParentOrderWorkflow')"]
     for attribute, value in (("OrderState", args.state), ("Symbol", args.symbol), ("StrategyId", args.strategy),
                              ("Exchange", args.exchange)):
         if value:

@@ -27,8 +27,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from config.settings import Settings
 from oms.markets import simulated_market
 from oms.models import Signal
+from oms.parent import ParentOrderInput
 from oms.story import static_details, static_summary
-from workers.runtime import WORKFLOW_TYPE
+from workers.runtime import PARENT_WORKFLOW_TYPE, WORKFLOW_TYPE
 
 CLOCK_SKEW_S = 60  # a created_at this far ahead of our clock is still believed
 
@@ -220,9 +221,12 @@ async def start_order(client: Client, settings: Settings, signal: Signal) -> Sta
     Raises UnstartableSignal when Temporal refuses for good, RPCError (or a connection error) when
     a retry may succeed.
     """
+    # A signal naming an execution algorithm is a parent order; its children are OrderWorkflows.
+    parent = signal.execution is not None and signal.execution.algo is not None
     try:
         await client.start_workflow(
-            WORKFLOW_TYPE, signal, id=signal.workflow_id, task_queue=settings.temporal.task_queue,
+            PARENT_WORKFLOW_TYPE if parent else WORKFLOW_TYPE, ParentOrderInput(signal=signal) if parent else signal,
+            id=signal.workflow_id, task_queue=settings.temporal.task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             search_attributes=_search_attributes(signal),

@@ -20,7 +20,8 @@ from config.settings import Settings
 from workers.payload_codec import codec_from_settings, with_encryption
 
 WORKFLOW_TYPE = "OrderWorkflow"
-SEARCH_ATTRIBUTES = ("OrderState", "Symbol", "Exchange", "StrategyId")
+PARENT_WORKFLOW_TYPE = "ParentOrderWorkflow"  # a signal with execution.algo, or a split route
+SEARCH_ATTRIBUTES = ("OrderState", "Symbol", "Exchange", "StrategyId", "ParentOrderId")
 
 
 async def connect_temporal(settings: Settings) -> Client:

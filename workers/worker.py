@@ -30,6 +30,7 @@ from workers.poller import run_pollers
 from workers.sweep import run_sweeps
 from workers.runtime import available_cores, configure_logging, connect_temporal, redis_client
 from workflows.order import OrderWorkflow
+from workflows.parent import ParentOrderWorkflow
 
 log = logging.getLogger("tom.worker")
 GRACEFUL_SHUTDOWN = timedelta(seconds=20)  # k8s terminationGracePeriodSeconds must exceed this
@@ -65,7 +66,7 @@ async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis
     return Worker(
         client,
         task_queue=settings.temporal.task_queue,
-        workflows=[OrderWorkflow],
+        workflows=[OrderWorkflow, ParentOrderWorkflow],
         activities=[*execution.all(), *RoutingActivities(routing).all(), limits.reserve_daily_order,
                     publish.record_progress],
         max_concurrent_workflow_tasks=concurrency,

@@ -20,6 +20,9 @@ carries them out, so every venue call is made from one place and a cancel racing
 whatever the venue decided (late fills are counted). History stays bounded: long-lived orders
 continue-as-new with their whole state, pending requests included.
 Orders started before the `order-lifecycle-v2` patch keep release 0.1's paths (order_release01.py).
+A child of a parent order (ParentOrderWorkflow) is started with a `ChildOrderInput` and signals its
+parent (`child_update`) after each transition or fill it records: conditional on `parent_order_id`,
+which no earlier history carries, so no patch is needed.
 What the Temporal UI shows is part of the job: every timer and venue call carries a summary, and the
 current details (oms/story.py) follow each transition. Both are user metadata, which replay does not
 compare, so adding or rewording them needs no patch (tests/test_temporal_ui.py replays old histories).
@@ -33,7 +36,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ApplicationError, is_cancelled_exception
@@ -68,6 +71,7 @@ with workflow.unsafe.imports_passed_through():
         client_order_id_for,
     )
     from oms.parent import ParentOrderInput
+    from oms.parent import ChildReport
     from oms.pricing import VenuePrices
     from oms.story import current_details
     from oms.routing import RoutePlan
@@ -154,6 +158,16 @@ class OrderWorkflowState(BaseModel):
     cancel_target: OrderState | None = None
     cancel_reason: str | None = None
     published_anomalies: int = 0
+    parent_order_id: str | None = None  # a child of a parent order: reports to it by signal
+
+
+class ChildOrderInput(BaseModel):
+    """How a parent order (ParentOrderWorkflow) starts one of its children."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    signal: Signal
+    parent_order_id: str
 
 
 def _initial_snapshot(signal: Signal, now: datetime) -> OrderSnapshot:
@@ -202,11 +216,17 @@ def _parse_request(model: type[RequestModel], raw: Any) -> RequestModel:
 @workflow.defn(name="OrderWorkflow")
 class OrderWorkflow(Release01Paths):
     @workflow.init
-    def __init__(self, order: Signal | OrderWorkflowState) -> None:
-        # Started with a Signal; continued-as-new with the whole state (one argument either way:
-        # the SDK applies type hints only when the argument count matches).
+    def __init__(self, order: Signal | OrderWorkflowState | ChildOrderInput) -> None:
+        # Started with a Signal (or, as a parent's child, a ChildOrderInput); continued-as-new with the
+        # whole state (one argument either way: the SDK applies type hints only when the argument
+        # count matches).
         if isinstance(order, OrderWorkflowState):
             self._state = order
+        elif isinstance(order, ChildOrderInput):
+            snapshot = _initial_snapshot(order.signal, workflow.now())
+            snapshot.parent_order_id = order.parent_order_id
+            self._state = OrderWorkflowState(signal=order.signal, snapshot=snapshot,
+                                             parent_order_id=order.parent_order_id)
         else:
             self._state = OrderWorkflowState(signal=order, snapshot=_initial_snapshot(order, workflow.now()))
         self._seen = set(self._state.seen_fill_ids)
@@ -337,7 +357,7 @@ class OrderWorkflow(Release01Paths):
 
     # --- main flow -----------------------------------------------------------------------------
     @workflow.run
-    async def run(self, order: Signal | OrderWorkflowState) -> OrderSnapshot:
+    async def run(self, order: Signal | OrderWorkflowState | ChildOrderInput) -> OrderSnapshot:
         if not self._v2:
             return await self._run_release01()
         try:
@@ -1121,6 +1141,20 @@ class OrderWorkflow(Release01Paths):
         self._state.published_transitions = len(snap.transitions)
         self._state.published_anomalies = snap.anomalies
         self._local_activity_at = workflow.info().get_current_history_length()
+        if self._state.parent_order_id is not None:
+            await self._report_to_parent()
+
+    async def _report_to_parent(self) -> None:
+        """A child tells its parent order what changed (the whole picture: a lost or repeated report
+        is harmless). A parent that has ended no longer listens: nothing to tell it."""
+        parent = workflow.get_external_workflow_handle(self._state.parent_order_id)
+        try:
+            await parent.signal("child_update", ChildReport.of(self._state.snapshot))
+        except BaseException as error:  # noqa: B036 - a cancellation goes on; anything else is logged
+            if is_cancelled_exception(error):
+                raise
+            workflow.logger.warning("parent %s not told of %s: %s", self._state.parent_order_id,
+                                    self._state.snapshot.state.value, error)
 
     def _unused_daily_slot(self) -> DailyOrderReservation | None:
         """prepare_order reserved a daily-cap slot, and the order ended without ever going out."""
