@@ -29,7 +29,7 @@ from tests.contract_coverage import pytest_addoption  # noqa: F401  (a hook: --c
 from workers.runtime import find_binary
 
 REPO = Path(__file__).resolve().parent.parent
-SEARCH_ATTRIBUTES = ("OrderState", "Symbol", "Exchange", "StrategyId")
+SEARCH_ATTRIBUTES = ("OrderState", "Symbol", "Exchange", "StrategyId", "ParentOrderId")
 # `tom worker` drains in-flight tasks for up to this long on SIGTERM (workers/worker.py).
 WORKER_DRAIN_S = 20.0
 

@@ -467,6 +467,6 @@ def run(settings: Settings, args) -> int:
     import uvicorn
 
     configure_logging(settings)
-    uvicorn.run(create_app(settings), host=settings.service.host, port=settings.service.port,
+    uvicorn.run(create_app(settings), host=settings.service.bind, port=settings.service.port,
                 log_level=settings.orders.log_level.value.lower(), access_log=False)
     return 0
