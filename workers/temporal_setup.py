@@ -65,12 +65,13 @@ async def setup(settings: Settings, check_only: bool) -> str:
     except Exception as exc:
         raise UserError(f"cannot reach Temporal at {settings.temporal.address} ({type(exc).__name__}: {exc})") from None
     missing, wrong = await search_attribute_problems(client, namespace)
+    if check_only and (missing or wrong):
+        raise UserError(refusal(namespace, missing, wrong))
     if wrong:  # a type cannot be changed in place: an operator decision, never ours
-        raise UserError(refusal(namespace, [], wrong).split(" (")[0] + "; remove them and run this again")
+        raise UserError(f"namespace {namespace}: search attributes {', '.join(wrong)} are not Keyword; "
+                        "remove them and run this again")
     if not missing:
         return f"namespace {namespace}: search attributes {', '.join(SEARCH_ATTRIBUTES)} are registered (Keyword)"
-    if check_only:
-        raise UserError(refusal(namespace, missing, []))
     try:
         await client.operator_service.add_search_attributes(AddSearchAttributesRequest(
             namespace=namespace, search_attributes={name: KEYWORD for name in missing}))
