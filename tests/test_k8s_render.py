@@ -200,3 +200,66 @@ def test_the_renderer_refuses_what_it_cannot_render_and_fails_a_broken_patch(tmp
     [generated] = [name for name in configmaps if name.startswith("cfg-")]
     assert configmaps[generated]["data"] == {"app.yaml": "name: dev\n"}
     assert all(d["metadata"]["namespace"] == "n" for d in docs)
+
+
+def pod_ip() -> str | None:
+    """This machine's address on its outward interface (what a pod IP is to the kubelet); None
+    where only loopback exists."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent by a UDP connect
+            address = sock.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+async def test_the_api_pod_serves_its_probes_on_the_pod_address(temporal_env, redis_url, tmp_path):
+    """`tom api` as the API pod runs it: the ConfigMap's dev.yaml, the pod's environment, probes
+    asked on the pod's address (not loopback), both answering 200. Two values are moved for this
+    machine: the DuckDB file (the pod's /app/data) and the port (8004 may be taken here)."""
+    import asyncio
+    import os
+
+    import httpx
+
+    from tests.conftest import free_port, stop_api, wait_for_http
+
+    ip = pod_ip()
+    if ip is None:
+        pytest.skip("no non-loopback interface on this machine to probe")
+    docs = render(BASE)
+    api = container_of(deployments(docs)["api"])
+    text = by_kind(docs, "ConfigMap")["trading-order-management-config"]["data"]["dev.yaml"]
+    port = free_port()
+    assert text.count("/app/data/order_management.duckdb") == 1 and text.count("  port: 8004\n") == 1
+    text = text.replace("/app/data/order_management.duckdb", str(tmp_path / "orders.duckdb"))
+    text = text.replace("  port: 8004\n", f"  port: {port}\n")
+    config = tmp_path / "dev.yaml"
+    config.write_text(text)
+    redis_host, redis_port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    env = {**os.environ, **IMAGE_ENV, **{e["name"]: e["value"] for e in api["env"] if "value" in e},
+           **{key: "1" for key in secret_keys()}, "CONFIG_PATH": str(config), "REDIS_HOST": redis_host,
+           "REDIS_PORT": redis_port, "TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
+           "TEMPORAL_NAMESPACE": "default"}
+    log_path = tmp_path / "api.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "api"], stdout=log, stderr=subprocess.STDOUT,
+                                env=env, cwd=REPO, start_new_session=True)
+    try:
+        probes = {kind: api[kind]["httpGet"]["path"] for kind in ("livenessProbe", "readinessProbe")}
+        await asyncio.to_thread(wait_for_http, f"http://{ip}:{port}{probes['livenessProbe']}", 90, proc)
+        deadline = asyncio.get_running_loop().time() + 90
+        async with httpx.AsyncClient(timeout=5) as http:
+            while True:
+                ready = await http.get(f"http://{ip}:{port}{probes['readinessProbe']}")
+                if ready.status_code == 200:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, ready.text
+                await asyncio.sleep(0.5)
+            assert (await http.get(f"http://{ip}:{port}{probes['livenessProbe']}")).status_code == 200
+        assert ready.json()["ready"] is True
+    finally:
+        await asyncio.to_thread(stop_api, proc, log_path)
