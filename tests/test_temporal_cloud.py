@@ -29,7 +29,7 @@ from temporalio.testing import WorkflowEnvironment
 from config.settings import ConfigError, Settings, load_settings
 from oms.models import OrderState
 from tests.conftest import REPO
-from tests.helpers import make_signal, start_order
+from tests.helpers import local_activity_calls, make_signal, start_order
 from tests.tls_front import SERVER_NAME, CertificateAuthority, TLSFront
 from workers.runtime import SEARCH_ATTRIBUTES, connect_temporal, find_binary, temporal_tls
 from workers.worker import running_worker
@@ -247,3 +247,6 @@ async def test_a_running_order_moves_to_the_new_worker_version_auto_upgrade(temp
             assert snapshot.state == OrderState.CANCELLED
             info = (await handle.describe()).raw_description.workflow_execution_info.versioning_info
             assert info.deployment_version.build_id == "build-2"  # finished on the new code
+            # Under versioning, the venue calls are recorded as on an unversioned worker.
+            calls = [name for name, _ in await local_activity_calls(handle) if name.startswith("venue_")]
+            assert calls[0] == "venue_submit" and "venue_cancel" in calls, calls

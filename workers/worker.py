@@ -79,8 +79,15 @@ async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis
 def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
     """Worker versioning when `temporal.deployment_name` is set: this worker serves only version
     <deployment_name>.<build_id>, and tasks reach it once an operator makes that version current or
-    ramping (README: worker versioning). Workflows that declare no behaviour default to AUTO_UPGRADE,
-    the behaviour OrderWorkflow declares, for the same reason."""
+    ramping (README: worker versioning).
+
+    Every workflow here is AUTO_UPGRADE: a running order moves to the new version on its next task.
+    GTC orders live for weeks and continue as new, so PINNED would keep every old version's workers
+    alive that long; moving is safe because every command-changing edit is behind
+    `workflow.patched` and CI replays the recorded histories (tests/test_replay.py). Declared here,
+    not in `@workflow.defn(versioning_behavior=...)`: on this server (1.32) a workflow declaring a
+    behaviour on an unversioned worker lost local-activity markers and stalled (tests run
+    unversioned workers), while the worker default applies only with versioning on."""
     t = settings.temporal
     if not t.deployment_name:
         return None

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, VersioningBehavior
+from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ApplicationError, is_cancelled_exception
 
 from workflows.order_release01 import Release01Paths
@@ -175,11 +175,7 @@ def _parse_request(model: type[RequestModel], raw: Any) -> RequestModel:
                                non_retryable=True) from None
 
 
-# AUTO_UPGRADE under worker versioning: a running order moves to the new worker version on its next
-# task. GTC orders live for weeks and continue as new, so PINNED would keep every old version's
-# workers alive that long; upgrades stay safe because every command-changing edit is behind
-# `workflow.patched` and CI replays the recorded histories (README: worker versioning).
-@workflow.defn(name="OrderWorkflow", versioning_behavior=VersioningBehavior.AUTO_UPGRADE)
+@workflow.defn(name="OrderWorkflow")
 class OrderWorkflow(Release01Paths):
     @workflow.init
     def __init__(self, order: Signal | OrderWorkflowState) -> None:
