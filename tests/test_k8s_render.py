@@ -127,6 +127,7 @@ def test_rendered_manifests_run_the_config_they_mount(tmp_path):
     worker_pod = worker["spec"]["template"]["spec"]
     assert worker_pod["terminationGracePeriodSeconds"] > GRACEFUL_SHUTDOWN.total_seconds() + DRAIN_MARGIN_S
     assert worker["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert container_of(worker)["args"] == ["worker", "--processes", "1"]  # the HPA scales pods of one process
     versioned = config_from(docs, container_of(worker), {}, tmp_path)
     assert versioned.temporal.deployment_name == "trading-order-management"
     config = deployment_config(versioned)
