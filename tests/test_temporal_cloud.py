@@ -175,6 +175,12 @@ async def test_worker_refuses_a_namespace_without_the_search_attributes_until_te
     assert one_line(checked) == ("tom temporal-setup: namespace default: missing search attributes OrderState, "
                                  "Exchange, StrategyId, ParentOrderId; search attributes Symbol are not Keyword "
                                  "(register them with `tom temporal-setup`)")
+    absent = tmp_path / "absent.yaml"
+    absent.write_text(with_temporal(settings, address=address, namespace="no-such-namespace").to_yaml())
+    unknown = await asyncio.to_thread(run_tom, absent, "temporal-setup")
+    assert unknown.returncode == 1
+    assert one_line(unknown).startswith("tom temporal-setup: namespace no-such-namespace: cannot list its search "
+                                        "attributes (NOT_FOUND"), unknown.stderr
     registered = await asyncio.to_thread(run_tom, bare, "temporal-setup")
     assert registered.returncode == 0, registered.stderr
     assert registered.stdout.strip() == f"namespace bare: registered {', '.join(SEARCH_ATTRIBUTES)} (Keyword)"
@@ -185,8 +191,10 @@ async def test_worker_refuses_a_namespace_without_the_search_attributes_until_te
     # With the attributes registered, the same worker starts, then drains on SIGTERM.
     log_path = tmp_path / "worker.log"
     with open(log_path, "w") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "workers.cli", "--config", str(bare), "worker"],
-                                  stdout=log, stderr=subprocess.STDOUT)
+        # One process: the supervisor of several is not what this checks (and a SIGTERM before a
+        # child has installed its handlers is that supervisor's own race).
+        worker = subprocess.Popen([sys.executable, "-m", "workers.cli", "--config", str(bare), "worker",
+                                   "--processes", "1"], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 90
         while "worker on task queue" not in log_path.read_text():

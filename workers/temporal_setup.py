@@ -28,7 +28,11 @@ KEYWORD = IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
 async def search_attribute_problems(client: Client, namespace: str) -> tuple[list[str], list[str]]:
     """(missing, wrong type): the platform's attributes absent from the namespace, and those
     registered with a type other than Keyword."""
-    listed = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
+    try:
+        listed = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
+    except RPCError as exc:  # an unknown namespace, or credentials that may not read it
+        raise UserError(f"namespace {namespace}: cannot list its search attributes "
+                        f"({exc.status.name}: {exc.message})") from None
     custom = dict(listed.custom_attributes)
     missing = [name for name in SEARCH_ATTRIBUTES if name not in custom]
     wrong = [name for name in SEARCH_ATTRIBUTES if name in custom and custom[name] != KEYWORD]
