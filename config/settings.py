@@ -12,6 +12,7 @@ from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 import yaml
 from pydantic import (
@@ -47,6 +48,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 
+API_TOKEN_MIN_LENGTH = 32
+
+
+def _usable_token(value: SecretStr | None) -> SecretStr | None:
+    # Checked without echoing the value: the message names only the rule.
+    if value is not None:
+        token = value.get_secret_value()
+        if len(token) < API_TOKEN_MIN_LENGTH:
+            raise ValueError(f"shorter than {API_TOKEN_MIN_LENGTH} characters (generate one with "
+                             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        if not token.isprintable() or any(c.isspace() for c in token):
+            raise ValueError("must be printable without spaces (it travels in an Authorization header)")
+    return value
+
+
+class ApiToken(_Strict):
+    """One bearer token of the HTTP API (workers/api_security.py); the value only from the environment.
+
+    `${VAR:-}` left empty means this token is not set (the file's convention for optional secrets):
+    it grants nothing, and an API on a non-loopback address with no token set refuses to start."""
+
+    token: Annotated[OptionalSecret, AfterValidator(_usable_token)]
+    scopes: Annotated[list[Literal["read", "trade"]], Field(min_length=1)]
+    # Requests per minute this token may make, per API process (a burst of as many, then 429); none: no limit.
+    requests_per_minute: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
+
+
 class ServiceSettings(_Strict):
     host: str = "localhost"  # where clients (the CLI) reach the API: advertised, never bound
     # The address the API listens on: loopback by default; 0.0.0.0 in a pod or container, where
@@ -54,6 +82,21 @@ class ServiceSettings(_Strict):
     bind: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8004
     max_request_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024  # larger bodies: 413
+    # name -> token; with any token set, every endpoint but /healthz, /readyz, /metrics needs one.
+    api_tokens: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], ApiToken] = Field(default_factory=dict)
+    # Origins (scheme://host[:port]) whose browser pages may send state-changing requests; none by default.
+    allowed_origins: list[Annotated[str, Field(pattern=r"^https?://[^/\s]+$")]] = Field(default_factory=list)
+
+    def active_tokens(self) -> dict[str, ApiToken]:
+        """The tokens that are set (an entry whose `${VAR:-}` expanded empty grants nothing)."""
+        return {name: t for name, t in self.api_tokens.items() if t.token is not None}
+
+    @model_validator(mode="after")
+    def _distinct_tokens(self) -> "ServiceSettings":
+        values = [t.token.get_secret_value() for t in self.active_tokens().values()]
+        if len(values) != len(set(values)):
+            raise ValueError("api_tokens: two entries share one token (each name needs its own)")
+        return self
 
 
 class DatabaseSettings(_Strict):
@@ -118,7 +161,8 @@ class MessagingSettings(_Strict):
 
     @property
     def redis_url(self) -> str:
-        auth = f":{self.password.get_secret_value()}@" if self.password else ""
+        # Quoted: a generated password may hold characters that mean something in a URL.
+        auth = f":{quote(self.password.get_secret_value(), safe='')}@" if self.password else ""
         return f"redis://{auth}{self.host}:{self.port}/{self.db}"
 
 
@@ -320,6 +364,28 @@ def _tls_shorthand(value: Any) -> Any:
     return {"enabled": value} if isinstance(value, bool) else value
 
 
+def _payload_keys(value: SecretStr | None) -> SecretStr | None:
+    """Comma-separated base64 AES-256 keys; refused (never echoed) unless each is 32 bytes."""
+    if value is not None:
+        from workers.payload_codec import parse_keys  # one parser for config and codec
+
+        parse_keys(value.get_secret_value())
+    return value
+
+
+PayloadKeys = Annotated[OptionalSecret, AfterValidator(_payload_keys)]
+
+
+class CodecServerSettings(_Strict):
+    """`tom codec-server`: decodes payloads for the Temporal UI and CLI of authorised operators."""
+
+    host: str = "localhost"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8089
+    # Browser origins allowed to call it (the Temporal UI's); others get no CORS headers.
+    cors_origins: list[str] = ["http://localhost:8233", "http://127.0.0.1:8233"]
+    auth_token: OptionalSecret = None  # when set, requests need `Authorization: Bearer <token>`
+
+
 class TemporalSettings(_Strict):
     address: str = "localhost:7233"
     namespace: str = "default"
@@ -332,6 +398,25 @@ class TemporalSettings(_Strict):
     build_id: Annotated[OptionalStr, AfterValidator(_version_part("[A-Za-z0-9_.-]"))] = None
     ui_port: Annotated[int, Field(ge=1, le=65535)] = 8233
     sandbox: bool = True  # run workflows in the SDK's determinism sandbox (false: faster, see README)
+    # AES-GCM payload encryption: the key new payloads are encrypted with, and older keys still
+    # accepted for decoding (rotation). Unset: payloads are stored in plain JSON.
+    payload_key: PayloadKeys = None
+    payload_old_keys: PayloadKeys = None
+    codec_server: CodecServerSettings = CodecServerSettings()
+
+    @field_validator("payload_key")
+    @classmethod
+    def _one_current_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and "," in value.get_secret_value():
+            raise ValueError("one key encrypts; list older ones in temporal.payload_old_keys")
+        return value
+
+    @model_validator(mode="after")
+    def _old_keys_need_a_current_one(self) -> "TemporalSettings":
+        if self.payload_old_keys is not None and self.payload_key is None:
+            raise ValueError("payload_old_keys: set without temporal.payload_key (decrypt-only is not "
+                             "supported: new payloads would be stored unencrypted)")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> "TemporalSettings":

@@ -13,6 +13,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from oms.tca import OrderTCA
+
 SIGNAL_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 CLIENT_ORDER_ID_MAX = 36
 _CLIENT_ID_ALLOWED = re.compile(r"[^A-Za-z0-9_-]")
@@ -223,6 +225,23 @@ class Fill(BaseModel):
     at: datetime
 
 
+# The snapshot lists at most this many fills (the latest): it travels in every event, query answer
+# and continue-as-new input, so it must stay small whatever the order's life; `fill_count` counts all.
+SNAPSHOT_FILLS_MAX = 50
+
+
+class FillRecord(BaseModel):
+    """One execution as the order's snapshot lists it (the `executions` stream has the full Fill)."""
+
+    trade_id: str  # the venue's trade id
+    quantity: PositiveDecimal
+    price: PositiveDecimal
+    fee: Annotated[Decimal, Field(allow_inf_nan=False)] = Decimal(0)
+    fee_currency: str | None = None
+    liquidity: str | None = None
+    at: datetime
+
+
 class OrderSnapshot(BaseModel):
     """The order as the `status` query, the API and the cache show it (DESIGN.md section 3)."""
 
@@ -257,6 +276,17 @@ class OrderSnapshot(BaseModel):
     anomalies: int = 0
     last_anomaly: str | None = None
     venue_requests: int = 0  # venue calls made for this order (every retry and look-up counts)
+    # Transaction cost analysis (oms/tca.py): decision and arrival prices, the pre-trade estimate, and
+    # the realized costs and latency stages, kept current on every publish. None before preparation.
+    tca: OrderTCA | None = None
+    fills: list[FillRecord] = Field(default_factory=list)  # the latest SNAPSHOT_FILLS_MAX, oldest first
+    fill_count: int = 0  # every fill counted, listed or not
+
+    def record_fill(self, record: FillRecord) -> None:
+        """List a counted fill, keeping only the latest SNAPSHOT_FILLS_MAX."""
+        self.fills.append(record)
+        self.fill_count += 1
+        del self.fills[:-SNAPSHOT_FILLS_MAX]
 
     @property
     def is_terminal(self) -> bool:

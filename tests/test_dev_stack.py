@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import redis
 
 from config.settings import load_settings
 from tests.conftest import REPO, free_port
@@ -73,6 +74,10 @@ def test_dev_stack_runs_the_demo_and_stops_cleanly_on_ctrl_c(dev_config, tmp_pat
         summary = next(line for line in output.splitlines() if line.startswith("demo:") and "terminal" in line)
         done, total = summary.split()[1].split("/")
         assert done == total and int(total) == 11, summary  # one of the 12 is a malformed signal
+        # ... and ends with the report's headline figures, per quote currency (the demo trades USDT pairs).
+        headline = output[output.index("demo report ("):].splitlines()
+        assert headline[1].strip().startswith("orders 11 (+0 parents); states: "), output
+        assert headline[2].strip().startswith("USDT: success ") and "total cost" in headline[2], output
         assert httpx.get(f"http://127.0.0.1:{settings.service.port}/healthz").status_code == 200
         # A second stack on the same ports refuses to start, in one line, and starts nothing.
         second = start_dev(dev_config, tmp_path)
@@ -88,6 +93,9 @@ def test_dev_stack_stops_on_sigterm_and_keeps_state_across_restart(dev_config, t
     settings = load_settings(dev_config)
     proc = start_dev(dev_config, tmp_path)
     read_until(proc, "stop with Ctrl-C")
+    # Its Redis requires the per-run password only its own processes were given.
+    with pytest.raises(redis.RedisError, match="(?i)auth"):
+        redis.Redis(port=settings.messaging.port).ping()
     signal_body = {"signal_id": "restart-1", "strategy_id": "t", "symbol": "ETH/USDT", "side": "buy",
                    "quantity": "0.2", "order_type": "limit", "limit_price": "100.00"}
     url = f"http://127.0.0.1:{settings.service.port}"

@@ -41,9 +41,15 @@ def container_of(deployment: dict) -> dict:
     return container
 
 
+def secret_env() -> dict[str, str]:
+    """The environment Secret with the keys secrets.example.yaml shows: numeric ids, a distinct
+    32-character-plus value for every other key (tokens must differ)."""
+    example = yaml.safe_load((BASE / "secrets.example.yaml").read_text())["stringData"]
+    return {key: "1" if key.endswith("_ID") else f"{key.lower()}-placeholder-0123456789abcdef" for key in example}
+
+
 def secret_keys() -> set[str]:
-    example = yaml.safe_load((BASE / "secrets.example.yaml").read_text())
-    return set(example["stringData"])
+    return set(secret_env())
 
 
 def config_from(docs: list[dict], container: dict, extra_env: dict[str, str], tmp_path: Path) -> Settings:
@@ -57,7 +63,7 @@ def config_from(docs: list[dict], container: dict, extra_env: dict[str, str], tm
     text = configmap["data"][config_path.name]
     env = dict(IMAGE_ENV)
     env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
-    env.update({key: "1" for key in secret_keys()})  # placeholders, numeric ids included
+    env.update(secret_env())
     env.update(extra_env)
     path = tmp_path / config_path.name
     path.write_text(text)
@@ -242,9 +248,10 @@ async def test_the_api_pod_serves_its_probes_on_the_pod_address(temporal_env, re
     config.write_text(text)
     redis_host, redis_port = redis_url.removeprefix("redis://").split("/")[0].split(":")
     env = {**os.environ, **IMAGE_ENV, **{e["name"]: e["value"] for e in api["env"] if "value" in e},
-           **{key: "1" for key in secret_keys()}, "CONFIG_PATH": str(config), "REDIS_HOST": redis_host,
+           **secret_env(), "CONFIG_PATH": str(config), "REDIS_HOST": redis_host,
            "REDIS_PORT": redis_port, "TEMPORAL_ADDRESS": temporal_env.client.service_client.config.target_host,
            "TEMPORAL_NAMESPACE": "default"}
+    env.pop("REDIS_PASSWORD")  # this machine's redis-server has none
     log_path = tmp_path / "api.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "api"], stdout=log, stderr=subprocess.STDOUT,

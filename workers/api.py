@@ -23,6 +23,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from analytics.report import report_document
 from config.settings import Settings
 from oms.events import order_cache_key
 from oms.models import AmendRequest, CancelRequest, OrderSnapshot, OrderState, Signal
@@ -32,9 +33,11 @@ from activities.venues.metering import observe_venue_requests
 from workers import metrics
 from workers.consumer import consumer_lag
 from workers.intake import InvalidSignal, UnstartableSignal, loads_strict, parse_signal, start_order
+from workers.cli import UserError
 from workers.recorder import Recorder
 from workers.runtime import configure_logging, connect_temporal, redis_client
 from workers.body_limit import BodyLimit
+from workers.api_security import ApiSecurity, document as document_security, open_bind_refusal
 from workers.storage import DuckDBStore
 from workers.sweep import orphan_reasons
 
@@ -201,6 +204,8 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
     if services is not None:
         app.state.services = services
     app.add_middleware(BodyLimit, limit=settings.service.max_request_bytes)
+    # Outermost: a request is authenticated and judged before its body is read (workers/api_security.py).
+    app.add_middleware(ApiSecurity, service=settings.service, routes_of=lambda: app.router.routes)
 
     @app.exception_handler(RequestValidationError)
     async def readable_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -332,9 +337,13 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
         return await asyncio.to_thread(store(request).positions)
 
     @app.get("/report", responses=responses)
-    async def report(request: Request) -> dict[str, Any]:
-        """Execution quality: fill and success rates, latency, slippage, fees, per exchange."""
-        return await asyncio.to_thread(store(request).report)
+    async def report(request: Request, since: str | None = None, until: str | None = None) -> Any:
+        """Execution quality and transaction costs (analytics/report.py) of the orders created in
+        [since, until) (ISO 8601 with a timezone): the document `tom report --json` prints."""
+        try:
+            return await asyncio.to_thread(report_document, store(request), since, until)
+        except ValueError as exc:
+            return JSONResponse(status_code=422, content={"detail": str(exc)})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -377,6 +386,7 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             metrics.observe_anomalies(await s.redis.hgetall(ANOMALIES_KEY))
             if s.store is not None:
                 metrics.observe_store(await asyncio.to_thread(s.store.report))
+                metrics.observe_orders(await asyncio.to_thread(s.store.order_snapshots))
             await _venue_states(s)
             await orphan_reasons(s.redis)
             await observe_venue_requests(s.redis)
@@ -384,18 +394,19 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             log.warning("metrics collection: %s", exc)
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
-    _register_schemas(app, signal_schema.get("$defs", {}))
+    _register_schemas(app, signal_schema.get("$defs", {}), settings)
     return app
 
 
-def _register_schemas(app: FastAPI, definitions: dict[str, Any]) -> None:
-    """Add the Signal's nested models to the generated OpenAPI components."""
+def _register_schemas(app: FastAPI, definitions: dict[str, Any], settings: Settings) -> None:
+    """Add the Signal's nested models to the generated OpenAPI components, and the security checks."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             spec = generate()
             spec.setdefault("components", {}).setdefault("schemas", {}).update(definitions)
+            document_security(spec, settings.service)
             app.openapi_schema = spec
         return app.openapi_schema
 
@@ -467,6 +478,12 @@ def run(settings: Settings, args) -> int:
     import uvicorn
 
     configure_logging(settings)
-    uvicorn.run(create_app(settings), host=settings.service.bind, port=settings.service.port,
+    host = settings.service.bind  # the listening address; service.host is only advertised
+    refusal = open_bind_refusal(host, settings.service)
+    if refusal:
+        raise UserError(refusal)
+    tokens = settings.service.active_tokens()
+    log.info("API authentication: %s", f"tokens {', '.join(sorted(tokens))}" if tokens else "off (loopback only)")
+    uvicorn.run(create_app(settings), host=host, port=settings.service.port,
                 log_level=settings.orders.log_level.value.lower(), access_log=False)
     return 0

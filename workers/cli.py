@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "exchange-emulator": ("emulator.server:run", "run a local Binance/Bybit exchange emulator"),
     "temporal-setup": ("workers.temporal_setup:run",
                        "register the platform's search attributes on the Temporal namespace (or --check them)"),
+    "codec-server": ("workers.codec_server:run",
+                     "decrypt payloads (temporal.payload_key) for the Temporal UI and `temporal` CLI"),
 }
 
 
@@ -93,7 +95,10 @@ def _add_arguments(name: str, sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--limit", type=int, default=50)
         sub.add_argument("--json", action="store_true")
     elif name == "report":
-        sub.add_argument("--json", action="store_true")
+        sub.add_argument("--json", action="store_true", help="the document GET /report answers")
+        sub.add_argument("--html", metavar="FILE", help="write a self-contained HTML report with plots")
+        sub.add_argument("--since", help="orders created at or after this time (ISO 8601 with a timezone)")
+        sub.add_argument("--until", help="orders created before this time (ISO 8601 with a timezone)")
     elif name == "demo":
         sub.add_argument("--orders", type=int, default=24)
         sub.add_argument("--rate", type=float, default=10.0, help="signals per second")
@@ -107,6 +112,9 @@ def _add_arguments(name: str, sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--api-key", default="emulator-key", help="the one API key the venue accepts")
         sub.add_argument("--secret", default="emulator-secret", help="its secret (HMAC-SHA256 signatures)")
         sub.add_argument("--delay-ms", type=int, default=0, help="latency added to every venue request")
+    elif name == "codec-server":
+        sub.add_argument("--host", default=None, help="bind address (default temporal.codec_server.host)")
+        sub.add_argument("--port", type=int, default=None, help="port (default temporal.codec_server.port)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from config.settings import Settings
 from oms.markets import simulated_market
 from oms.models import Signal
+from oms.story import static_details, static_summary
 from workers.runtime import WORKFLOW_TYPE
 
 CLOCK_SKEW_S = 60  # a created_at this far ahead of our clock is still believed
@@ -231,6 +232,8 @@ async def start_order(client: Client, settings: Settings, signal: Signal) -> Sta
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             search_attributes=_search_attributes(signal),
+            # What the Temporal UI shows for the order before it runs (encrypted with a payload key).
+            static_summary=static_summary(signal), static_details=static_details(signal),
             request_eager_start=True,
         )
     except WorkflowAlreadyStartedError:

@@ -20,6 +20,9 @@ carries them out, so every venue call is made from one place and a cancel racing
 whatever the venue decided (late fills are counted). History stays bounded: long-lived orders
 continue-as-new with their whole state, pending requests included.
 Orders started before the `order-lifecycle-v2` patch keep release 0.1's paths (order_release01.py).
+What the Temporal UI shows is part of the job: every timer and venue call carries a summary, and the
+current details (oms/story.py) follow each transition. Both are user metadata, which replay does not
+compare, so adding or rewording them needs no patch (tests/test_temporal_ui.py replays old histories).
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         AmendRequest,
         CancelRequest,
         Fill,
+        FillRecord,
         OrderSnapshot,
         OrderState,
         OrderType,
@@ -64,9 +68,11 @@ with workflow.unsafe.imports_passed_through():
         client_order_id_for,
     )
     from oms.pricing import VenuePrices
+    from oms.story import current_details
     # `apply` here is apply_safely: an illegal transition is recorded and reconciled, never raised.
     from oms.states import IllegalTransition, apply_fill, record_unforeseen
     from oms.states import apply_safely as apply
+    from oms.tca import order_tca, pre_trade
     from oms.validation import Denial, DenialReason, validate_amend, validate_order
     from oms.validation_legacy import validate_order_v1
     from oms.venue import (
@@ -102,6 +108,13 @@ HISTORY_BOUND = 2_000  # events; continue-as-new before this (or when the server
 # orders placed together do not poll together), then backing off to POLL_MAX. At 10,000 open
 # orders that is ~5.6 requests/s in steady state, inside a 10/s exchange limit.
 POLL_FIRST = timedelta(minutes=5)
+# What the UI's history calls each venue call (a local activity, otherwise an opaque marker).
+_VENUE_CALL_SUMMARIES = {
+    "venue_submit": "venue: place the order",
+    "venue_fetch": "venue: look the order up by client order id",
+    "venue_cancel": "venue: cancel the order",
+    "venue_amend": "venue: amend the order",
+}
 POLL_AFTER_FILL = timedelta(seconds=5)
 POLL_MAX = timedelta(minutes=30)
 LOCAL_TASK_TIMEOUT = timedelta(seconds=30)
@@ -195,6 +208,8 @@ class OrderWorkflow(Release01Paths):
         # stays far below Temporal's history limit).
         self._cancelled_run = False
         self._local_activity_at = 0  # history length when a local activity last answered
+        # What the UI shows as the order's current details (a query answer, no history event).
+        workflow.set_current_details(current_details(self._state.snapshot))
 
     # --- public interface ----------------------------------------------------------------------
     @workflow.query(name="status")
@@ -348,7 +363,8 @@ class OrderWorkflow(Release01Paths):
         arriving meanwhile does not cut it short (the cancellation path then runs its own)."""
         if workflow.info().get_current_history_length() > self._local_activity_at:
             return  # a workflow task completed since the last venue answer: already durable
-        await asyncio.shield(workflow.sleep(timedelta(milliseconds=1)))
+        await asyncio.shield(workflow.sleep(timedelta(milliseconds=1),
+                                            summary="make the venue's answers durable before closing"))
 
     def _requests_to_serve(self) -> bool:
         """Queued amends, or a cancel not yet tried once: carried out before continuing as new."""
@@ -405,6 +421,7 @@ class OrderWorkflow(Release01Paths):
         signal = self._state.signal
         context: OrderContext = await workflow.execute_local_activity(
             "prepare_order", signal, result_type=OrderContext,
+            summary="prepare: market rules, limits, prices, daily slot",
             start_to_close_timeout=timedelta(seconds=10),
             retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_interval=timedelta(seconds=10)),
             local_retry_threshold=LOCAL_RETRY_THRESHOLD,  # a venue down for long: back off on durable timers
@@ -423,6 +440,7 @@ class OrderWorkflow(Release01Paths):
                                      context.estimated_slippage_bps)
         snap.order_type, snap.time_in_force = instruction.order_type, instruction.time_in_force
         snap.reference_price = instruction.reference_price
+        self._set_pre_trade(reference, instruction.estimated_fee, instruction.estimated_slippage_bps)
         if self._state.cancel_request is not None:
             await self._transition(S.CANCELLED, self._state.cancel_request.reason or "cancelled before submission")
             return
@@ -442,6 +460,7 @@ class OrderWorkflow(Release01Paths):
                     DailyOrderReservation(account=f"{context.exchange}:{context.account}", order_id=snap.order_id,
                                           day=workflow.now().strftime("%Y-%m-%d"), limit=context.limits.max_daily_orders),
                     result_type=DailyOrderDecision, start_to_close_timeout=timedelta(seconds=10),
+                    summary="reserve a daily order slot",
                 )
             if not decision.allowed:
                 denial = Denial(reason=DenialReason.DAILY_ORDER_LIMIT,
@@ -465,7 +484,8 @@ class OrderWorkflow(Release01Paths):
         if start_at is not None and start_at > workflow.now():
             await self._publish()
             if self._state.context.prices is None:  # a release-0.1 order waits as it did then
-                await self._wait(lambda: self._state.cancel_request is not None, start_at - workflow.now())
+                await self._wait(lambda: self._state.cancel_request is not None, start_at - workflow.now(),
+                                 "start_at: wait before placing the order")
             else:
                 waited = True
                 await self._wait_applying_amends(start_at)
@@ -484,7 +504,7 @@ class OrderWorkflow(Release01Paths):
             if workflow.now() >= start_at:
                 return
             await self._wait(lambda: self._state.cancel_request is not None or bool(self._state.amend_requests),
-                             start_at - workflow.now())
+                             start_at - workflow.now(), "start_at: wait before placing the order")
 
     def _apply_amends_before_placement(self) -> bool:
         """Whether any amend applied."""
@@ -508,7 +528,7 @@ class OrderWorkflow(Release01Paths):
         new terms now; the order's events and table row follow with its next transition."""
         await workflow.execute_local_activity(
             "record_progress", OrderProgress(snapshot=self._state.snapshot),
-            start_to_close_timeout=timedelta(seconds=10),
+            start_to_close_timeout=timedelta(seconds=10), summary="record: amended before placement",
             retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_interval=timedelta(seconds=5)),
         )
 
@@ -533,6 +553,15 @@ class OrderWorkflow(Release01Paths):
             return
         snap.reference_price = instruction.reference_price
         self._state.price_collar = instruction.price_collar
+        self._set_pre_trade(prices.mid, instruction.estimated_fee, instruction.estimated_slippage_bps)
+
+    def _set_pre_trade(self, arrival: Decimal | None, fee: Decimal | None, slippage_bps: Decimal | None) -> None:
+        """TCA inputs, from data already here (no command): the decision price, the venue mid the order
+        goes out at, and the pre-trade estimate; the realized figures follow on every publish."""
+        signal = self._state.signal
+        algo = signal.execution.algo.value if signal.execution and signal.execution.algo else None
+        self._state.snapshot.tca = pre_trade(signal.symbol, signal.reference_price, arrival, signal.created_at,
+                                             algo, fee, slippage_bps)
 
     async def _read_prices(self) -> VenuePrices:
         context, snap = self._state.context, self._state.snapshot
@@ -541,6 +570,7 @@ class OrderWorkflow(Release01Paths):
                 "read_prices", PriceQuery(exchange=snap.exchange, symbol=snap.symbol, quote_currency=context.market.quote,
                                           account_currency=context.limits.currency),
                 result_type=VenuePrices, start_to_close_timeout=timedelta(seconds=10),
+                summary="read the venue's prices after the start_at wait",
                 retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_attempts=5,
                                          non_retryable_error_types=[VenueErrorType.REJECTED.value]),
             )
@@ -573,6 +603,7 @@ class OrderWorkflow(Release01Paths):
                     start_to_close_timeout=timedelta(milliseconds=self._state.context.params.execution_timeout_ms),
                     retry_policy=RetryPolicy(maximum_attempts=1),
                     local_retry_threshold=LOCAL_TASK_TIMEOUT,
+                    summary=_VENUE_CALL_SUMMARIES.get(activity, activity),
                 )
         finally:
             self._local_activity_at = workflow.info().get_current_history_length()
@@ -598,12 +629,12 @@ class OrderWorkflow(Release01Paths):
                         workflow.logger.info("%s: venue busy (%s), waiting %.3f s", activity, kind, wait)
                         self._state.venue_wait_s += wait
                         busy += 1
-                        await workflow.sleep(timedelta(seconds=wait))
+                        await workflow.sleep(timedelta(seconds=wait), summary=f"{activity}: venue busy, waiting")
                         continue
                 if kind not in NOTHING_SENT or attempt >= attempts:
                     raise
                 workflow.logger.info("%s attempt %d failed (%s), retrying in %s", activity, attempt, kind, delay)
-                await workflow.sleep(delay)
+                await workflow.sleep(delay, summary=f"{activity}: retry after a transient venue error")
                 attempt += 1
                 delay = min(delay * 2, timedelta(seconds=30))
 
@@ -668,7 +699,8 @@ class OrderWorkflow(Release01Paths):
             await self._submit()  # confirmed never received: never a second order (same client id)
             return
         # A request sent a moment ago may still land: wait out the venue's receive window, look again.
-        await workflow.sleep(timedelta(milliseconds=self._state.context.receive_window_ms))
+        await workflow.sleep(timedelta(milliseconds=self._state.context.receive_window_ms),
+                             summary="reconcile: wait out the venue's receive window, then look again")
         try:
             report = await self._venue("venue_fetch", self._ref())
         except VENUE_ERRORS:
@@ -699,7 +731,7 @@ class OrderWorkflow(Release01Paths):
         base_ms = max(self._state.context.params.retry_delay_ms, 100)
         cap_ms = RETRY_BACKOFF_MAX.total_seconds() * 1000
         delay_ms = min(base_ms * 2 ** min(streak - 1, 30), cap_ms) * (0.5 + workflow.random().random() / 2)
-        await workflow.sleep(timedelta(milliseconds=delay_ms))
+        await workflow.sleep(timedelta(milliseconds=delay_ms), summary="backoff before asking the venue again")
 
     # --- tracking ------------------------------------------------------------------------------
     async def _track_once(self) -> None:
@@ -727,9 +759,11 @@ class OrderWorkflow(Release01Paths):
         interval = timedelta(milliseconds=self._state.poll_interval_ms)
         if snap.expire_at is not None:
             interval = min(interval, snap.expire_at - workflow.now())
+        gtd_first = snap.expire_at is not None and workflow.now() + interval >= snap.expire_at
         woke = await self._wait(
             lambda: self._state.cancel_request is not None or bool(self._state.amend_requests)
-            or bool(self._state.venue_updates), interval)
+            or bool(self._state.venue_updates), interval,
+            "GTD expiry: cancel at the venue" if gtd_first else "fallback poll of the venue (no update pushed)")
         if self._state.venue_updates:
             # Pushed by the account poller; each report has the whole order, so the latest one wins.
             report, self._state.venue_updates = self._state.venue_updates[-1], []
@@ -897,7 +931,8 @@ class OrderWorkflow(Release01Paths):
             if report.status not in OPEN_STATUSES and report.status != VenueOrderStatus.NOT_FOUND \
                     and report.fills_complete:
                 return report
-            await workflow.sleep(timedelta(milliseconds=delay_ms * (0.5 + workflow.random().random() / 2)))
+            await workflow.sleep(timedelta(milliseconds=delay_ms * (0.5 + workflow.random().random() / 2)),
+                                 summary="cancel-and-replace: wait, then confirm the cancel")
             delay_ms = min(delay_ms * 2, RETRY_BACKOFF_MAX.total_seconds() * 1000)
             report = await self._fetch_quietly() or report
         return report
@@ -956,6 +991,10 @@ class OrderWorkflow(Release01Paths):
             try:
                 if apply_fill(snap, fill, self._seen):
                     self._pending_fills.append(fill)
+                    snap.record_fill(FillRecord(
+                        trade_id=venue_fill.trade_id, quantity=venue_fill.quantity, price=venue_fill.price,
+                        fee=venue_fill.fee, fee_currency=venue_fill.fee_currency,
+                        liquidity=venue_fill.liquidity, at=venue_fill.at))
             except IllegalTransition as error:  # a fill the order cannot take: recorded, reconciled
                 record_unforeseen(snap, error, workflow.now(), f"venue fill {venue_fill.trade_id}")
         if report.venue_order_id:
@@ -1017,6 +1056,9 @@ class OrderWorkflow(Release01Paths):
         anomalies = snap.anomalies - self._state.published_anomalies
         if not new and not fills and not anomalies:
             return
+        if snap.tca is not None:
+            snap.tca = order_tca(snap, snap.tca)
+        workflow.set_current_details(current_details(snap))
         workflow.upsert_search_attributes([
             ORDER_STATE.value_set(snap.state.value), SYMBOL.value_set(snap.symbol),
             EXCHANGE.value_set(snap.exchange), STRATEGY_ID.value_set(snap.strategy_id),
@@ -1032,6 +1074,7 @@ class OrderWorkflow(Release01Paths):
                                              release_daily=self._unused_daily_slot(), anomalies=anomalies),
             start_to_close_timeout=timedelta(seconds=10),
             retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_interval=timedelta(seconds=5)),
+            summary=f"record: {snap.state.value}" + (f", {len(fills)} fill(s)" if fills else ""),
         )
         self._state.published_transitions = len(snap.transitions)
         self._state.published_anomalies = snap.anomalies
@@ -1048,12 +1091,12 @@ class OrderWorkflow(Release01Paths):
             return None
         return context.daily_reservation
 
-    async def _wait(self, condition, timeout: timedelta) -> bool:
-        """True if `condition` came true before `timeout`."""
+    async def _wait(self, condition, timeout: timedelta, summary: str | None = None) -> bool:
+        """True if `condition` came true before `timeout` (its timer named `summary` in the UI)."""
         if timeout <= timedelta(0):
             return condition()
         try:
-            await workflow.wait_condition(condition, timeout=timeout)
+            await workflow.wait_condition(condition, timeout=timeout, timeout_summary=summary)
             return True
         except asyncio.TimeoutError:
             return False
