@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from decimal import Decimal
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -133,8 +135,9 @@ class MessagingSettings(_Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 6379  # redis
     db: Annotated[int, Field(ge=0)] = 0
     password: OptionalSecret = None
-    project: str | None = None  # pubsub
-    topic_prefix: str = ""  # pubsub
+    project: Annotated[str | None, Field(validate_default=True)] = None  # pubsub
+    # pubsub: prepended to every topic and subscription name (which must begin with a letter)
+    topic_prefix: Annotated[str, Field(pattern=r"^([A-Za-z][-A-Za-z0-9_.~+%]*)?$", max_length=100)] = ""
     signals_stream: str = "signals"
     consumer_group: str = "order-management"
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 100
@@ -144,19 +147,34 @@ class MessagingSettings(_Strict):
     max_signal_age_s: Annotated[int, Field(ge=1, le=30 * 86_400)] = 300
     max_payload_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
 
-    # Refused rather than ignored: the consumer reads Redis streams only (Pub/Sub is planned, DESIGN 3b).
-    @field_validator("type")
+    # Pub/Sub streaming pull flow control: at most this many signals (bytes) held by one consumer.
+    flow_control_max_messages: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    flow_control_max_bytes: Annotated[int, Field(ge=1024 * 1024, le=1024 * 1024 * 1024)] = 100 * 1024 * 1024
+
+    # Keys of the other transport are refused rather than ignored (Redis serves both: rate limits,
+    # daily caps, the order cache and the recorder's streams). `type` is declared first, so it is known here.
+    @field_validator("project", mode="after")
     @classmethod
-    def _available(cls, value: str) -> str:
-        if value == "pubsub":
-            raise ValueError("pubsub is not available in this release; use redis")
+    def _project(cls, value: str | None, info: ValidationInfo) -> str | None:
+        pubsub = info.data.get("type") == "pubsub"
+        if pubsub and not value:
+            raise ValueError("required by messaging.type pubsub")
+        if value and not pubsub:
+            raise ValueError("only used by messaging.type pubsub")
         return value
 
-    @field_validator("project", "topic_prefix")
+    @field_validator("topic_prefix", "flow_control_max_messages", "flow_control_max_bytes", mode="after")
     @classmethod
-    def _pubsub_only(cls, value: str | None) -> str | None:
-        if value:
-            raise ValueError("only used by messaging.type pubsub, which this release does not have")
+    def _pubsub_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.data.get("type") != "pubsub" and value != cls.model_fields[info.field_name].default:
+            raise ValueError("only used by messaging.type pubsub")
+        return value
+
+    @field_validator("claim_idle_ms", mode="after")
+    @classmethod
+    def _ack_deadline(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("type") == "pubsub" and not 10_000 <= value <= 600_000:
+            raise ValueError("with pubsub it is the subscription's ack deadline: 10000 to 600000")
         return value
 
     @property
@@ -174,6 +192,14 @@ class FaultSettings(_Strict):
     lost_ack_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
 
 
+class SimulatedVenueSettings(_Strict):
+    """One more simulated venue: what differs from `execution.simulation` (unset: the same)."""
+
+    maker_fee: Annotated[float, Field(ge=0, le=0.01)] | None = None
+    taker_fee: Annotated[float, Field(ge=0, le=0.01)] | None = None
+    depth_levels: Annotated[int, Field(ge=1, le=100)] | None = None
+
+
 class SimulationSettings(_Strict):
     slippage: Annotated[float, Field(ge=0, le=0.1)] = 0.0005  # 5 bps base slippage
     delay_ms: Annotated[int, Field(ge=0, le=60_000)] = 100
@@ -182,6 +208,17 @@ class SimulationSettings(_Strict):
     volatility_bps: Annotated[float, Field(ge=0, le=1000)] = 20.0  # price path amplitude
     depth_levels: Annotated[int, Field(ge=1, le=100)] = 10
     faults: FaultSettings = FaultSettings()
+    # More simulated venues beside `simulation`, each on the same price path with its own fees and
+    # depth (so smart routing has venues to choose between): name `simulation-<x>` -> overrides.
+    venues: dict[Annotated[str, Field(pattern=r"^simulation-[a-z0-9]{1,20}$")], SimulatedVenueSettings] = Field(
+        default_factory=dict)
+
+    def venue(self, name: str) -> "SimulationSettings":
+        """The settings one simulated venue prices with: these, with the venue's own overrides."""
+        overrides = self.venues.get(name)
+        if overrides is None:
+            return self
+        return self.model_copy(update={k: v for k, v in overrides.model_dump().items() if v is not None} | {"venues": {}})
 
 
 def _numeric_id(value: str | None) -> str | None:
@@ -220,6 +257,9 @@ class ExchangeSettings(_Strict):
     # The venue refuses a signed request older than this: after it has passed, an order we may have
     # sent and cannot find was never placed, so it can be sent again under the same client id.
     recv_window_ms: Annotated[int, Field(ge=1000, le=60_000)] = 5_000
+    # The taker fee this account pays (a VIP tier, a discount); unset: the venue's listed rate.
+    # The router ranks venues by it and fee estimates use it.
+    taker_fee: Annotated[float, Field(ge=0, le=0.01)] | None = None
 
 
 class CircuitBreakerSettings(_Strict):
@@ -245,6 +285,16 @@ class DirectSettings(_Strict):
         return any(a.api_key or a.base_url for a in self.accounts.values())
 
 
+def _cap_key(value: dict) -> dict:
+    for key in value:
+        if not re.fullmatch(r"[A-Z0-9]{1,20}/[A-Z0-9]{1,20}|[a-z0-9_-]{1,32}", str(key)):
+            raise ValueError(f"{key!r} is neither a symbol (BTC/USDT) nor a venue name (binance)")
+    return value
+
+
+ChildCap = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+
+
 class ExecutionSettings(_Strict):
     mode: Literal["simulation", "quantconnect", "direct"] = "simulation"
     simulation: SimulationSettings = SimulationSettings()
@@ -254,6 +304,18 @@ class ExecutionSettings(_Strict):
     # in `tom worker` cancels them at the venue, or only reports them (workers/sweep.py).
     orphans: Literal["cancel", "report"] = "cancel"
     orphan_sweep_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
+    # Smart routing (oms/routing.py): `smart` sends an order the signal does not pin to the venue
+    # (or split across venues) with the best all-in price on their books; `first`: the first venue.
+    routing: Literal["smart", "first"] = "smart"
+    routing_book_ttl_ms: Annotated[int, Field(ge=0, le=60_000)] = 300  # a book serves routing this long
+    # Child order caps, keyed by symbol (`BTC/USDT`) or venue (`binance`); the tighter applies.
+    max_child_quantity: dict[str, ChildCap] = Field(default_factory=dict)  # base units
+    max_child_notional: dict[str, ChildCap] = Field(default_factory=dict)  # quote currency
+
+    @field_validator("max_child_quantity", "max_child_notional")
+    @classmethod
+    def _cap_keys(cls, value: dict) -> dict:
+        return _cap_key(value)
 
     @model_validator(mode="after")
     def _mode_configured(self) -> "ExecutionSettings":

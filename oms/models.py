@@ -276,6 +276,8 @@ class OrderSnapshot(BaseModel):
     anomalies: int = 0
     last_anomaly: str | None = None
     venue_requests: int = 0  # venue calls made for this order (every retry and look-up counts)
+    # Why this venue: the router's reason and what it weighed (oms/routing.py RoutePlan), one line.
+    routing_reason: str | None = None
     # Transaction cost analysis (oms/tca.py): decision and arrival prices, the pre-trade estimate, and
     # the realized costs and latency stages, kept current on every publish. None before preparation.
     tca: OrderTCA | None = None

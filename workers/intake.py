@@ -73,6 +73,7 @@ def servable_exchanges(settings: Settings) -> set[str]:
                                                and (direct.accounts[name].api_key or direct.accounts[name].base_url))}
     if execution.mode == "simulation":
         names.add("simulation")
+        names.update(execution.simulation.venues)
     elif execution.mode == "quantconnect":
         names.add("quantconnect")
     return names
@@ -107,14 +108,6 @@ def _no_constant(name: str) -> object:
 def loads_strict(text: str) -> object:
     """JSON as RFC 8259 means it: duplicate keys and NaN/Infinity refused, numbers kept exact."""
     return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_float=Decimal, parse_constant=_no_constant)
-
-
-def entry_time(entry_id: str) -> datetime | None:
-    """When Redis appended a stream entry: its id is <milliseconds>-<sequence>."""
-    try:
-        return datetime.fromtimestamp(int(entry_id.split("-")[0]) / 1000, timezone.utc)
-    except (ValueError, OverflowError, OSError):
-        return None
 
 
 def _check_timing(signal: Signal, settings: Settings, now: datetime, received_at: datetime | None) -> None:
@@ -192,7 +185,8 @@ def parse_signal(payload: str | bytes, settings: Settings, now: datetime | None 
     if problem:
         raise InvalidSignal(problem)
     _check_timing(signal, settings, now, received_at)
-    simulated = signal.exchange == "simulation" or (signal.exchange is None and settings.execution.mode == "simulation")
+    simulated = signal.exchange in ("simulation", *settings.execution.simulation.venues) or (
+        signal.exchange is None and settings.execution.mode == "simulation")
     if simulated and simulated_market(signal.symbol) is None:
         raise InvalidSignal(f"symbol: unknown symbol {signal.symbol} on the simulated exchange")
     return signal

@@ -19,11 +19,13 @@ from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkerDeploymentConfig
 
 from activities.execution import ExecutionActivities
+from activities.routing import RoutingActivities, RoutingService
 from activities.limits import AccountLimitActivities, DailyOrderLimit
 from activities.publish import PublishActivities
 from activities.venues.simulated import SimulatedVenue
 from activities.venues import VenueRegistry
 from config.settings import Settings, resolve_config_path
+from messaging import EventSink, event_sink
 from workers.consumer import SignalConsumer
 from workers.poller import run_pollers
 from workers.sweep import run_sweeps
@@ -39,6 +41,8 @@ DRAIN_MARGIN_S = 2.0  # past GRACEFUL_SHUTDOWN, for the pollers and the worker's
 async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegistry:
     registry = VenueRegistry(redis=redis)
     registry.register(SimulatedVenue(redis, settings.execution.simulation))
+    for name in settings.execution.simulation.venues:
+        registry.register(SimulatedVenue(redis, settings.execution.simulation.venue(name), name))
     if settings.execution.mode == "direct" or settings.execution.direct.accounts_in_use():
         from activities.venues.ccxt_exchange import build_ccxt_adapters  # ccxt is heavy: only where used
 
@@ -52,18 +56,21 @@ async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegi
 
 
 async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis,
-                       registry: VenueRegistry | None = None, max_concurrent: int | None = None) -> Worker:
+                       registry: VenueRegistry | None = None, max_concurrent: int | None = None,
+                       sink: EventSink | None = None) -> Worker:
     registry = registry or await build_registry(settings, redis)
-    execution = ExecutionActivities(registry, settings, DailyOrderLimit(redis))
+    routing = RoutingService(registry, settings, redis)  # one book cache per worker process
+    execution = ExecutionActivities(registry, settings, DailyOrderLimit(redis), routing)
     limits = AccountLimitActivities(redis)
-    publish = PublishActivities(redis, settings)
+    publish = PublishActivities(redis, settings, sink)
     concurrency = max_concurrent or 500
     versioning = deployment_config(settings)
     return Worker(
         client,
         task_queue=settings.temporal.task_queue,
         workflows=[OrderWorkflow],
-        activities=[*execution.all(), limits.reserve_daily_order, publish.record_progress],
+        activities=[*execution.all(), *RoutingActivities(routing).all(), limits.reserve_daily_order,
+                    publish.record_progress],
         max_concurrent_workflow_tasks=concurrency,
         max_concurrent_activities=concurrency,
         max_concurrent_local_activities=concurrency,
@@ -111,14 +118,16 @@ async def running_worker(client: Client, settings: Settings, redis: aioredis.Red
         if registry is None:
             registry = await build_registry(settings, redis)
             stack.push_async_callback(registry.close)
-        worker = await build_worker(client, settings, redis, registry, max_concurrent)
+        sink = event_sink(settings, redis)  # messaging.type: Redis streams or Pub/Sub topics
+        stack.push_async_callback(sink.close)
+        worker = await build_worker(client, settings, redis, registry, max_concurrent, sink)
         stop = asyncio.Event()
         accounts = [(name, getattr(registry.get(name), "account", "default")) for name in registry.names]
         interval_s = settings.execution.direct.poll_interval_ms / 1000
         execution = settings.execution
         tasks = [asyncio.create_task(run_pollers(client, redis, registry, accounts, stop, interval_s)),
                  asyncio.create_task(run_sweeps(client, redis, registry, accounts, stop, execution.orphans,
-                                                execution.orphan_sweep_interval_s))]
+                                                execution.orphan_sweep_interval_s, sink))]
         if with_consumer:  # same client as the worker: workflow starts are eager, their first task runs here
             tasks.append(asyncio.create_task(SignalConsumer(client, redis, settings).run(stop)))
         async with worker:

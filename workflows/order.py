@@ -67,8 +67,10 @@ with workflow.unsafe.imports_passed_through():
         Transition,
         client_order_id_for,
     )
+    from oms.parent import ParentOrderInput
     from oms.pricing import VenuePrices
     from oms.story import current_details
+    from oms.routing import RoutePlan
     # `apply` here is apply_safely: an illegal transition is recorded and reconciled, never raised.
     from oms.states import IllegalTransition, apply_fill, record_unforeseen
     from oms.states import apply_safely as apply
@@ -94,6 +96,9 @@ STRATEGY_ID = SearchAttributeKey.for_keyword("StrategyId")
 # Orders started before this patch keep release 0.1's tracking paths (order_release01.py) until they
 # end or continue as new; the id is recorded once, at the start of each run.
 LIFECYCLE_V2 = "order-lifecycle-v2"
+# Orders routed by the smart router (prepare_order's context carries the plan): a split becomes a
+# parent order, a plan's reason is recorded. Runs started before it ignore a plan.
+SMART_ROUTING = "smart-routing"
 BUSY_WAIT_MAX_S = 30.0
 # A cancel that did not take, an `unknown` to reconcile, a cancel-and-replace awaiting its cancel's
 # confirmation: each retry waits on a durable timer, retry_delay_ms doubling up to RETRY_BACKOFF_MAX,
@@ -174,6 +179,12 @@ def _initial_snapshot(signal: Signal, now: datetime) -> OrderSnapshot:
     )
 
 
+def _routing_reason(plan: RoutePlan) -> str:
+    """The router's decision in one line for the snapshot: why, then what it weighed."""
+    weighed = "; ".join(plan.considered)
+    return (f"{plan.reason} [{weighed}]" if weighed else plan.reason)[:500]
+
+
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
 
 
@@ -201,6 +212,9 @@ class OrderWorkflow(Release01Paths):
         self._seen = set(self._state.seen_fill_ids)
         self._pending_fills: list[Fill] = []
         self._v2 = workflow.patched(LIFECYCLE_V2)
+        # Asked here, at the run's first task, not after prepare_order: a local activity's marker and a
+        # patch marker recorded in one task are not always in the order the code ran them.
+        self._smart_routing = workflow.patched(SMART_ROUTING)
         self._lock = asyncio.Lock()  # release 0.1's amend_order only
         self._handing_over = False  # continue-as-new is waiting for the handlers to return
         # A Temporal cancellation request is not carried to a new run by the server: this run sees the
@@ -429,6 +443,16 @@ class OrderWorkflow(Release01Paths):
         self._state.context = context
         snap = self._state.snapshot
         snap.exchange = context.exchange
+        # A context from before smart routing has no route: those orders replay as they ran.
+        if self._smart_routing and (context.route is not None or context.route_refusal is not None):
+            if context.route is not None:
+                snap.routing_reason = _routing_reason(context.route)
+            if context.route_refusal is not None:
+                await self._deny(Denial(reason=DenialReason.BELOW_MIN_AMOUNT, message=context.route_refusal))
+                return
+            if context.route.is_split:
+                await self._become_parent(context.route)
+                return
         if context.problem or context.market is None:
             reason = DenialReason.UNKNOWN_EXCHANGE if "exchange" in (context.problem or "") else DenialReason.UNKNOWN_SYMBOL
             await self._deny(Denial(reason=reason, message=context.problem or "no market data"))
@@ -473,6 +497,24 @@ class OrderWorkflow(Release01Paths):
                   if context.rerouted_from else None)
         # Published with the venue's answer (or before a start_at wait): fewer storage calls per order.
         apply(self._state.snapshot, S.VALIDATED, workflow.now(), routed)
+
+    async def _become_parent(self, plan: RoutePlan) -> None:
+        """The router split the order: it continues as new, same workflow id, as a ParentOrderWorkflow
+        whose children (one per leg) are ordinary orders. Nothing has reached a venue yet: a cancel
+        that arrives first ends it here; an amend is refused (the parent takes amends once it runs)."""
+        self._handing_over = True  # cancel_order returns the current snapshot instead of waiting
+        while True:
+            for pending in self._state.amend_requests:
+                self._state.amend_results[pending.id] = "order is being split across venues: amend it again"
+            self._state.amend_requests.clear()
+            if self._state.cancel_request is not None:
+                self._handing_over = False
+                await self._transition(S.CANCELLED, self._state.cancel_request.reason or "cancelled before submission")
+                return
+            await workflow.wait_condition(lambda: workflow.all_handlers_finished() or bool(self._state.amend_requests))
+            if workflow.all_handlers_finished() and not self._state.amend_requests and self._state.cancel_request is None:
+                break
+        workflow.continue_as_new(ParentOrderInput(signal=self._state.signal, route=plan), workflow="ParentOrderWorkflow")
 
     async def _deny(self, denial: Denial) -> None:
         await self._transition(S.DENIED, str(denial))
