@@ -78,7 +78,10 @@ class ApiToken(_Strict):
 
 
 class ServiceSettings(_Strict):
-    host: str = "localhost"
+    host: str = "localhost"  # where clients (the CLI) reach the API: advertised, never bound
+    # The address the API listens on: loopback by default; 0.0.0.0 in a pod or container, where
+    # the advertised host is a Service DNS name that no local interface carries.
+    bind: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8004
     max_request_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024  # larger bodies: 413
     # name -> token; with any token set, every endpoint but /healthz, /readyz, /metrics needs one.
@@ -374,6 +377,55 @@ class OrderParams(_Strict):
         return value
 
 
+class TemporalTLSSettings(_Strict):
+    """TLS to the Temporal frontend: server TLS alone (system roots or `server_ca_path`), or mTLS
+    with a client certificate (self-hosted clusters, Temporal Cloud's mTLS namespaces)."""
+
+    # None: on when anything below or `temporal.api_key` is set. `temporal.tls: true|false` is
+    # shorthand for this key alone.
+    enabled: bool | None = None
+    client_cert_path: OptionalStr = None  # PEM; with client_key_path (mTLS)
+    client_key_path: OptionalStr = None
+    server_ca_path: OptionalStr = None  # PEM roots for a private CA; default the system's
+    server_name: OptionalStr = None  # SNI / name checked on the server certificate
+
+    @field_validator("client_cert_path", "client_key_path", "server_ca_path")
+    @classmethod
+    def _readable(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError("file not found")  # the path is no secret; the message stays one line
+        return value
+
+    @model_validator(mode="after")
+    def _pair(self) -> "TemporalTLSSettings":
+        if bool(self.client_cert_path) != bool(self.client_key_path):
+            raise ValueError("client_cert_path and client_key_path go together (mTLS)")
+        if self.enabled is False and (self.client_cert_path or self.server_ca_path or self.server_name):
+            raise ValueError("enabled is false but TLS files or server_name are set")
+        return self
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.enabled or self.client_cert_path or self.server_ca_path or self.server_name)
+
+
+def _version_part(chars: str):
+    """A deployment name or build id: a version is written `<deployment_name>.<build_id>`, so the
+    name has no dot; both stay short and shell-safe for the `temporal worker deployment` commands."""
+    pattern = re.compile(rf"^{chars}{{1,100}}$")
+
+    def check(value: str | None) -> str | None:
+        if value is not None and not pattern.match(value):
+            raise ValueError(f"must match {pattern.pattern}")
+        return value
+
+    return check
+
+
+def _tls_shorthand(value: Any) -> Any:
+    return {"enabled": value} if isinstance(value, bool) else value
+
+
 def _payload_keys(value: SecretStr | None) -> SecretStr | None:
     """Comma-separated base64 AES-256 keys; refused (never echoed) unless each is 32 bytes."""
     if value is not None:
@@ -400,8 +452,12 @@ class TemporalSettings(_Strict):
     address: str = "localhost:7233"
     namespace: str = "default"
     task_queue: str = "orders"
-    tls: bool = False
-    api_key: OptionalSecret = None
+    tls: Annotated[TemporalTLSSettings, BeforeValidator(_tls_shorthand)] = TemporalTLSSettings()
+    api_key: OptionalSecret = None  # Temporal Cloud API key (`${TEMPORAL_API_KEY}`); implies TLS
+    # Worker versioning (Worker Deployments): with a deployment name, `tom worker` registers as
+    # version <deployment_name>.<build_id>; the build id comes from the image (TOM_BUILD_ID).
+    deployment_name: Annotated[OptionalStr, AfterValidator(_version_part("[A-Za-z0-9_-]"))] = None
+    build_id: Annotated[OptionalStr, AfterValidator(_version_part("[A-Za-z0-9_.-]"))] = None
     ui_port: Annotated[int, Field(ge=1, le=65535)] = 8233
     sandbox: bool = True  # run workflows in the SDK's determinism sandbox (false: faster, see README)
     # AES-GCM payload encryption: the key new payloads are encrypted with, and older keys still
@@ -423,6 +479,20 @@ class TemporalSettings(_Strict):
             raise ValueError("payload_old_keys: set without temporal.payload_key (decrypt-only is not "
                              "supported: new payloads would be stored unencrypted)")
         return self
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TemporalSettings":
+        if self.api_key and self.tls.enabled is False:
+            raise ValueError("api_key is sent only over TLS: remove tls.enabled: false")
+        if self.deployment_name and not self.build_id:
+            raise ValueError("deployment_name needs build_id (worker versioning; set TOM_BUILD_ID)")
+        if self.build_id and not self.deployment_name:
+            raise ValueError("build_id needs deployment_name (worker versioning)")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls.wanted or self.api_key is not None
 
 
 class Settings(_Strict):

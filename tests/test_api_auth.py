@@ -236,7 +236,7 @@ def test_loopback_addresses():
 
 def test_api_refuses_to_serve_beyond_loopback_without_a_token(stack_settings, tmp_path):
     settings = stack_settings.with_overrides(service={**stack_settings.service.model_dump(mode="json"),
-                                                      "host": "0.0.0.0"})
+                                                      "bind": "0.0.0.0"})  # service.bind: where it listens
     path = tmp_path / "open.yaml"
     path.write_text(settings.to_yaml())
     result = run_tom(path, "api", timeout=60)

@@ -479,7 +479,7 @@ def run(settings: Settings, args) -> int:
     import uvicorn
 
     configure_logging(settings)
-    host = settings.service.host
+    host = settings.service.bind  # the listening address; service.host is only advertised
     refusal = open_bind_refusal(host, settings.service)
     if refusal:
         raise UserError(refusal)

@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("workers.commands:report", "execution metrics: fill rates, latency, slippage, fees, per exchange"),
     "demo": ("workers.commands:demo", "feed a stream of realistic signals and summarize the outcome"),
     "exchange-emulator": ("emulator.server:run", "run a local Binance/Bybit exchange emulator"),
+    "temporal-setup": ("workers.temporal_setup:run",
+                       "register the platform's search attributes on the Temporal namespace (or --check them)"),
     "codec-server": ("workers.codec_server:run",
                      "decrypt payloads (temporal.payload_key) for the Temporal UI and `temporal` CLI"),
 }
@@ -101,6 +103,8 @@ def _add_arguments(name: str, sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--orders", type=int, default=24)
         sub.add_argument("--rate", type=float, default=10.0, help="signals per second")
         sub.add_argument("--timeout", type=float, default=120.0)
+    elif name == "temporal-setup":
+        sub.add_argument("--check", action="store_true", help="only check; exit 1 naming what is missing")
     elif name == "exchange-emulator":
         sub.add_argument("--venue", choices=["binance", "bybit"], required=True)
         sub.add_argument("--host", default="127.0.0.1")
@@ -153,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 # as exit code -6 after `tom submit --wait` printed its result, about one run in seven, and after
 # `tom worker` had logged "worker stopped"). Everything they opened is closed by then.
 NO_FINALIZE_COMMANDS = frozenset({"submit", "cancel", "amend", "status", "orders", "report", "demo",
-                                  "worker", "consume"})
+                                  "worker", "consume", "temporal-setup"})
 
 
 def run() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from urllib.parse import quote
 
 import redis.asyncio as aioredis
@@ -15,13 +16,34 @@ from pydantic import BaseModel, SecretStr
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
+from temporalio.service import TLSConfig
 
 from config.settings import Settings
 from workers.payload_codec import codec_from_settings, with_encryption
 
 WORKFLOW_TYPE = "OrderWorkflow"
 PARENT_WORKFLOW_TYPE = "ParentOrderWorkflow"  # a signal with execution.algo, or a split route
+# Keyword search attributes the workflows set: `tom temporal-setup` registers them on a namespace;
+# `tom worker` refuses to start without them (workers/temporal_setup.py).
 SEARCH_ATTRIBUTES = ("OrderState", "Symbol", "Exchange", "StrategyId", "ParentOrderId")
+
+
+def temporal_tls(settings: Settings) -> TLSConfig | bool:
+    """The client's TLS from `temporal.tls` and `temporal.api_key` (an API key implies TLS).
+    Certificate files are read here, at connect time, so a rotated Secret is picked up by the next
+    process without a config change."""
+    t = settings.temporal
+    if not t.uses_tls:
+        return False
+    tls = t.tls
+    if not (tls.client_cert_path or tls.server_ca_path or tls.server_name):
+        return True  # server TLS against the system roots (Temporal Cloud with an API key)
+    return TLSConfig(
+        server_root_ca_cert=Path(tls.server_ca_path).read_bytes() if tls.server_ca_path else None,
+        domain=tls.server_name,
+        client_cert=Path(tls.client_cert_path).read_bytes() if tls.client_cert_path else None,
+        client_private_key=Path(tls.client_key_path).read_bytes() if tls.client_key_path else None,
+    )
 
 
 async def connect_temporal(settings: Settings) -> Client:
@@ -29,7 +51,7 @@ async def connect_temporal(settings: Settings) -> Client:
     return await Client.connect(
         t.address,
         namespace=t.namespace,
-        tls=t.tls,
+        tls=temporal_tls(settings),
         api_key=t.api_key.get_secret_value() if t.api_key else None,
         data_converter=data_converter(settings),
     )

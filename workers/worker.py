@@ -15,7 +15,8 @@ from datetime import timedelta
 
 import redis.asyncio as aioredis
 from temporalio.client import Client
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkerDeploymentConfig
 
 from activities.execution import ExecutionActivities
 from activities.routing import RoutingActivities, RoutingService
@@ -29,6 +30,7 @@ from workers.consumer import SignalConsumer
 from workers.poller import run_pollers
 from workers.sweep import run_sweeps
 from workers.runtime import available_cores, configure_logging, connect_temporal, redis_client
+from workers.temporal_setup import require_search_attributes
 from workflows.order import OrderWorkflow
 from workflows.parent import ParentOrderWorkflow
 
@@ -63,6 +65,7 @@ async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis
     limits = AccountLimitActivities(redis)
     publish = PublishActivities(redis, settings, sink)
     concurrency = max_concurrent or 500
+    versioning = deployment_config(settings)
     return Worker(
         client,
         task_queue=settings.temporal.task_queue,
@@ -73,10 +76,33 @@ async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis
         max_concurrent_activities=concurrency,
         max_concurrent_local_activities=concurrency,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        **({"deployment_config": versioning} if versioning else {}),
         # The sandbox re-imports the workflow module for every new order (~60% of worker CPU at
         # load); `temporal.sandbox: false` trades that guard for throughput. Determinism is still
         # checked in CI by replaying recorded histories in the sandbox (tests/test_replay.py).
         **({} if settings.temporal.sandbox else {"workflow_runner": UnsandboxedWorkflowRunner()}),
+    )
+
+
+def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
+    """Worker versioning when `temporal.deployment_name` is set: this worker serves only version
+    <deployment_name>.<build_id>, and tasks reach it once an operator makes that version current or
+    ramping (README: worker versioning).
+
+    Every workflow here is AUTO_UPGRADE: a running order moves to the new version on its next task.
+    GTC orders live for weeks and continue as new, so PINNED would keep every old version's workers
+    alive that long; moving is safe because every command-changing edit is behind
+    `workflow.patched` and CI replays the recorded histories (tests/test_replay.py). Declared here,
+    not in `@workflow.defn(versioning_behavior=...)`: on this server (1.32) a workflow declaring a
+    behaviour on an unversioned worker lost local-activity markers and stalled (tests run
+    unversioned workers), while the worker default applies only with versioning on."""
+    t = settings.temporal
+    if not t.deployment_name:
+        return None
+    return WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(deployment_name=t.deployment_name, build_id=t.build_id or ""),
+        use_worker_versioning=True,
+        default_versioning_behavior=VersioningBehavior.AUTO_UPGRADE,
     )
 
 
@@ -114,6 +140,10 @@ async def running_worker(client: Client, settings: Settings, redis: aioredis.Red
                 log.info("stopping: draining in-flight tasks (up to %s)", GRACEFUL_SHUTDOWN)
 
 
+async def check_namespace(settings: Settings) -> None:
+    await require_search_attributes(await connect_temporal(settings), settings.temporal.namespace)
+
+
 async def serve(settings: Settings, max_concurrent: int | None = None, with_consumer: bool = False) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -121,6 +151,8 @@ async def serve(settings: Settings, max_concurrent: int | None = None, with_cons
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
         client = await connect_temporal(settings)
+        # A namespace without the search attributes fails every order's first upsert: refuse now.
+        await require_search_attributes(client, settings.temporal.namespace)
         redis = redis_client(settings)
         stack.push_async_callback(redis.aclose)
         registry = await build_registry(settings, redis)
@@ -128,8 +160,9 @@ async def serve(settings: Settings, max_concurrent: int | None = None, with_cons
         running = AsyncExitStack()
         await running.enter_async_context(running_worker(client, settings, redis, registry, max_concurrent,
                                                          with_consumer))
-        log.info("worker on task queue %r (namespace %s, venues %s)", settings.temporal.task_queue,
-                 settings.temporal.namespace, ", ".join(registry.names))
+        version = settings.temporal.deployment_name and f"{settings.temporal.deployment_name}.{settings.temporal.build_id}"
+        log.info("worker on task queue %r (namespace %s, venues %s, version %s)", settings.temporal.task_queue,
+                 settings.temporal.namespace, ", ".join(registry.names), version or "unversioned")
         await stop.wait()
         # The SDK does not cancel a local activity (our venue calls) at the end of the graceful
         # shutdown: one that hangs up to execution_timeout_ms would hold the stop past the grace
@@ -148,6 +181,9 @@ def run(settings: Settings, args) -> int:
     processes = getattr(args, "processes", None) or available_cores()
     if processes > 1:  # one process per core under a supervisor (workers/supervisor.py)
         from workers.supervisor import Supervisor, child_command
+
+        # Refuse here, in one line: a child refusing would only be restarted by the supervisor.
+        asyncio.run(check_namespace(settings))
 
         command = child_command(resolve_config_path(getattr(args, "config", None)), max_concurrent, with_consumer)
         return Supervisor(command, processes).run()
