@@ -222,16 +222,17 @@ def report(settings: Settings, args) -> int:
         response.raise_for_status()
         data = response.json()
     except httpx.HTTPError:
-        if settings.database.type != "duckdb" or not Path(settings.database.path).exists():
+        if settings.database.type == "duckdb" and not Path(settings.database.path).exists():
             raise UserError("the API is not running and there is no local database to read") from None
-        from workers.storage import DuckDBStore
+        from storage import open_storage
 
-        try:
-            store = DuckDBStore(settings.database.path, read_only=True)
+        where = settings.database.path if settings.database.type == "duckdb" else settings.database.dataset
+        try:  # BigQuery has no single-writer rule: read it directly
+            store = open_storage(settings, read_only=True)
+            data = store.report()
+            store.close()
         except Exception as exc:
-            raise UserError(f"cannot open {settings.database.path}: {exc}") from None
-        data = store.report()
-        store.close()
+            raise UserError(f"cannot read {where}: {exc}") from None
     if args.json:
         print(json.dumps(data, indent=2, default=str))
         return 0
