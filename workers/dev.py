@@ -181,10 +181,16 @@ class DevStack:
             f"  Temporal UI     http://localhost:{self.settings.temporal.ui_port}",
             f"  Redis           {m.host}:{m.port}  ({redis_note})",
             f"  API             {self.api_url}  (docs {self.api_url}/docs, metrics {self.api_url}/metrics)",
-            f"  DuckDB          {Path(self.settings.database.path).resolve()}",
+            self._database_line(),
             f"  logs            {self.logs}",
             "  stop with Ctrl-C",
         ])
+
+    def _database_line(self) -> str:
+        db = self.settings.database
+        if db.type == "duckdb":
+            return f"  DuckDB          {Path(db.path).resolve()}"
+        return f"  BigQuery        {db.project}.{db.dataset}" + (f"  (emulator {db.emulator_host})" if db.emulator_host else "")
 
     # --- stop ----------------------------------------------------------------------------------
     def stop(self) -> list[str]:
