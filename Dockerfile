@@ -10,6 +10,7 @@ COPY oms ./oms
 COPY activities ./activities
 COPY workflows ./workflows
 COPY workers ./workers
+COPY storage ./storage
 COPY bench ./bench
 # The pinned, tested set of every dependency (python3 bootstrap.py lock updates it).
 RUN pip install -c constraints.txt . && useradd --create-home --uid 10001 tom && mkdir -p /app/data && chown tom /app/data

@@ -1,5 +1,7 @@
 """`tom api` and `tom worker` as real processes with `database.type: bigquery` (the bqemulator
-process): the recorder writes BigQuery, /orders, /positions and /report read it, /readyz passes."""
+process): the recorder writes BigQuery, /orders, /positions and /report read it, /readyz passes,
+and `tom report` reads it directly when the API is stopped."""
+import json
 import time
 import uuid
 
@@ -7,7 +9,7 @@ import httpx
 
 from storage import open_storage
 from tests.bigquery_emulator import PROJECT
-from tests.conftest import stop_api, stop_process, tom_process, wait_for_http
+from tests.conftest import run_tom, stop_api, stop_process, tom_process, wait_for_http
 from tests.helpers import make_signal
 
 
@@ -47,6 +49,10 @@ def test_the_api_reads_and_the_recorder_writes_bigquery(stack_settings, tmp_path
     finally:
         stop_api(api, tmp_path / "api.log")
         stop_process(worker)
+    # With the API stopped, `tom report` reads BigQuery directly: the same order.
+    offline = run_tom(config, "report", "--json")
+    assert offline.returncode == 0, offline.stderr
+    assert json.loads(offline.stdout)["orders"] == 1 and json.loads(offline.stdout)["states"] == {"filled": 1}
     # What the API showed is in BigQuery itself, one row per event and per fill.
     store = open_storage(settings, read_only=True)
     try:
