@@ -1,7 +1,7 @@
 """Signal-to-venue latency: a signal published on the `signals` stream to the order stored by the
 simulated venue, at a steady offered rate, against a bare asyncio baseline in the same run.
 
-    python -m bench.latency [--orders 1000] [--rate 20]
+    python -m bench.latency [--orders 1000] [--rate 20] [--mode simulation|direct]
 
 Durable path: one `tom worker --with-consumer` process (the consumer shares the worker's client, so
 workflow starts are eager and the first workflow task runs in the same process; validation and
@@ -9,6 +9,13 @@ submission are local activities). Baseline: the same parsing, order generation, 
 venue call (SimulatedVenue.submit on the same Redis) in a plain asyncio loop, no Temporal.
 Latency = SimOrder.created_at (set by the venue when it stores the order) minus the publish time;
 both clocks are this machine's. The venue's artificial delay (delay_ms) is 0 in both.
+
+--mode direct: the same measurement through ccxt against a `tom exchange-emulator` (Binance)
+process: latency = the emulator's created time of the order minus the publish time; baseline = the
+bare ccxt `create_order` round trip against the same emulator from this process. The durable path
+is split into stages from the order's own transitions: prepare (publish -> validated), gate and
+venue call (validated -> the venue stored it), record (the venue stored it -> the workflow recorded
+the answer).
 """
 from __future__ import annotations
 
@@ -88,6 +95,109 @@ async def baseline(stack: BenchStack, redis: aioredis.Redis, orders: int, rate: 
     return latencies
 
 
+async def emulator_created(url: str) -> dict[str, tuple[float, str]]:
+    """client order id -> (created time s, status) of every order the emulator holds."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        orders = (await http.get(f"{url}/_emulator/orders")).json()
+    return {o["client_order_id"]: (o["created_ms"] / 1000, o["status"]) for o in orders}
+
+
+async def transitions_at(redis: aioredis.Redis, order_ids: set[str]) -> dict[str, dict[str, float]]:
+    """order id -> {state: first time it was recorded} from the order_events stream."""
+    from oms.events import EVENT_FIELD, ORDER_EVENTS_STREAM
+
+    out: dict[str, dict[str, float]] = {}
+    for _, fields in await redis.xrange(ORDER_EVENTS_STREAM):
+        event = json.loads(fields[EVENT_FIELD])
+        if event["order_id"] in order_ids:
+            for t in event["snapshot"]["transitions"]:
+                out.setdefault(event["order_id"], {}).setdefault(t["state"], datetime.fromisoformat(t["at"]).timestamp())
+    return out
+
+
+async def direct_durable(url: str, redis: aioredis.Redis, orders: int, rate: float, prefix: str) -> dict:
+    sent: dict[str, float] = {}
+    for i in range(orders):
+        order_id = f"order-{prefix}-{i}"
+        sent[order_id] = time.time()
+        await redis.xadd("signals", {SIGNAL_FIELD: signal_payload(prefix, i)})
+        await asyncio.sleep(max(0.0, sent[order_id] + 1 / rate - time.time()))
+    deadline, created = time.time() + 60, {}
+    while time.time() < deadline:
+        created = {cid: at for cid, (at, _) in (await emulator_created(url)).items() if cid in sent}
+        if len(created) == orders:
+            break
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)  # the last answers recorded
+    seen = await transitions_at(redis, set(created))
+    stages: dict[str, list[float]] = {"prepare": [], "gate_and_venue_call": [], "record": []}
+    for order_id, at in created.items():
+        marks = seen.get(order_id, {})
+        validated, answered = marks.get("validated"), marks.get("accepted") or marks.get("filled")
+        if validated is not None and answered is not None:
+            stages["prepare"].append((validated - sent[order_id]) * 1000)
+            stages["gate_and_venue_call"].append((at - validated) * 1000)
+            stages["record"].append((answered - at) * 1000)
+    return {"latencies": [(at - sent[cid]) * 1000 for cid, at in created.items()], "stages": stages}
+
+
+async def bare_ccxt(url: str, orders: int, rate: float) -> list[float]:
+    """The bare venue call: ccxt create_order against the same emulator, one at the offered rate."""
+    import ccxt.async_support as ccxt_async
+
+    exchange = ccxt_async.binance({"apiKey": "emulator-key", "secret": "emulator-secret", "enableRateLimit": False,
+                                   "options": {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False,
+                                               "fetchMargins": False}})
+    for key in ("public", "private"):
+        exchange.urls["api"][key] = f"{url}/api/v3"
+    try:
+        await exchange.load_markets()
+        out = []
+        for i in range(orders):
+            started = time.time()
+            await exchange.create_order(SYMBOLS[i % 3], "market", "buy" if i % 2 else "sell",
+                                        float(QUANTITIES[i % 3]), None, {"newClientOrderId": f"bare-{i}"})
+            out.append((time.time() - started) * 1000)
+            await asyncio.sleep(max(0.0, started + 1 / rate - time.time()))
+        return out
+    finally:
+        await exchange.close()
+
+
+async def run_direct(orders: int, rate: float) -> dict:
+    with BenchStack() as stack:
+        stack.start_temporal()
+        stack.start_redis()
+        url = stack.start_emulator("binance")
+        execution = stack.settings.execution.model_dump(mode="json")
+        execution.update(mode="direct", direct={**execution["direct"], "exchanges": ["binance"], "accounts": {
+            "binance": {"api_key": "emulator-key", "secret": "emulator-secret", "base_url": url}}})
+        stack.configure({"execution": execution})
+        stack.start_worker("worker", "--with-consumer")
+        redis = aioredis.from_url(stack.settings.messaging.redis_url, decode_responses=True)
+        try:
+            await direct_durable(url, redis, 30, 10, "warmup")
+            bare = await bare_ccxt(url, min(orders, 300), rate)
+            durable_run = await direct_durable(url, redis, orders, rate, "run")
+        finally:
+            await redis.aclose()
+    lat, stages = durable_run["latencies"], durable_run["stages"]
+    p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
+    b50, b99 = percentile(bare, 0.5), percentile(bare, 0.99)
+    return {
+        "benchmark": "latency", "mode": "direct",
+        "entry": "redis stream -> tom worker --with-consumer -> ccxt -> tom exchange-emulator (binance)",
+        "orders": orders, "measured": len(lat), "offered_rate_per_s": rate,
+        "p50_ms": p50, "p90_ms": percentile(lat, 0.9), "p99_ms": p99, "max_ms": percentile(lat, 1.0),
+        "bare_ccxt_create_order_p50_ms": b50, "bare_ccxt_create_order_p99_ms": b99,
+        "stages_p50_ms": {name: percentile(v, 0.5) for name, v in stages.items()},
+        "stages_p99_ms": {name: percentile(v, 0.99) for name, v in stages.items()},
+        "targets": {"p50_ms": 20, "p99_ms": 40},
+    }
+
+
 async def run(orders: int, rate: float) -> dict:
     with BenchStack() as stack:
         stack_sandbox = stack.settings.temporal.sandbox
@@ -117,10 +227,15 @@ async def run(orders: int, rate: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.latency")
     parser.add_argument("--orders", type=int, default=1000)
-    parser.add_argument("--rate", type=float, default=20.0,
-                        help="signals per second, steady (well inside capacity: see bench.throughput)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="signals per second, steady (well inside capacity: see bench.throughput); "
+                             "default 20 (simulation), 5 (direct)")
+    parser.add_argument("--mode", choices=["simulation", "direct"], default="simulation")
     args = parser.parse_args()
-    emit(asyncio.run(run(args.orders, args.rate)))
+    if args.mode == "direct":
+        emit(asyncio.run(run_direct(args.orders, args.rate or 5.0)))
+    else:
+        emit(asyncio.run(run(args.orders, args.rate or 20.0)))
 
 
 if __name__ == "__main__":

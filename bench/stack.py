@@ -113,7 +113,10 @@ class BenchStack:
         return f"http://127.0.0.1:{port}"
 
     def start_worker(self, name: str = "worker", *args: str) -> subprocess.Popen:
-        return self._spawn(name, [sys.executable, "-m", "workers.cli", "--config", str(self.config), "worker", *args])
+        """`tom worker`: one process unless `--processes` is given (benchmarks compare like with like)."""
+        processes = () if "--processes" in args else ("--processes", "1")
+        return self._spawn(name, [sys.executable, "-m", "workers.cli", "--config", str(self.config), "worker",
+                                  *processes, *args])
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(name, None)

@@ -1,17 +1,24 @@
-"""Sustained throughput: market orders per second to a terminal state with ONE worker process.
+"""Sustained throughput: market orders per second to a terminal state, one worker process by default.
 
-    python -m bench.throughput [--seconds 60] [--rate 150]
+    python -m bench.throughput [--seconds 60] [--rate 150] [--processes N]
 
 Signals are offered on the `signals` stream at --rate for --seconds to `tom worker --with-consumer`;
 a terminal event on `order_events` marks an order done. orders_per_s = orders that reached a
 terminal state during the offered window / window length; the backlog left at its end shows
-whether the rate was sustainable. CPU and memory are read per process with psutil.
+whether the rate was sustainable. CPU and memory are read per process with psutil:
+worker_cpu_ms_per_order and server_cpu_ms_per_order are CPU time spent in the window per order
+finished in it. Then, on the same Temporal server, `bench.trivial` runs a one-local-activity
+workflow at the same offered rate: trivial_workflows_per_s is the floor the stack itself sets, and
+orders_vs_trivial the order's own cost as a ratio (1.0: an order costs no more than the floor).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 import time
 
 import psutil
@@ -52,11 +59,11 @@ def cpu_total(proc: psutil.Process) -> float:
                                            for c in proc.children(recursive=True))
 
 
-async def run(seconds: float, rate: float) -> dict:
+async def run(seconds: float, rate: float, processes: int = 1) -> dict:
     with BenchStack() as stack:
         stack.start_temporal()
         stack.start_redis()
-        stack.start_worker("worker", "--with-consumer")
+        stack.start_worker("worker", "--with-consumer", "--processes", str(processes))
         procs = {name: psutil.Process(p.pid) for name, p in stack.procs.items()}
         redis = aioredis.from_url(stack.settings.messaging.redis_url, decode_responses=True)
         stop, done = asyncio.Event(), {}
@@ -78,6 +85,7 @@ async def run(seconds: float, rate: float) -> dict:
             window = time.time() - started
             in_window = sum(1 for order_id, at in done.items() if order_id.startswith("order-tp-") and at <= started + window)
             cpu = cpu_percent(procs, window, cpu_start)
+            cpu_ms = {name: (cpu_total(p) - cpu_start[name]) * 1000 / max(1, in_window) for name, p in procs.items()}
             worker = stack.stats("worker")
             drain_deadline = time.time() + 120
             while sum(1 for o in done if o.startswith("order-tp-")) < sent and time.time() < drain_deadline:
@@ -87,9 +95,19 @@ async def run(seconds: float, rate: float) -> dict:
             stop.set()
             await counter
             await redis.aclose()
+        stack.kill("worker", signal.SIGTERM)
+        trivial = json.loads(subprocess.run(
+            [sys.executable, "-m", "bench.trivial", "--address", stack.settings.temporal.address,
+             "--seconds", str(min(seconds, 30)), "--rate", str(rate)]
+            + ([] if not stack.settings.temporal.sandbox else ["--sandbox"]),
+            check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    orders_per_s = round(in_window / window, 1)
     return {
         "benchmark": "throughput", "seconds": round(window, 1), "offered_rate_per_s": rate, "offered": sent,
-        "orders_per_s": round(in_window / window, 1), "backlog_at_end": sent - in_window,
+        "orders_per_s": orders_per_s, "backlog_at_end": sent - in_window, "worker_processes": processes,
+        "worker_cpu_ms_per_order": round(cpu_ms["worker"], 2), "server_cpu_ms_per_order": round(cpu_ms["temporal"], 2),
+        **trivial, "orders_vs_trivial": round(orders_per_s / trivial["trivial_workflows_per_s"], 3)
+        if trivial["trivial_workflows_per_s"] else None,
         "all_terminal_after_drain": finished == sent, "worker_rss_mb": worker["rss_mb"],
         "cpu_percent": cpu, "machine_cores": psutil.cpu_count(), "workflow_sandbox": stack.settings.temporal.sandbox,
         "target_orders_per_s": 100,
@@ -100,8 +118,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput")
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--rate", type=float, default=150, help="offered signals per second")
+    parser.add_argument("--processes", type=int, default=1, help="worker processes (tom worker --processes)")
     args = parser.parse_args()
-    emit(asyncio.run(run(args.seconds, args.rate)))
+    emit(asyncio.run(run(args.seconds, args.rate, args.processes)))
 
 
 if __name__ == "__main__":

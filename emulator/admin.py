@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator.book import EmuOrder
+from emulator.book import BookError, EmuOrder
 from emulator.faults import Fault
 from emulator.protocol import EMULATOR
 
@@ -33,6 +33,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/_emulator/stats", _stats)
     app.router.add_post("/_emulator/book", _configure_book)
     app.router.add_get("/_emulator/book", _book_settings)
+    app.router.add_post("/_emulator/trade-through", _trade_through)
     app.router.add_post("/_emulator/reset", _reset)
     app.router.add_get("/_emulator/health", _health)
 
@@ -105,6 +106,21 @@ async def _configure_book(request: web.Request) -> web.Response:
 
 async def _book_settings(request: web.Request) -> web.Response:
     return web.json_response(request.app[EMULATOR].book.settings())
+
+
+async def _trade_through(request: web.Request) -> web.Response:
+    """The market trades through one resting order now: {"client_order_id": ...} -> the order."""
+    book = request.app[EMULATOR].book
+    try:
+        body = await request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("client_order_id"), str):
+            raise ValueError("expected an object with client_order_id")
+        order = book.trade_through(book.find(client_order_id=body["client_order_id"]))
+    except ValueError as exc:
+        return web.json_response({"error": str(exc).splitlines()[0]}, status=400)
+    except BookError as exc:
+        return web.json_response({"error": exc.rejection.value, "detail": exc.detail}, status=409)
+    return web.json_response(_order_json(order))
 
 
 async def _reset(request: web.Request) -> web.Response:

@@ -369,6 +369,15 @@ class Book:
         self._apply(order)
         return order
 
+    def trade_through(self, order: EmuOrder) -> EmuOrder:
+        """Fill a resting limit order now at its price (scripted crossing; see venue_model)."""
+        self._sync(order)
+        if not order.is_open or order.price is None:
+            raise BookError(Rejection.ORDER_CLOSED, order.status.value)
+        venue_model.trade_through(order.sim, utc_now(), self.sim)
+        self._apply(order)
+        return order
+
     def amend(self, order: EmuOrder, quantity: Decimal | None, price: Decimal | None) -> EmuOrder:
         """Native amend (Bybit): new total quantity and/or price, keeping the order's identity."""
         self._sync(order)

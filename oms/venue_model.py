@@ -206,6 +206,20 @@ def advance(order: SimOrder, now: datetime, sim: SimulationSettings) -> SimOrder
     return order
 
 
+def trade_through(order: SimOrder, now: datetime, sim: SimulationSettings) -> SimOrder:
+    """The market trades through a resting limit order now: what is left fills at its limit price
+    as maker. A scripted crossing (the emulator's admin API), so a test can fill an order at the
+    venue at a moment it chooses instead of waiting for the price path to get there."""
+    advance(order, now, sim)
+    if not order.is_open or order.limit_price is None:
+        return order
+    market = simulated_market(order.symbol)
+    assert market is not None
+    _fill(order, order.limit_price, order.remaining, now, True, sim, market)
+    _settle_status(order)
+    return order
+
+
 def cancel(order: SimOrder, now: datetime, sim: SimulationSettings) -> SimOrder:
     """Cancel what is left; a finished order is returned as it is (cancel after fill is not an error)."""
     advance(order, now, sim)

@@ -39,6 +39,10 @@ class Emulator:
         """Shape the venue's book (depth_levels, self_trade_expiry) until the next reset."""
         return self.admin("POST", "book", json=settings)
 
+    def trade_through(self, client_order_id: str) -> Any:
+        """Fill a resting order at the venue now, at its limit price (unseen by the platform until it looks)."""
+        return self.admin("POST", "trade-through", json={"client_order_id": client_order_id})
+
     def orders(self) -> Any:
         return self.admin("GET", "orders")
 

@@ -208,6 +208,25 @@ async def test_resting_order_fills_as_maker_when_the_path_crosses(exchange: ccxt
     assert Decimal(str(trade["fee"]["cost"])) == expected
 
 
+async def test_trade_through_fills_a_resting_order_now_as_maker(exchange: ccxt.Exchange, emulator: Emulator) -> None:
+    """The scripted crossing tests use instead of waiting for the price path: the whole remainder
+    fills at the limit price as maker; a closed or unknown order is refused."""
+    await resting_buy(exchange, "tt-1")
+    resting = await fetch_by_client_id(exchange, "tt-1")
+    assert resting["status"] == "open" and resting["filled"] == 0
+    filled = emulator.trade_through("tt-1")
+    assert filled["status"] == "filled" and Decimal(filled["filled"]) == Decimal("0.001")
+    order = await fetch_by_client_id(exchange, "tt-1")
+    assert order["status"] == "closed" and order["filled"] == 0.001
+    [trade] = await exchange.fetch_my_trades(SYMBOL)
+    assert trade["takerOrMaker"] == "maker" and trade["price"] == resting["price"]
+    again = httpx.post(f"{emulator.url}/_emulator/trade-through", json={"client_order_id": "tt-1"})
+    assert again.status_code == 409 and again.json()["error"] == "order_closed"
+    unknown = httpx.post(f"{emulator.url}/_emulator/trade-through", json={"client_order_id": "nope"})
+    assert unknown.status_code == 409
+    assert httpx.post(f"{emulator.url}/_emulator/trade-through", json=["tt-1"]).status_code == 400
+
+
 async def test_cancel_of_a_filled_order_is_order_not_found(exchange: ccxt.Exchange) -> None:
     placed = await crossing_buy(exchange, "filled-1")
     with pytest.raises(ccxt.OrderNotFound):  # binance -2011, bybit 110001

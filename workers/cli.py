@@ -37,12 +37,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def _add_arguments(name: str, sub: argparse.ArgumentParser) -> None:
     if name == "dev":
         sub.add_argument("--demo", action="store_true", help="feed demo signals once the stack is up")
         sub.add_argument("--demo-orders", type=int, default=24)
         sub.add_argument("--data-dir", default="./data", help="where Temporal, DuckDB and Redis keep state")
     elif name == "worker":
+        sub.add_argument("--processes", type=_positive_int, default=None,
+                         help="worker processes under one supervisor (default: the cores available)")
         sub.add_argument("--max-concurrent", type=int, default=None, help="max concurrent workflow and activity tasks")
         sub.add_argument("--with-consumer", action="store_true",
                          help="also consume the signals stream in this process (eager workflow start: lowest latency)")

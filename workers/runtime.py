@@ -6,6 +6,7 @@ model) and how secrets reach the Temporal client.
 from __future__ import annotations
 
 import logging
+import os
 
 import redis.asyncio as aioredis
 from temporalio.client import Client
@@ -47,3 +48,19 @@ def find_binary(name: str) -> str | None:
 
     beside = Path(sys.executable).parent / name
     return str(beside) if beside.exists() else shutil.which(name)
+
+
+def available_cores() -> int:
+    """The cores this process may use: its CPU affinity (a container's cpuset), capped by a cgroup v2
+    CPU quota (a Kubernetes CPU limit shows as a quota, not as fewer cores), at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))  # ceiling
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)

@@ -22,11 +22,11 @@ from activities.limits import AccountLimitActivities, DailyOrderLimit
 from activities.publish import PublishActivities
 from activities.venues.simulated import SimulatedVenue
 from activities.venues import VenueRegistry
-from config.settings import Settings
+from config.settings import Settings, resolve_config_path
 from workers.consumer import SignalConsumer
 from workers.poller import run_pollers
 from workers.sweep import run_sweeps
-from workers.runtime import configure_logging, connect_temporal, redis_client
+from workers.runtime import available_cores, configure_logging, connect_temporal, redis_client
 from workflows.order import OrderWorkflow
 
 log = logging.getLogger("tom.worker")
@@ -134,5 +134,12 @@ async def serve(settings: Settings, max_concurrent: int | None = None, with_cons
 
 def run(settings: Settings, args) -> int:
     configure_logging(settings)
-    asyncio.run(serve(settings, getattr(args, "max_concurrent", None), getattr(args, "with_consumer", False)))
+    max_concurrent, with_consumer = getattr(args, "max_concurrent", None), getattr(args, "with_consumer", False)
+    processes = getattr(args, "processes", None) or available_cores()
+    if processes > 1:  # one process per core under a supervisor (workers/supervisor.py)
+        from workers.supervisor import Supervisor, child_command
+
+        command = child_command(resolve_config_path(getattr(args, "config", None)), max_concurrent, with_consumer)
+        return Supervisor(command, processes).run()
+    asyncio.run(serve(settings, max_concurrent, with_consumer))
     return 0
