@@ -30,13 +30,18 @@ from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery as bq
+from google.cloud.bigquery.retry import DEFAULT_JOB_RETRY
 
 from oms.events import DeadLetter, OrderEvent
 from oms.models import Fill, OrderSnapshot
 from storage import ORDER_FILTERS, analytics_view_statements, newest_per_order, summarize_report
 
 TIMEOUT_S = 30.0
-RETRY = bq.DEFAULT_RETRY.with_deadline(TIMEOUT_S)  # the client's default keeps retrying for 10 minutes
+# The client's defaults keep retrying an API call for 10 minutes and a failed query job (rate limits,
+# backend errors) for 40: the recorder would sit on one batch that long. Bounded here; the recorder
+# retries the batch with its own backoff, and re-running a write is harmless (insert-only MERGE).
+RETRY = bq.DEFAULT_RETRY.with_deadline(TIMEOUT_S)
+JOB_RETRY = DEFAULT_JOB_RETRY.with_deadline(2 * TIMEOUT_S)
 NUMERIC_PLACES = Decimal("1e-9")
 
 # (name, type, mode); `at` is quoted in SQL (a keyword of the emulator's DuckDB dialect).
@@ -150,7 +155,7 @@ class BigQueryStore:
         ]
         config = bq.QueryJobConfig(default_dataset=f"{self._project}.{self._dataset}")
         for statement in [*statements, *analytics_view_statements("bigquery")]:
-            self._client.query(statement, job_config=config, retry=RETRY).result(timeout=TIMEOUT_S)
+            self._query(statement, config)
 
     def _distinct(self, table: str) -> str:
         """One row per key: replicas racing on one item may both have inserted it."""
@@ -187,14 +192,16 @@ class BigQueryStore:
             bq.ScalarQueryParameter("first", "TIMESTAMP", min(times)),
             bq.ScalarQueryParameter("last", "TIMESTAMP", max(times)),
         ])
-        self._client.query(sql, job_config=config, retry=RETRY).result(timeout=TIMEOUT_S)
+        self._query(sql, config)
+
+    def _query(self, sql: str, config: bq.QueryJobConfig) -> Any:
+        job = self._client.query(sql, job_config=config, retry=RETRY, job_retry=JOB_RETRY)
+        return job.result(timeout=2 * TIMEOUT_S)
 
     # --- reads (API, report) --------------------------------------------------------------------
     def _rows(self, sql: str, params: list | None = None) -> list[dict[str, Any]]:
         self.ensure_schema()
-        config = bq.QueryJobConfig(query_parameters=params or [])
-        job = self._client.query(sql, job_config=config, retry=RETRY)
-        return [dict(row.items()) for row in job.result(timeout=TIMEOUT_S)]
+        return [dict(row.items()) for row in self._query(sql, bq.QueryJobConfig(query_parameters=params or []))]
 
     def ping(self) -> bool:
         self.ensure_schema()
