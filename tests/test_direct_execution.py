@@ -212,7 +212,7 @@ async def test_two_workers_share_the_order_rate_and_a_ban_pauses_both(temporal_e
                                orders={"rate_limit_orders": 4, "rate_limit_window_ms": 1000})
     config = worker_config(settings, tmp_path, "shared")
     client = temporal_env.client
-    workers = [tom_process(config, "worker", log_path=tmp_path / f"worker-{i}.log") for i in range(2)]
+    workers = [tom_process(config, "worker", "--processes", "1", log_path=tmp_path / f"worker-{i}.log") for i in range(2)]
     try:
         burst = [make_signal(quantity="0.01") for _ in range(16)]
         handles = [await start_order(client, task_queue, s) for s in burst]

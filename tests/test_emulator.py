@@ -453,10 +453,11 @@ async def test_timeout_after_accept(emulator: Emulator) -> None:
 
 
 async def test_slow_fault_checks_the_recv_window_after_the_wait(emulator: Emulator) -> None:
-    ex = client(emulator, recv_window=1000)
+    # A 3 s window: the fast request keeps 2.8 s of slack for a loaded machine.
+    ex = client(emulator, recv_window=3000)
     try:
         await ex.load_markets()
-        emulator.fault(kind="slow", delay_ms=1200)
+        emulator.fault(kind="slow", delay_ms=3200)
         with pytest.raises(ccxt.InvalidNonce) as raised:  # stale by the time it is processed
             await resting_buy(ex, "slow-1")
         assert raised.type is ccxt.InvalidNonce

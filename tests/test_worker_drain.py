@@ -46,7 +46,7 @@ async def ready_worker(config, tmp_path, redis):
     """A `tom worker` that logged readiness and whose background listers made their first venue
     call; returns it with the venue's request count at that point."""
     log = tmp_path / "worker.log"
-    worker = tom_process(config, "worker", log_path=log)
+    worker = tom_process(config, "worker", "--processes", "1", log_path=log)
 
     async def started() -> bool:
         return log.exists() and "worker on task queue" in log.read_text()
@@ -112,7 +112,7 @@ async def test_a_call_that_never_finishes_cannot_hold_the_stop_past_the_drain_bo
     text = log.read_text()
     assert "drain not finished after 0:00:20: abandoning in-flight tasks" in text and "worker stopped" in text
     # The abandoned order is not lost: the next worker takes it over and finds the one order placed.
-    second = tom_process(config, "worker", log_path=tmp_path / "worker-2.log")
+    second = tom_process(config, "worker", "--processes", "1", log_path=tmp_path / "worker-2.log")
     try:
         final = await asyncio.wait_for(handle.result(), 120)
     finally:

@@ -100,3 +100,45 @@ def test_processes_must_be_positive(config_file):
 
     result = run_tom(config_file, "worker", "--processes", "0", timeout=60)
     assert result.returncode == 2 and "must be 1 or more" in result.stderr
+
+
+def test_the_supervisor_restarts_a_crashing_child_with_backoff_and_stops_on_a_config_error(tmp_path, caplog):
+    """Real child processes standing in for workers: one that crashes at once is restarted with a
+    doubling backoff (no CPU spin); one that exits 2, tom's code for a configuration error that no
+    restart fixes, stops the supervisor, which exits 2 too."""
+    import logging
+    import sys
+    import threading
+
+    from workers.supervisor import Supervisor
+
+    counter = tmp_path / "starts"
+    crash = [sys.executable, "-c", f"open({str(counter)!r}, 'a').write('x'); raise SystemExit(1)"]
+    supervisor = Supervisor(crash, 1)
+    stopper = threading.Timer(3.5, supervisor.request_stop, args=(15, None))
+    caplog.set_level(logging.INFO, "tom.supervisor")
+    stopper.start()
+    try:
+        code = supervisor.run()
+    finally:
+        stopper.cancel()
+    starts = len(counter.read_text())
+    # Backoff 1 s, 2 s, ...: within 3.5 s at most 3 starts, never a spin.
+    assert 2 <= starts <= 3, starts
+    assert code == 0 and supervisor.restarts >= 1 and "restarting in" in caplog.text
+
+    config_error = [sys.executable, "-c", "raise SystemExit(2)"]
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    supervisor = Supervisor(sleeper, 2)
+    supervisor.command = config_error  # the second child fails its configuration
+    original_start = supervisor._start
+
+    def start(slot: int) -> None:
+        supervisor.command = sleeper if slot == 1 else config_error
+        original_start(slot)
+
+    supervisor._start = start
+    code = supervisor.run()
+    assert code == 2 and "configuration error: stopping all workers" in caplog.text
+    assert supervisor.restarts == 0
+    assert all(child.process.poll() is not None for child in supervisor.children.values())

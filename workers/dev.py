@@ -130,7 +130,9 @@ class DevStack:
                                   "--dir", str(self.data_dir / "redis"), "--appendonly", "yes", "--save", ""])
         await self._wait_ready("Temporal", self._temporal_ready)
         await self._wait_ready("Redis", self._redis_answers)
-        self._tom("worker", "worker")
+        # One worker process: the local stack shares a laptop with the dev server and the API
+        # (`tom worker --processes N` uses more cores).
+        self._tom("worker", "worker", "--processes", "1")
         self._tom("consumer", "consume")
         self._tom("api", "api")
         await self._wait_ready("API", self._api_ready)

@@ -7,7 +7,9 @@ per account through their Redis leases, so N processes never poll a venue N time
 nothing else:
 
 - a child that dies (crash, OOM kill, SIGKILL) is replaced; one that keeps dying young is restarted
-  with a doubling backoff (up to 30 s), so a broken config does not spin the CPU;
+  with a doubling backoff (up to 30 s), so a failing dependency does not spin the CPU; a child that
+  exits 2 found a configuration error (`tom`'s exit code for one), which no restart fixes: the
+  parent stops the others and exits 2 with it;
 - SIGTERM or SIGINT is forwarded to every child, each drains its in-flight tasks (the worker's own
   bounded drain), and the parent waits for them all; a child still alive past the drain bound is
   killed and the parent exits 1, else 0.
@@ -35,6 +37,7 @@ log = logging.getLogger("tom.supervisor")
 HEALTHY_AFTER_S = 30.0
 MAX_BACKOFF_S = 30.0
 POLL_S = 0.1
+CONFIG_ERROR_EXIT = 2  # workers.cli's exit code for a configuration error
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Supervisor:
         self.restart_at: dict[int, float] = {}
         self.restarts = 0
         self.stopping = False
+        self.fatal: int | None = None
 
     def _start(self, slot: int) -> None:
         process = subprocess.Popen(self.command, env={**os.environ, "TOM_WORKER_SLOT": str(slot)})
@@ -75,22 +79,34 @@ class Supervisor:
         self.stopping = True
 
     def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self.request_stop)
-        for slot in range(1, self.processes + 1):
-            self._start(slot)
-        while not self.stopping:
-            for child in list(self.children.values()):
-                code = child.process.poll()
-                if code is not None and not self.stopping:
-                    self._on_exit(child, code)
-            now = time.monotonic()
-            for slot, when in list(self.restart_at.items()):
-                if when <= now and not self.stopping:
-                    del self.restart_at[slot]
-                    self._start(slot)
-            time.sleep(POLL_S)
-        return self._drain()
+        previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            for slot in range(1, self.processes + 1):
+                self._start(slot)
+            while not self.stopping:
+                self._watch()
+                time.sleep(POLL_S)
+            return self._drain()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _watch(self) -> None:
+        for child in list(self.children.values()):
+            code = child.process.poll()
+            if code == CONFIG_ERROR_EXIT:
+                log.error("worker %d (pid %d) found a configuration error: stopping all workers",
+                          child.slot, child.process.pid)
+                del self.children[child.slot]
+                self.stopping, self.fatal = True, CONFIG_ERROR_EXIT
+                return
+            if code is not None:
+                self._on_exit(child, code)
+        now = time.monotonic()
+        for slot, when in list(self.restart_at.items()):
+            if when <= now:
+                del self.restart_at[slot]
+                self._start(slot)
 
     def _drain(self) -> int:
         for child in self.children.values():
@@ -112,6 +128,8 @@ class Supervisor:
                 log.error("worker %d (pid %d) exited with %s while draining", child.slot, child.process.pid, code)
                 failed = True
         log.info("supervisor stopped (%d restarts)", self.restarts)
+        if self.fatal is not None:
+            return self.fatal
         return 1 if failed else 0
 
 
