@@ -122,7 +122,7 @@ def test_writes_read_back_as_the_api_and_report_show_them(backend):
 
 
 def test_repeated_writes_are_idempotent(backend):
-    _, store = backend
+    settings, store = backend
     early = snapshot("order-a", SUBMITTED)
     late = snapshot("order-a", FILLED, filled_quantity=Decimal("2"), average_fill_price=Decimal("100"))
     batch = (events_of(early), [fill("f1", "order-a", "2", "100")], [dead("1-0")])
@@ -137,6 +137,11 @@ def test_repeated_writes_are_idempotent(backend):
     assert [f["fill_id"] for f in store.fills()] == ["f1"] and store.positions()[0]["net_quantity"] == Decimal("2")
     assert len(store.dead_letters()) == 1
     assert store.report()["orders"] == 1 and store.report()["dead_letters"] == 1
+    # Not only read once: stored once (BigQuery's insert-only MERGE, DuckDB's keys).
+    prefix = f"`{PROJECT}.{settings.database.dataset}`." if settings.database.type == "bigquery" else ""
+    stored = {table: store._rows(f"SELECT COUNT(*) AS n FROM {prefix}{table}")[0]["n"]
+              for table in ("order_events", "fills", "dead_letters")}
+    assert stored == {"order_events": 5, "fills": 1, "dead_letters": 1}
 
 
 def test_a_newer_snapshot_in_the_same_batch_wins_whatever_the_order(backend):
