@@ -67,6 +67,8 @@ _ORDER_COLUMNS = ("order_id", "signal_id", "strategy_id", "client_order_id", "sy
 class DuckDBStore:
     """One connection, one writer process; calls are serialized by a lock (DuckDB is in-process)."""
 
+    row_errors = ROW_ERRORS
+
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -75,8 +77,6 @@ class DuckDBStore:
         if not read_only:
             self._db.execute(SCHEMA)
             self._create_views()
-
-    row_errors = ROW_ERRORS
 
     def _create_views(self) -> None:
         for statement in analytics_view_statements("duckdb"):
