@@ -215,3 +215,13 @@ def test_analytics_views_run_where_each_backend_creates_its_views(backend, monke
         assert rows == [{"order_id": "order-a"}]
     finally:
         store.close()
+
+
+def test_bigquery_settings_load_with_the_emulator_from_the_environment(tmp_path):
+    path = tmp_path / "bq.yaml"
+    path.write_text("database:\n  type: bigquery\n  project: my-project\n  dataset: trading\n  location: EU\n"
+                    "  emulator_host: ${BIGQUERY_EMULATOR_HOST:-}\n")
+    local = load_settings(path, env={"BIGQUERY_EMULATOR_HOST": "http://127.0.0.1:9050"}).database
+    assert (local.type, local.project, local.dataset, local.location, local.emulator_host) == (
+        "bigquery", "my-project", "trading", "EU", "http://127.0.0.1:9050")
+    assert load_settings(path, env={}).database.emulator_host is None  # Google, with ADC
