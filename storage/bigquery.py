@@ -90,6 +90,8 @@ def _q(name: str) -> str:
 class BigQueryStore:
     """The BigQuery backend; thread-safe (the recorder writes from a thread, the API reads from others)."""
 
+    # BadRequest: BigQuery refused the statement for a value in it (the recorder then writes the batch
+    # item by item and sets aside only what is refused again); the rest fail in Python before sending.
     row_errors = (gexc.BadRequest, ValueError, TypeError, OverflowError, decimal.InvalidOperation)
 
     def __init__(self, project: str, dataset: str, location: str | None = None, endpoint: str | None = None,
@@ -164,6 +166,8 @@ class BigQueryStore:
 
     # --- writes (recorder) ----------------------------------------------------------------------
     def record(self, events: list[OrderEvent], fills: list[Fill], dead: list[DeadLetter]) -> None:
+        if self._read_only:
+            raise RuntimeError("this BigQuery store was opened read-only")
         self.ensure_schema()
         # Within a batch every event of an order carries the order's newest snapshot, as DuckDB keeps it.
         latest = newest_per_order([e.snapshot for e in events])

@@ -19,7 +19,7 @@ def test_the_api_reads_and_the_recorder_writes_bigquery(stack_settings, tmp_path
         "emulator_host": bigquery_emulator})
     config = tmp_path / "config.yaml"
     config.write_text(settings.to_yaml())
-    worker = tom_process(config, "worker", log_path=tmp_path / "worker.log")
+    worker = tom_process(config, "worker", "--processes", "1", log_path=tmp_path / "worker.log")
     api = tom_process(config, "api", log_path=tmp_path / "api.log")
     url = f"http://127.0.0.1:{settings.service.port}"
     try:
