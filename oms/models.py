@@ -13,6 +13,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from oms.tca import OrderTCA
+
 SIGNAL_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 CLIENT_ORDER_ID_MAX = 36
 _CLIENT_ID_ALLOWED = re.compile(r"[^A-Za-z0-9_-]")
@@ -257,6 +259,9 @@ class OrderSnapshot(BaseModel):
     anomalies: int = 0
     last_anomaly: str | None = None
     venue_requests: int = 0  # venue calls made for this order (every retry and look-up counts)
+    # Transaction cost analysis (oms/tca.py): decision and arrival prices, the pre-trade estimate, and
+    # the realized costs and latency stages, kept current on every publish. None before preparation.
+    tca: OrderTCA | None = None
 
     @property
     def is_terminal(self) -> bool:

@@ -8,6 +8,7 @@ newest snapshot by version (its number of transitions), never an older one that 
 """
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from oms.events import DeadLetter, OrderEvent
@@ -33,6 +34,9 @@ class OrderStore(Protocol):
     def list_orders(self, filters: dict[str, str | None], limit: int,
                     offset: int) -> tuple[list[OrderSnapshot], int]: ...
     def get_order(self, order_id: str) -> OrderSnapshot | None: ...
+    def order_snapshots(self, since: datetime | None = None,
+                        until: datetime | None = None) -> list[OrderSnapshot]: ...
+    def rows(self, sql: str) -> list[dict[str, Any]]: ...
     def positions(self) -> list[dict[str, Any]]: ...
     def fills(self) -> list[dict[str, Any]]: ...
     def dead_letters(self) -> list[dict[str, Any]]: ...
@@ -51,17 +55,12 @@ def open_storage(settings: "Settings", read_only: bool = False) -> OrderStore:
     return DuckDBStore(db.path, read_only=read_only)
 
 
-def analytics_view_statements(dialect: str) -> list[str]:
-    """The analytics views' CREATE statements for a backend (`duckdb` or `bigquery`).
+def analytics_view_statements(dialect: str, dataset: str | None = None) -> list[str]:
+    """The report's views (analytics/views.py) for a backend: `duckdb`, or `bigquery` with its
+    `project.dataset`. Each backend runs them in one place, after its own tables (its `_create_views`)."""
+    from analytics.views import view_statements
 
-    They come from `analytics.views.view_statements` (another branch); until it exists there are none.
-    Each backend runs them in one place, after its own tables exist (its `_create_views`).
-    """
-    try:
-        from analytics.views import view_statements  # type: ignore[import-not-found]
-    except ImportError:
-        return []
-    return list(view_statements(dialect))
+    return list(view_statements(dialect, dataset))
 
 
 def decode_dead_letter(fields: dict[str, str]) -> DeadLetter:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import decimal
 import hashlib
 import threading
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -49,10 +50,10 @@ _SNAPSHOT_FIELDS = [
     ("signal_id", "STRING", "NULLABLE"), ("strategy_id", "STRING", "NULLABLE"),
     ("client_order_id", "STRING", "NULLABLE"), ("symbol", "STRING", "NULLABLE"), ("side", "STRING", "NULLABLE"),
     ("order_type", "STRING", "NULLABLE"), ("time_in_force", "STRING", "NULLABLE"),
-    ("quantity", "NUMERIC", "NULLABLE"), ("limit_price", "NUMERIC", "NULLABLE"), ("state", "STRING", "NULLABLE"),
+    ("quantity", "NUMERIC", "NULLABLE"), ("limit_price", "NUMERIC", "NULLABLE"), ("order_state", "STRING", "NULLABLE"),
     ("filled_quantity", "NUMERIC", "NULLABLE"), ("average_fill_price", "NUMERIC", "NULLABLE"),
     ("fees", "NUMERIC", "NULLABLE"), ("exchange", "STRING", "NULLABLE"), ("reference_price", "NUMERIC", "NULLABLE"),
-    ("slippage_bps", "NUMERIC", "NULLABLE"), ("reason", "STRING", "NULLABLE"),
+    ("slippage_bps", "NUMERIC", "NULLABLE"), ("order_reason", "STRING", "NULLABLE"),
     ("created_at", "TIMESTAMP", "NULLABLE"), ("updated_at", "TIMESTAMP", "NULLABLE"),
 ]
 TABLES: dict[str, dict[str, Any]] = {
@@ -60,7 +61,7 @@ TABLES: dict[str, dict[str, Any]] = {
         "key": "event_id", "cluster": ["order_id"],
         "fields": [("event_id", "STRING", "REQUIRED"), ("order_id", "STRING", "REQUIRED"),
                    ("sequence", "INT64", "NULLABLE"), ("version", "INT64", "REQUIRED"),
-                   ("event_state", "STRING", "REQUIRED"), ("event_reason", "STRING", "NULLABLE"),
+                   ("state", "STRING", "REQUIRED"), ("reason", "STRING", "NULLABLE"),
                    ("at", "TIMESTAMP", "REQUIRED"), *_SNAPSHOT_FIELDS, ("snapshot", "STRING", "REQUIRED")],
     },
     "fills": {
@@ -80,6 +81,9 @@ TABLES: dict[str, dict[str, Any]] = {
                    ("payload_encoding", "STRING", "NULLABLE")],
     },
 }
+# The snapshot's own state and reason are order_state and order_reason in order_events (whose state
+# and reason are the transition's, as in DuckDB); the orders view names them back.
+_SNAPSHOT_AS = {"order_state": "state", "order_reason": "reason"}
 _ORDER_COLUMNS = ("order_id", *(name for name, _, _ in _SNAPSHOT_FIELDS))
 
 
@@ -135,7 +139,7 @@ class BigQueryStore:
     def _create_views(self) -> None:
         statements = [
             f"""CREATE OR REPLACE VIEW {self._t('orders')} AS
-                SELECT {', '.join(_q(c) for c in _ORDER_COLUMNS)}, version, snapshot
+                SELECT {', '.join(f"{_q(c)} AS {_q(_SNAPSHOT_AS.get(c, c))}" for c in _ORDER_COLUMNS)}, version, snapshot
                 FROM {self._t('order_events')} WHERE TRUE
                 QUALIFY ROW_NUMBER() OVER (PARTITION BY order_id
                                            ORDER BY version DESC, updated_at DESC, `at` DESC, event_id DESC) = 1""",
@@ -156,7 +160,7 @@ class BigQueryStore:
                 FROM ({self._distinct('fills')}) GROUP BY strategy_id, symbol""",
         ]
         config = bq.QueryJobConfig(default_dataset=f"{self._project}.{self._dataset}")
-        for statement in [*statements, *analytics_view_statements("bigquery")]:
+        for statement in [*statements, *analytics_view_statements("bigquery", f"{self._project}.{self._dataset}")]:
             self._query(statement, config)
 
     def _distinct(self, table: str) -> str:
@@ -230,6 +234,21 @@ class BigQueryStore:
                           [bq.ScalarQueryParameter("id", "STRING", order_id)])
         return OrderSnapshot.model_validate_json(rows[0]["snapshot"]) if rows else None
 
+    def order_snapshots(self, since: datetime | None = None, until: datetime | None = None) -> list[OrderSnapshot]:
+        """Orders created in [since, until), for the report (analytics/report.py)."""
+        bounds = [(f"created_at {op} @{name}", bq.ScalarQueryParameter(name, "TIMESTAMP", value))
+                  for op, name, value in ((">=", "since", since), ("<", "until", until)) if value is not None]
+        clause = f"WHERE {' AND '.join(c for c, _ in bounds)}" if bounds else ""
+        rows = self._rows(f"SELECT snapshot FROM {self._t('orders')} {clause} ORDER BY created_at, order_id",
+                          [p for _, p in bounds])
+        return [OrderSnapshot.model_validate_json(r["snapshot"]) for r in rows]
+
+    def rows(self, sql: str) -> list[dict[str, Any]]:
+        """A read-only query; unqualified names are this dataset's tables and views."""
+        config = bq.QueryJobConfig(default_dataset=f"{self._project}.{self._dataset}")
+        self.ensure_schema()
+        return [dict(row.items()) for row in self._query(sql, config)]
+
     def positions(self) -> list[dict[str, Any]]:
         return self._rows(f"SELECT * FROM {self._t('positions')} ORDER BY strategy_id, symbol")
 
@@ -249,7 +268,7 @@ class BigQueryStore:
         rows = self._rows(f"""
             WITH first_fill AS (SELECT order_id, MIN(`at`) AS `at` FROM {self._t('fills')} GROUP BY order_id),
                  submitted AS (SELECT order_id, MIN(`at`) AS `at` FROM {self._t('order_events')}
-                               WHERE event_state = 'submitted' GROUP BY order_id),
+                               WHERE state = 'submitted' GROUP BY order_id),
                  base AS (SELECT o.*, (UNIX_MICROS(f.`at`) - UNIX_MICROS(s.`at`)) / 1000 AS latency_ms
                           FROM {self._t('orders')} o LEFT JOIN first_fill f USING (order_id)
                           LEFT JOIN submitted s USING (order_id)),
@@ -294,11 +313,11 @@ def _event_row(event: OrderEvent, snap: OrderSnapshot) -> dict[str, Any]:
     row: dict[str, Any] = {
         "event_id": event.event_id, "order_id": event.order_id,
         "sequence": int(tail) if tail.isdigit() else None,  # None: an event the sweeper adds (orphans)
-        "version": len(snap.transitions), "event_state": event.state.value, "event_reason": event.reason,
+        "version": len(snap.transitions), "state": event.state.value, "reason": event.reason,
         "at": event.at, "snapshot": snap.model_dump_json(),
     }
     for name, kind, _ in _SNAPSHOT_FIELDS:
-        value = _plain(getattr(snap, name))
+        value = _plain(getattr(snap, _SNAPSHOT_AS.get(name, name)))
         row[name] = _numeric(value) if kind == "NUMERIC" else value
     return row
 

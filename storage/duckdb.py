@@ -8,6 +8,7 @@ twice: `orders` by order_id (and only forward: an older snapshot never overwrite
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,17 @@ class DuckDBStore:
     def get_order(self, order_id: str) -> OrderSnapshot | None:
         rows = self._rows("SELECT snapshot FROM orders WHERE order_id = ?", [order_id])
         return OrderSnapshot.model_validate_json(rows[0]["snapshot"]) if rows else None
+
+    def order_snapshots(self, since: datetime | None = None, until: datetime | None = None) -> list[OrderSnapshot]:
+        """Orders created in [since, until), for the report (analytics/report.py)."""
+        bounds = [(c, v) for c, v in (("created_at >= ?", since), ("created_at < ?", until)) if v is not None]
+        clause = f"WHERE {' AND '.join(c for c, _ in bounds)}" if bounds else ""
+        rows = self._rows(f"SELECT snapshot FROM orders {clause} ORDER BY created_at, order_id", [v for _, v in bounds])
+        return [OrderSnapshot.model_validate_json(r["snapshot"]) for r in rows]
+
+    def rows(self, sql: str) -> list[dict[str, Any]]:
+        """A read-only query of the report's views (tests compare them with analytics/metrics.py)."""
+        return self._rows(sql)
 
     def positions(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM positions ORDER BY strategy_id, symbol")

@@ -8,6 +8,7 @@ processes by test_worker_drain.py, test_consumer.py, test_api.py and test_dev_st
 """
 import asyncio
 import json
+import re
 import uuid
 from decimal import Decimal
 
@@ -35,6 +36,8 @@ async def test_submit_wait_status_amend_cancel(temporal_env, order_worker, confi
     assert lines[0] == f"order-{sid} started"
     assert f"order       order-{sid}" in lines and "state       filled" in lines, waited.stdout
     assert "filled      0.1 @ " in waited.stdout and waited.stderr == ""
+    assert "costs       arrival slippage " in waited.stdout
+    assert re.search(r"^latency .*sent_to_ack [0-9.]+ ms", waited.stdout, re.M), waited.stdout
 
     again = await asyncio.to_thread(run_tom, config_file, "submit", "--symbol", "ETH/USDT", "--side", "buy",
                                     "--quantity", "0.1", "--signal-id", sid)
@@ -150,9 +153,15 @@ async def test_orders_and_report_through_the_api_then_their_fallbacks(temporal_e
         assert via_api.returncode == 0, via_api.stderr
         report = json.loads(via_api.stdout)
         assert report["orders"] == 3 and report["states"] == {"filled": 2, "accepted": 1}
+        usdt = report["summary"][0]
+        assert usdt["quote_currency"] == "USDT" and usdt["outcomes"]["success"] == 2 and usdt["outcomes"]["open"] == 1
+        assert usdt["success_rate"] == "1.000000" and Decimal(usdt["notional"]) > 0
+        filled = [r for r in rows if r["state"] == "filled"]  # each carries its TCA, from the workflow
+        assert all(r["tca"]["arrival_price"] and r["tca"]["latency"]["sent_to_ack_ms"] is not None
+                   and r["tca"]["fill_ratio"] == "1" for r in filled), filled
         text = await asyncio.to_thread(run_tom, config_file, "report")
-        assert text.returncode == 0 and text.stdout.startswith("orders 3  fill rate ")
-        assert "states: accepted 1, filled 2" in text.stdout
+        assert text.returncode == 0 and text.stdout.startswith("orders 3 (+0 parents); states: accepted 1, filled 2")
+        assert "exchange performance" in text.stdout
     finally:
         stop_api(api, tmp_path / "api.log")  # a clean stop, checked
 
@@ -201,6 +210,8 @@ async def test_demo_feeds_signals_and_summarises_their_outcome(temporal_env, ord
     summary = next(line for line in result.stdout.splitlines() if line.startswith("demo: 9/9 orders terminal"))
     assert "filled" in summary
     assert "dead letters so far: 1 (stream signals.dead)" in result.stdout
+    # No API in this test: the demo says where its report's figures will be, in one line.
+    assert "demo report: the API at http://127.0.0.1:" in result.stdout
     assert await redis.xlen("signals.dead") == 1
 
 

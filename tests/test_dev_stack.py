@@ -73,6 +73,10 @@ def test_dev_stack_runs_the_demo_and_stops_cleanly_on_ctrl_c(dev_config, tmp_pat
         summary = next(line for line in output.splitlines() if line.startswith("demo:") and "terminal" in line)
         done, total = summary.split()[1].split("/")
         assert done == total and int(total) == 11, summary  # one of the 12 is a malformed signal
+        # ... and ends with the report's headline figures, per quote currency (the demo trades USDT pairs).
+        headline = output[output.index("demo report ("):].splitlines()
+        assert headline[1].strip().startswith("orders 11 (+0 parents); states: "), output
+        assert headline[2].strip().startswith("USDT: success ") and "total cost" in headline[2], output
         assert httpx.get(f"http://127.0.0.1:{settings.service.port}/healthz").status_code == 200
         # A second stack on the same ports refuses to start, in one line, and starts nothing.
         second = start_dev(dev_config, tmp_path)

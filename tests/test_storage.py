@@ -199,7 +199,7 @@ def test_analytics_views_run_where_each_backend_creates_its_views(backend, monke
     first.close()
     asked: list[str] = []
 
-    def statements(dialect: str) -> list[str]:
+    def statements(dialect: str, dataset: str | None = None) -> list[str]:
         asked.append(dialect)
         return ["CREATE OR REPLACE VIEW filled_orders AS SELECT order_id FROM orders WHERE state = 'filled'"]
 

@@ -23,6 +23,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from analytics.report import report_document
 from config.settings import Settings
 from oms.events import order_cache_key
 from oms.models import AmendRequest, CancelRequest, OrderSnapshot, OrderState, Signal
@@ -332,9 +333,13 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
         return await asyncio.to_thread(store(request).positions)
 
     @app.get("/report", responses=responses)
-    async def report(request: Request) -> dict[str, Any]:
-        """Execution quality: fill and success rates, latency, slippage, fees, per exchange."""
-        return await asyncio.to_thread(store(request).report)
+    async def report(request: Request, since: str | None = None, until: str | None = None) -> Any:
+        """Execution quality and transaction costs (analytics/report.py) of the orders created in
+        [since, until) (ISO 8601 with a timezone): the document `tom report --json` prints."""
+        try:
+            return await asyncio.to_thread(report_document, store(request), since, until)
+        except ValueError as exc:
+            return JSONResponse(status_code=422, content={"detail": str(exc)})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -377,6 +382,7 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             metrics.observe_anomalies(await s.redis.hgetall(ANOMALIES_KEY))
             if s.store is not None:
                 metrics.observe_store(await asyncio.to_thread(s.store.report))
+                metrics.observe_orders(await asyncio.to_thread(s.store.order_snapshots))
             await _venue_states(s)
             await orphan_reasons(s.redis)
             await observe_venue_requests(s.redis)

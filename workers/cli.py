@@ -91,7 +91,10 @@ def _add_arguments(name: str, sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--limit", type=int, default=50)
         sub.add_argument("--json", action="store_true")
     elif name == "report":
-        sub.add_argument("--json", action="store_true")
+        sub.add_argument("--json", action="store_true", help="the document GET /report answers")
+        sub.add_argument("--html", metavar="FILE", help="write a self-contained HTML report with plots")
+        sub.add_argument("--since", help="orders created at or after this time (ISO 8601 with a timezone)")
+        sub.add_argument("--until", help="orders created before this time (ISO 8601 with a timezone)")
     elif name == "demo":
         sub.add_argument("--orders", type=int, default=24)
         sub.add_argument("--rate", type=float, default=10.0, help="signals per second")

@@ -53,6 +53,7 @@ def _snapshot_table(snap: OrderSnapshot) -> str:
             ("filled", f"{snap.filled_quantity} @ {snap.average_fill_price or '-'}  fees {snap.fees}"),
             ("slippage", f"{snap.slippage_bps} bps" if snap.slippage_bps is not None else "-"),
             ("client id", snap.client_order_id)]
+    rows += _tca_rows(snap)
     lines = [f"{k:<11} {v}" for k, v in rows]
     lines += [f"  {t.at.strftime('%H:%M:%S.%f')[:-3]}  {t.state.value:<17} {t.reason or ''}" for t in snap.transitions]
     return "\n".join(lines)
@@ -167,6 +168,31 @@ async def fetch_snapshot(settings: Settings, order_id: str) -> OrderSnapshot:
         raise UserError(f"no order {order_id}" if exc.status == RPCStatusCode.NOT_FOUND else exc.message) from None
 
 
+def _tca_rows(snap: OrderSnapshot) -> list[tuple[str, str]]:
+    """The order's transaction costs (oms/tca.py), P&L-signed: negative is a cost."""
+    tca = snap.tca
+    if tca is None:
+        return []
+
+    def d(value) -> str:
+        return "-" if value is None else format(value.normalize(), "f")
+
+    q = tca.quote_currency
+    rows = [("prices", f"decision {d(tca.decision_price)}  arrival {d(tca.arrival_price)}  "
+                       f"average fill {d(tca.average_fill_price)}  fill ratio {d(tca.fill_ratio)}"),
+            ("costs", f"arrival slippage {d(tca.arrival_slippage)} {q} ({d(tca.arrival_slippage_bps)} bps)  "
+                      f"fee impact {d(tca.fee_bps)} bps  (negative is a cost)"),
+            ("estimate", f"fee {d(tca.estimated_fee)} {q} (realized {d(tca.fees)})  "
+                         f"slippage {d(tca.estimated_slippage_bps)} bps cost")]
+    if tca.shortfall is not None:
+        s = tca.shortfall
+        rows.append(("shortfall", f"{d(s.total)} {q} ({d(s.total_bps)} bps): delay {d(s.delay)}, execution "
+                                  f"{d(s.execution)}, fees {d(s.fees)}, opportunity {d(s.opportunity)}"))
+    stages = [(name.removesuffix("_ms"), d(value)) for name, value in tca.latency if value is not None]
+    rows.append(("latency", "  ".join(f"{name} {value} ms" for name, value in stages) or "-"))
+    return rows
+
+
 def status(settings: Settings, args) -> int:
     snap = asyncio.run(fetch_snapshot(settings, args.order_id))
     print(snap.model_dump_json(indent=2) if args.json else _snapshot_table(snap))
@@ -217,8 +243,20 @@ async def _orders_from_visibility(settings: Settings, args) -> list[OrderSnapsho
 
 
 def report(settings: Settings, args) -> int:
+    """From the API (the recorder's database), else a read-only open of the database (the local DuckDB
+    file, or BigQuery directly)."""
+    from analytics.html import render_html
+    from analytics.report import parse_bound, render_text, report_document
+
+    try:  # refused here with its reason, never sent on to be refused by the API
+        parse_bound("--since", args.since), parse_bound("--until", args.until)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    bounds = {k: v for k, v in (("since", args.since), ("until", args.until)) if v}
     try:
-        response = httpx.get(f"{_api(settings)}/report", timeout=10)
+        response = httpx.get(f"{_api(settings)}/report", params=bounds, timeout=30)
+        if response.status_code == 422:
+            raise UserError(response.json().get("detail", response.text))
         response.raise_for_status()
         data = response.json()
     except httpx.HTTPError:
@@ -229,20 +267,21 @@ def report(settings: Settings, args) -> int:
         where = settings.database.path if settings.database.type == "duckdb" else settings.database.dataset
         try:  # BigQuery has no single-writer rule: read it directly
             store = open_storage(settings, read_only=True)
-            data = store.report()
-            store.close()
         except Exception as exc:
-            raise UserError(f"cannot read {where}: {exc}") from None
+            raise UserError(f"cannot open {where}: {exc}") from None
+        try:
+            data = report_document(store, args.since, args.until)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        finally:
+            store.close()
+    if args.html:
+        Path(args.html).write_text(render_html(data), encoding="utf-8")
+        print(f"report written to {args.html}", file=sys.stderr)
     if args.json:
-        print(json.dumps(data, indent=2, default=str))
-        return 0
-    print(f"orders {data['orders']}  fill rate {_pct(data['fill_rate'])}  success rate {_pct(data['success_rate'])}"
-          f"  fees {data['fees']:.4f}  dead letters {data['dead_letters']}")
-    print("states: " + ", ".join(f"{k} {v}" for k, v in sorted(data["states"].items())))
-    for row in data["exchanges"]:
-        print(f"  {row['exchange']:<12} orders {row['orders']:>5}  filled {row['filled']:>5}  "
-              f"fill ratio {_pct(row['fill_ratio'])}  slippage {_num(row['avg_slippage_bps'])} bps  "
-              f"submit->fill p50 {_num(row['submit_to_fill_p50_ms'])} ms p99 {_num(row['submit_to_fill_p99_ms'])} ms")
+        print(json.dumps(data, indent=2))
+    elif not args.html:
+        print(render_text(data))
     return 0
 
 
@@ -376,7 +415,33 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"      dead letters so far: {summary['dead_letters_total']} (stream signals.dead)")
 
 
+async def report_headline(settings: Settings, since: datetime, expected: int, timeout: float = 30.0) -> list[str]:
+    """The report's headline figures for the orders created since `since`, from the API once its
+    recorder has written the `expected` terminal orders (it writes behind the workflows)."""
+    from analytics.report import headline
+
+    deadline = time.monotonic() + timeout
+    doc: dict[str, Any] | None = None
+    async with httpx.AsyncClient(timeout=10) as client:
+        while True:
+            try:
+                response = await client.get(f"{_api(settings)}/report", params={"since": since.isoformat()})
+                response.raise_for_status()
+                doc = response.json()
+            except httpx.HTTPError as exc:
+                return [f"demo report: the API at {_api(settings)} is not answering ({type(exc).__name__}); "
+                        "`tom report` shows the figures once it runs"]
+            recorded = sum(n for state, n in doc["states"].items() if state in {s.value for s in TERMINAL_STATES})
+            if recorded >= expected or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    return ["demo report (`tom report` for the tables, `tom report --html FILE` for the plots):",
+            *(f"      {line}" for line in headline(doc))]
+
+
 def demo(settings: Settings, args) -> int:
+    started = datetime.now(timezone.utc)
     summary = asyncio.run(run_demo(settings, args.orders, args.rate, args.timeout))
     print_summary(summary)
+    print("\n".join(asyncio.run(report_headline(settings, started, summary["terminal"]))))
     return 0 if summary["terminal"] == summary["orders"] else 1

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -237,12 +238,14 @@ async def _serve(stack: DevStack, demo: bool, demo_orders: int) -> int:
     start.result()
     print(stack.addresses(), flush=True)
     if demo:
-        from workers.commands import print_summary, run_demo
+        from workers.commands import print_summary, report_headline, run_demo
 
+        started = datetime.now(timezone.utc)
         demo_task = asyncio.create_task(run_demo(stack.settings, demo_orders, rate=8.0, timeout=90.0))
         await asyncio.wait({demo_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if demo_task.done():
             print_summary(demo_task.result())
+            print("\n".join(await report_headline(stack.settings, started, demo_task.result()["terminal"])), flush=True)
             print(f"tom dev: see the orders in the Temporal UI (http://localhost:{stack.settings.temporal.ui_port}) "
                   f"and with `.venv/bin/tom orders`; Ctrl-C to stop", flush=True)
         else:

@@ -67,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
     # `apply` here is apply_safely: an illegal transition is recorded and reconciled, never raised.
     from oms.states import IllegalTransition, apply_fill, record_unforeseen
     from oms.states import apply_safely as apply
+    from oms.tca import order_tca, pre_trade
     from oms.validation import Denial, DenialReason, validate_amend, validate_order
     from oms.validation_legacy import validate_order_v1
     from oms.venue import (
@@ -423,6 +424,7 @@ class OrderWorkflow(Release01Paths):
                                      context.estimated_slippage_bps)
         snap.order_type, snap.time_in_force = instruction.order_type, instruction.time_in_force
         snap.reference_price = instruction.reference_price
+        self._set_pre_trade(reference, instruction.estimated_fee, instruction.estimated_slippage_bps)
         if self._state.cancel_request is not None:
             await self._transition(S.CANCELLED, self._state.cancel_request.reason or "cancelled before submission")
             return
@@ -533,6 +535,15 @@ class OrderWorkflow(Release01Paths):
             return
         snap.reference_price = instruction.reference_price
         self._state.price_collar = instruction.price_collar
+        self._set_pre_trade(prices.mid, instruction.estimated_fee, instruction.estimated_slippage_bps)
+
+    def _set_pre_trade(self, arrival: Decimal | None, fee: Decimal | None, slippage_bps: Decimal | None) -> None:
+        """TCA inputs, from data already here (no command): the decision price, the venue mid the order
+        goes out at, and the pre-trade estimate; the realized figures follow on every publish."""
+        signal = self._state.signal
+        algo = signal.execution.algo.value if signal.execution and signal.execution.algo else None
+        self._state.snapshot.tca = pre_trade(signal.symbol, signal.reference_price, arrival, signal.created_at,
+                                             algo, fee, slippage_bps)
 
     async def _read_prices(self) -> VenuePrices:
         context, snap = self._state.context, self._state.snapshot
@@ -1017,6 +1028,8 @@ class OrderWorkflow(Release01Paths):
         anomalies = snap.anomalies - self._state.published_anomalies
         if not new and not fills and not anomalies:
             return
+        if snap.tca is not None:
+            snap.tca = order_tca(snap, snap.tca)
         workflow.upsert_search_attributes([
             ORDER_STATE.value_set(snap.state.value), SYMBOL.value_set(snap.symbol),
             EXCHANGE.value_set(snap.exchange), STRATEGY_ID.value_set(snap.strategy_id),
