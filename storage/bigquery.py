@@ -44,6 +44,7 @@ TIMEOUT_S = 30.0
 RETRY = bq.DEFAULT_RETRY.with_deadline(TIMEOUT_S)
 JOB_RETRY = DEFAULT_JOB_RETRY.with_deadline(2 * TIMEOUT_S)
 NUMERIC_PLACES = Decimal("1e-9")
+VIEWS_LABEL = "tom_views"
 
 # (name, type, mode); `at` is quoted in SQL (a keyword of the emulator's DuckDB dialect).
 _SNAPSHOT_FIELDS = [
@@ -126,18 +127,34 @@ class BigQueryStore:
             dataset = bq.Dataset(f"{self._project}.{self._dataset}")
             if self._location:
                 dataset.location = self._location
-            self._client.create_dataset(dataset, exists_ok=True, retry=RETRY, timeout=TIMEOUT_S)
+            dataset = self._client.create_dataset(dataset, exists_ok=True, retry=RETRY, timeout=TIMEOUT_S)
             for name, spec in TABLES.items():
                 table = bq.Table(f"{self._project}.{self._dataset}.{name}",
                                  schema=[bq.SchemaField(n, t, mode=m) for n, t, m in spec["fields"]])
                 table.time_partitioning = bq.TimePartitioning(type_=bq.TimePartitioningType.DAY, field="at")
                 table.clustering_fields = spec["cluster"]
                 self._client.create_table(table, exists_ok=True, retry=RETRY, timeout=TIMEOUT_S)
-            self._create_views()
+            self._create_views(dataset)
             self._ready = True
 
-    def _create_views(self) -> None:
-        statements = [
+    def _create_views(self, dataset: bq.Dataset) -> None:
+        """(Re)create the views when their definitions changed: the dataset's label `tom_views` holds the
+        fingerprint of the last set created, so a restart or another replica does not redo them all."""
+        config = bq.QueryJobConfig(default_dataset=f"{self._project}.{self._dataset}")
+        own = self._view_statements()
+        analytics = analytics_view_statements("bigquery", f"{self._project}.{self._dataset}")
+        fingerprint = hashlib.sha256("\0".join([*own, *analytics]).encode()).hexdigest()[:32]
+        if (dataset.labels or {}).get(VIEWS_LABEL) == fingerprint:
+            return
+        for statement in own:
+            self._query(statement, config)
+        if analytics:  # one script, one job: in order (they build on each other), half the time of one job each
+            self._query(";\n".join(s.strip().rstrip(";") for s in analytics), config)
+        dataset.labels = {**(dataset.labels or {}), VIEWS_LABEL: fingerprint}
+        self._client.update_dataset(dataset, ["labels"], retry=RETRY, timeout=TIMEOUT_S)
+
+    def _view_statements(self) -> list[str]:
+        return [
             f"""CREATE OR REPLACE VIEW {self._t('orders')} AS
                 SELECT {', '.join(f"{_q(c)} AS {_q(_SNAPSHOT_AS.get(c, c))}" for c in _ORDER_COLUMNS)}, version, snapshot
                 FROM {self._t('order_events')} WHERE TRUE
@@ -159,9 +176,6 @@ class BigQueryStore:
                        COUNT(*) AS fills
                 FROM ({self._distinct('fills')}) GROUP BY strategy_id, symbol""",
         ]
-        config = bq.QueryJobConfig(default_dataset=f"{self._project}.{self._dataset}")
-        for statement in [*statements, *analytics_view_statements("bigquery", f"{self._project}.{self._dataset}")]:
-            self._query(statement, config)
 
     def _distinct(self, table: str) -> str:
         """One row per key: replicas racing on one item may both have inserted it."""

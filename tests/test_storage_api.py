@@ -42,7 +42,7 @@ def test_the_api_reads_and_the_recorder_writes_bigquery(stack_settings, tmp_path
         assert [(p["strategy_id"], p["symbol"], p["net_quantity"]) for p in positions.json()] == [
             ("test", "ETH/USDT", "0.100000000")]
         report = httpx.get(f"{url}/report", timeout=30)
-        assert report.status_code == 200 and report.json()["orders"] == 1 and report.json()["fill_rate"] == 1.0
+        assert report.status_code == 200 and report.json()["orders"] == 1 and report.json()["states"] == {"filled": 1}
         ready = httpx.get(f"{url}/readyz", timeout=30)
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"]["database"]["ok"] is True
