@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port, stop_process, wait_for_http
-
+REPO = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("TOM_BQEMULATOR_VENV", REPO / ".venv-bqemulator"))
 PROJECT = "tom-test"
 # The emulator loads DuckDB's spatial extension at start and cannot download it offline: install it
@@ -35,6 +34,8 @@ def _absent(reason: str) -> None:
 @pytest.fixture(scope="session")
 def bigquery_emulator() -> Iterator[str]:
     """The emulator's REST endpoint (http://127.0.0.1:PORT), for `database.emulator_host`."""
+    from tests.conftest import free_port, stop_process, wait_for_http  # conftest imports this module
+
     binary = VENV / "bin" / "bqemulator"
     if not binary.exists():
         _absent(f"no BigQuery emulator at {binary}: run `python3 bootstrap.py setup`")
