@@ -70,6 +70,8 @@ class DatabaseSettings(_Strict):
         if self.type == "bigquery":
             if not (self.project and self.dataset):
                 raise ValueError("bigquery needs project and dataset")
+            if self.path != DatabaseSettings.model_fields["path"].default:  # refused rather than ignored
+                raise ValueError("path is the DuckDB file: not used by database.type bigquery")
             if not re.fullmatch(r"[A-Za-z0-9_]{1,1024}", self.dataset):
                 raise ValueError("dataset: letters, digits and underscores only")
             if self.emulator_host and not re.fullmatch(r"https?://[^/\s]+/?", self.emulator_host):

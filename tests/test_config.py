@@ -64,6 +64,7 @@ def test_shipped_configs_load_with_every_brief_key():
     ("database:\n  type: bigquery\n  project: p\n  dataset: d\n  emulator_host: localhost\n",
      "emulator_host: an endpoint such as http://"),
     ("database:\n  emulator_host: http://localhost:9050\n", "database.emulator_host: only used by database.type bigquery"),
+    ("database:\n  type: bigquery\n  project: p\n  dataset: d\n  path: x.duckdb\n", "path is the DuckDB file"),
     ("database:\n  project: p\n", "database.project: only used by database.type bigquery"),
     ("messaging:\n  type: pubsub\n", "messaging.type: pubsub is not available"),
     ("messaging:\n  topic_prefix: dev_\n", "messaging.topic_prefix: only used by messaging.type pubsub"),
