@@ -17,11 +17,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.limits import DailyOrderDecision, DailyOrderLimit, DailyOrderReservation
+from activities.routing import RoutingRefused, RoutingService
 from activities.venues import VenueError, VenueRegistry
 from config.settings import AccountLimits, OrderParams, Settings
 from oms.generation import route
 from oms.models import Signal
 from oms.pricing import VenuePrices, conversion_candidates, conversion_from_mid
+from oms.routing import RoutePlan
 from oms.venue import (
     MarketInfo,
     VenueAmendRequest,
@@ -57,6 +59,10 @@ class OrderContext(BaseModel):
     # Venue prices and the account currency; None in a context recorded by release 0.1, whose
     # orders keep that release's validation rules (oms/validation_legacy.py) so they replay.
     prices: VenuePrices | None = None
+    # The router's decision (activities/routing.py), None where no router ran (release 0.2 and before).
+    # Several legs: the order becomes a parent (nothing else here is filled in, no daily slot taken).
+    route: RoutePlan | None = None
+    route_refusal: str | None = None  # the child caps cannot be honoured on this venue: deny with this
 
 
 class PriceQuery(BaseModel):
@@ -75,10 +81,12 @@ def to_application_error(error: VenueError) -> ApplicationError:
 
 
 class ExecutionActivities:
-    def __init__(self, registry: VenueRegistry, settings: Settings, daily_limit: DailyOrderLimit | None = None) -> None:
+    def __init__(self, registry: VenueRegistry, settings: Settings, daily_limit: DailyOrderLimit | None = None,
+                 routing: RoutingService | None = None) -> None:
         self._registry = registry
         self._settings = settings
         self._daily_limit = daily_limit
+        self._routing = routing
 
     async def _call(self, exchange: str, method: str, *args):
         try:
@@ -91,14 +99,27 @@ class ExecutionActivities:
     async def prepare_order(self, signal: Signal) -> OrderContext:
         s = self._settings
         exchange = route(signal, s.execution.mode, list(s.execution.direct.exchanges))
+        plan, refusal = None, None
+        if self._routing is not None and (signal.execution is None or signal.execution.algo is None):
+            try:
+                plan = await self._routing.plan(signal)
+            except RoutingRefused as error:
+                refusal = str(error)
         rerouted_from = None
-        if signal.exchange is None and s.execution.direct.circuit_breaker.on_open == "reroute":
+        if plan is not None and plan.legs:
+            first, exchange = exchange, plan.legs[0].exchange
+            if exchange != first and f"{first}: circuit breaker open" in " ".join(plan.considered):
+                rerouted_from = first  # said as the first rule's reroute says it
+        if (plan is None or not plan.legs) and signal.exchange is None \
+                and s.execution.direct.circuit_breaker.on_open == "reroute":
             exchange, rerouted_from = await self._route_around_open_circuits(exchange)
         context = OrderContext(params=s.orders, limits=s.account_limits, mode=s.execution.mode,
                                exchange=exchange, max_venue_wait_s=s.execution.direct.max_wait_s,
-                               rerouted_from=rerouted_from,
+                               rerouted_from=rerouted_from, route=plan, route_refusal=refusal,
                                receive_window_ms=s.execution.direct.account(exchange).recv_window_ms + 1_000
                                if exchange in ("binance", "bybit") else 6_000)
+        if refusal is not None or (plan is not None and plan.is_split):
+            return context  # denied with the refusal, or a parent whose children prepare themselves
         if exchange not in self._registry.names:
             return context.model_copy(update={"problem": f"unknown exchange {exchange!r}"})
         adapter = self._registry.get(exchange)

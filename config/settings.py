@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import re
+from decimal import Decimal
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 import yaml
 from pydantic import (
@@ -48,10 +50,52 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 
+API_TOKEN_MIN_LENGTH = 32
+
+
+def _usable_token(value: SecretStr | None) -> SecretStr | None:
+    # Checked without echoing the value: the message names only the rule.
+    if value is not None:
+        token = value.get_secret_value()
+        if len(token) < API_TOKEN_MIN_LENGTH:
+            raise ValueError(f"shorter than {API_TOKEN_MIN_LENGTH} characters (generate one with "
+                             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        if not token.isprintable() or any(c.isspace() for c in token):
+            raise ValueError("must be printable without spaces (it travels in an Authorization header)")
+    return value
+
+
+class ApiToken(_Strict):
+    """One bearer token of the HTTP API (workers/api_security.py); the value only from the environment.
+
+    `${VAR:-}` left empty means this token is not set (the file's convention for optional secrets):
+    it grants nothing, and an API on a non-loopback address with no token set refuses to start."""
+
+    token: Annotated[OptionalSecret, AfterValidator(_usable_token)]
+    scopes: Annotated[list[Literal["read", "trade"]], Field(min_length=1)]
+    # Requests per minute this token may make, per API process (a burst of as many, then 429); none: no limit.
+    requests_per_minute: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
+
+
 class ServiceSettings(_Strict):
     host: str = "localhost"
     port: Annotated[int, Field(ge=1, le=65535)] = 8004
     max_request_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024  # larger bodies: 413
+    # name -> token; with any token set, every endpoint but /healthz, /readyz, /metrics needs one.
+    api_tokens: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], ApiToken] = Field(default_factory=dict)
+    # Origins (scheme://host[:port]) whose browser pages may send state-changing requests; none by default.
+    allowed_origins: list[Annotated[str, Field(pattern=r"^https?://[^/\s]+$")]] = Field(default_factory=list)
+
+    def active_tokens(self) -> dict[str, ApiToken]:
+        """The tokens that are set (an entry whose `${VAR:-}` expanded empty grants nothing)."""
+        return {name: t for name, t in self.api_tokens.items() if t.token is not None}
+
+    @model_validator(mode="after")
+    def _distinct_tokens(self) -> "ServiceSettings":
+        values = [t.token.get_secret_value() for t in self.active_tokens().values()]
+        if len(values) != len(set(values)):
+            raise ValueError("api_tokens: two entries share one token (each name needs its own)")
+        return self
 
 
 class DatabaseSettings(_Strict):
@@ -120,7 +164,8 @@ class MessagingSettings(_Strict):
 
     @property
     def redis_url(self) -> str:
-        auth = f":{self.password.get_secret_value()}@" if self.password else ""
+        # Quoted: a generated password may hold characters that mean something in a URL.
+        auth = f":{quote(self.password.get_secret_value(), safe='')}@" if self.password else ""
         return f"redis://{auth}{self.host}:{self.port}/{self.db}"
 
 
@@ -132,6 +177,14 @@ class FaultSettings(_Strict):
     lost_ack_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
 
 
+class SimulatedVenueSettings(_Strict):
+    """One more simulated venue: what differs from `execution.simulation` (unset: the same)."""
+
+    maker_fee: Annotated[float, Field(ge=0, le=0.01)] | None = None
+    taker_fee: Annotated[float, Field(ge=0, le=0.01)] | None = None
+    depth_levels: Annotated[int, Field(ge=1, le=100)] | None = None
+
+
 class SimulationSettings(_Strict):
     slippage: Annotated[float, Field(ge=0, le=0.1)] = 0.0005  # 5 bps base slippage
     delay_ms: Annotated[int, Field(ge=0, le=60_000)] = 100
@@ -140,6 +193,17 @@ class SimulationSettings(_Strict):
     volatility_bps: Annotated[float, Field(ge=0, le=1000)] = 20.0  # price path amplitude
     depth_levels: Annotated[int, Field(ge=1, le=100)] = 10
     faults: FaultSettings = FaultSettings()
+    # More simulated venues beside `simulation`, each on the same price path with its own fees and
+    # depth (so smart routing has venues to choose between): name `simulation-<x>` -> overrides.
+    venues: dict[Annotated[str, Field(pattern=r"^simulation-[a-z0-9]{1,20}$")], SimulatedVenueSettings] = Field(
+        default_factory=dict)
+
+    def venue(self, name: str) -> "SimulationSettings":
+        """The settings one simulated venue prices with: these, with the venue's own overrides."""
+        overrides = self.venues.get(name)
+        if overrides is None:
+            return self
+        return self.model_copy(update={k: v for k, v in overrides.model_dump().items() if v is not None} | {"venues": {}})
 
 
 def _numeric_id(value: str | None) -> str | None:
@@ -178,6 +242,9 @@ class ExchangeSettings(_Strict):
     # The venue refuses a signed request older than this: after it has passed, an order we may have
     # sent and cannot find was never placed, so it can be sent again under the same client id.
     recv_window_ms: Annotated[int, Field(ge=1000, le=60_000)] = 5_000
+    # The taker fee this account pays (a VIP tier, a discount); unset: the venue's listed rate.
+    # The router ranks venues by it and fee estimates use it.
+    taker_fee: Annotated[float, Field(ge=0, le=0.01)] | None = None
 
 
 class CircuitBreakerSettings(_Strict):
@@ -203,6 +270,16 @@ class DirectSettings(_Strict):
         return any(a.api_key or a.base_url for a in self.accounts.values())
 
 
+def _cap_key(value: dict) -> dict:
+    for key in value:
+        if not re.fullmatch(r"[A-Z0-9]{1,20}/[A-Z0-9]{1,20}|[a-z0-9_-]{1,32}", str(key)):
+            raise ValueError(f"{key!r} is neither a symbol (BTC/USDT) nor a venue name (binance)")
+    return value
+
+
+ChildCap = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+
+
 class ExecutionSettings(_Strict):
     mode: Literal["simulation", "quantconnect", "direct"] = "simulation"
     simulation: SimulationSettings = SimulationSettings()
@@ -212,6 +289,18 @@ class ExecutionSettings(_Strict):
     # in `tom worker` cancels them at the venue, or only reports them (workers/sweep.py).
     orphans: Literal["cancel", "report"] = "cancel"
     orphan_sweep_interval_s: Annotated[float, Field(ge=1, le=86_400)] = 60.0
+    # Smart routing (oms/routing.py): `smart` sends an order the signal does not pin to the venue
+    # (or split across venues) with the best all-in price on their books; `first`: the first venue.
+    routing: Literal["smart", "first"] = "smart"
+    routing_book_ttl_ms: Annotated[int, Field(ge=0, le=60_000)] = 300  # a book serves routing this long
+    # Child order caps, keyed by symbol (`BTC/USDT`) or venue (`binance`); the tighter applies.
+    max_child_quantity: dict[str, ChildCap] = Field(default_factory=dict)  # base units
+    max_child_notional: dict[str, ChildCap] = Field(default_factory=dict)  # quote currency
+
+    @field_validator("max_child_quantity", "max_child_notional")
+    @classmethod
+    def _cap_keys(cls, value: dict) -> dict:
+        return _cap_key(value)
 
     @model_validator(mode="after")
     def _mode_configured(self) -> "ExecutionSettings":
@@ -273,6 +362,28 @@ class OrderParams(_Strict):
         return value
 
 
+def _payload_keys(value: SecretStr | None) -> SecretStr | None:
+    """Comma-separated base64 AES-256 keys; refused (never echoed) unless each is 32 bytes."""
+    if value is not None:
+        from workers.payload_codec import parse_keys  # one parser for config and codec
+
+        parse_keys(value.get_secret_value())
+    return value
+
+
+PayloadKeys = Annotated[OptionalSecret, AfterValidator(_payload_keys)]
+
+
+class CodecServerSettings(_Strict):
+    """`tom codec-server`: decodes payloads for the Temporal UI and CLI of authorised operators."""
+
+    host: str = "localhost"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8089
+    # Browser origins allowed to call it (the Temporal UI's); others get no CORS headers.
+    cors_origins: list[str] = ["http://localhost:8233", "http://127.0.0.1:8233"]
+    auth_token: OptionalSecret = None  # when set, requests need `Authorization: Bearer <token>`
+
+
 class TemporalSettings(_Strict):
     address: str = "localhost:7233"
     namespace: str = "default"
@@ -281,6 +392,25 @@ class TemporalSettings(_Strict):
     api_key: OptionalSecret = None
     ui_port: Annotated[int, Field(ge=1, le=65535)] = 8233
     sandbox: bool = True  # run workflows in the SDK's determinism sandbox (false: faster, see README)
+    # AES-GCM payload encryption: the key new payloads are encrypted with, and older keys still
+    # accepted for decoding (rotation). Unset: payloads are stored in plain JSON.
+    payload_key: PayloadKeys = None
+    payload_old_keys: PayloadKeys = None
+    codec_server: CodecServerSettings = CodecServerSettings()
+
+    @field_validator("payload_key")
+    @classmethod
+    def _one_current_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and "," in value.get_secret_value():
+            raise ValueError("one key encrypts; list older ones in temporal.payload_old_keys")
+        return value
+
+    @model_validator(mode="after")
+    def _old_keys_need_a_current_one(self) -> "TemporalSettings":
+        if self.payload_old_keys is not None and self.payload_key is None:
+            raise ValueError("payload_old_keys: set without temporal.payload_key (decrypt-only is not "
+                             "supported: new payloads would be stored unencrypted)")
+        return self
 
 
 class Settings(_Strict):

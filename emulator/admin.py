@@ -6,8 +6,9 @@
 - DELETE /_emulator/faults   clear every fault and lift a ban (its record stays in the stats)
 - GET    /_emulator/orders   every order ever placed, in placement order
 - GET    /_emulator/stats?window_ms=W[&log=1]   counts and sliding-window maxima (see `traffic`)
-- POST   /_emulator/book     {"depth_levels", "self_trade_expiry"}: shape the venue (a one-level book
-                             makes a large market order end after partial fills); 400 {"error"} when malformed
+- POST   /_emulator/book     {"depth_levels", "self_trade_expiry", "maker_fee", "taker_fee"}: shape the
+                             venue (a one-level book makes a large market order end after partial fills;
+                             fees make venues differ for routing); 400 {"error"} when malformed
 - GET    /_emulator/book     the venue's shape in force
 - POST   /_emulator/reset    a fresh venue: orders, trades, balances, stats, faults, bans and shape
 - GET    /_emulator/health   which venue this process emulates
@@ -93,12 +94,15 @@ async def _configure_book(request: web.Request) -> web.Response:
     book = request.app[EMULATOR].book
     try:
         body = await request.json()
-        if not isinstance(body, dict) or set(body) - {"depth_levels", "self_trade_expiry"}:
-            raise ValueError("expected an object with depth_levels and/or self_trade_expiry")
+        if not isinstance(body, dict) or set(body) - {"depth_levels", "self_trade_expiry", "maker_fee", "taker_fee"}:
+            raise ValueError("expected an object with depth_levels, self_trade_expiry, maker_fee and/or taker_fee")
         depth, stp = body.get("depth_levels"), body.get("self_trade_expiry")
         if (depth is not None and not isinstance(depth, int)) or (stp is not None and not isinstance(stp, bool)):
             raise ValueError("depth_levels is an integer, self_trade_expiry a boolean")
-        book.configure(depth_levels=depth, self_trade_expiry=stp)
+        fees = {k: body.get(k) for k in ("maker_fee", "taker_fee")}
+        if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in fees.values()):
+            raise ValueError("maker_fee and taker_fee are numbers (0.001 = 10 bps)")
+        book.configure(depth_levels=depth, self_trade_expiry=stp, **fees)
     except ValueError as exc:  # includes malformed JSON and a depth the settings refuse
         return web.json_response({"error": str(exc).splitlines()[0]}, status=400)
     return web.json_response(book.settings())

@@ -199,20 +199,29 @@ class Book:
         self._next_trade_id = int(time.time()) * 1000
         self.reset()
 
-    def configure(self, *, depth_levels: int | None = None, self_trade_expiry: bool | None = None) -> None:
+    def configure(self, *, depth_levels: int | None = None, self_trade_expiry: bool | None = None,
+                  maker_fee: float | None = None, taker_fee: float | None = None) -> None:
         """Shape the venue for a scenario: a book `depth_levels` deep (one level makes a large market
         order outrun the depth: its remainder ends after partial fills); `self_trade_expiry` makes an
         immediate order's unfilled remainder expire as Binance's self-trade prevention does
-        (EXPIRED_IN_MATCH). Raises ValueError for a value the simulation settings refuse."""
+        (EXPIRED_IN_MATCH); `maker_fee` / `taker_fee` the rates this account pays (two emulators
+        with different fees and depth make routing choose). Raises ValueError for a value the
+        simulation settings refuse."""
         if depth_levels is not None:
             if not 1 <= depth_levels <= 100:
                 raise ValueError("depth_levels must be from 1 to 100")
             self.sim = self.sim.model_copy(update={"depth_levels": depth_levels})
+        for name, rate in (("maker_fee", maker_fee), ("taker_fee", taker_fee)):
+            if rate is not None:
+                if not 0 <= rate <= 0.01:
+                    raise ValueError(f"{name} must be from 0 to 0.01")
+                self.sim = self.sim.model_copy(update={name: rate})
         if self_trade_expiry is not None:
             self.self_trade_expiry = self_trade_expiry
 
     def settings(self) -> dict:
-        return {"depth_levels": self.sim.depth_levels, "self_trade_expiry": self.self_trade_expiry}
+        return {"depth_levels": self.sim.depth_levels, "self_trade_expiry": self.self_trade_expiry,
+                "maker_fee": self.sim.maker_fee, "taker_fee": self.sim.taker_fee}
 
     def reset(self) -> None:
         self.sim = self._configured_sim

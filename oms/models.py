@@ -225,6 +225,23 @@ class Fill(BaseModel):
     at: datetime
 
 
+# The snapshot lists at most this many fills (the latest): it travels in every event, query answer
+# and continue-as-new input, so it must stay small whatever the order's life; `fill_count` counts all.
+SNAPSHOT_FILLS_MAX = 50
+
+
+class FillRecord(BaseModel):
+    """One execution as the order's snapshot lists it (the `executions` stream has the full Fill)."""
+
+    trade_id: str  # the venue's trade id
+    quantity: PositiveDecimal
+    price: PositiveDecimal
+    fee: Annotated[Decimal, Field(allow_inf_nan=False)] = Decimal(0)
+    fee_currency: str | None = None
+    liquidity: str | None = None
+    at: datetime
+
+
 class OrderSnapshot(BaseModel):
     """The order as the `status` query, the API and the cache show it (DESIGN.md section 3)."""
 
@@ -259,9 +276,19 @@ class OrderSnapshot(BaseModel):
     anomalies: int = 0
     last_anomaly: str | None = None
     venue_requests: int = 0  # venue calls made for this order (every retry and look-up counts)
+    # Why this venue: the router's reason and what it weighed (oms/routing.py RoutePlan), one line.
+    routing_reason: str | None = None
     # Transaction cost analysis (oms/tca.py): decision and arrival prices, the pre-trade estimate, and
     # the realized costs and latency stages, kept current on every publish. None before preparation.
     tca: OrderTCA | None = None
+    fills: list[FillRecord] = Field(default_factory=list)  # the latest SNAPSHOT_FILLS_MAX, oldest first
+    fill_count: int = 0  # every fill counted, listed or not
+
+    def record_fill(self, record: FillRecord) -> None:
+        """List a counted fill, keeping only the latest SNAPSHOT_FILLS_MAX."""
+        self.fills.append(record)
+        self.fill_count += 1
+        del self.fills[:-SNAPSHOT_FILLS_MAX]
 
     @property
     def is_terminal(self) -> bool:

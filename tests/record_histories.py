@@ -1380,6 +1380,32 @@ async def _(st: Stage) -> None:
     expect(states(snap)[-2:] == [S.ACCEPTED, S.REJECTED] and snap.reason == "late risk check", snap)
 
 
+@scenario("direct-smart-routed-to-cheaper-venue")
+async def _(st: Stage) -> None:
+    """Unpinned, two venues with different taker fees on the same price path: smart routing sends it
+    to the cheaper all-in venue and says why on the order."""
+    for venue, fee in (("binance", 0.001), ("bybit", 0.0002)):
+        st.emulator(venue).shape(taker_fee=fee)
+    settings = st.direct(("binance", "bybit"))
+    execution = settings.execution.model_dump(mode="json")
+    for venue, fee in (("binance", 0.001), ("bybit", 0.0002)):
+        execution["direct"]["accounts"][venue].update(st.emulator(venue).account(taker_fee=fee))
+    async with st.worker(settings.with_overrides(execution=execution), poller_s=None):
+        snap = await st.run(quantity="0.02")
+    expect(snap.state == S.FILLED and snap.exchange == "bybit"
+           and (snap.routing_reason or "").startswith("bybit: best all-in"), snap)
+
+
+@scenario("sim-denied-child-cap-below-venue-minimum")
+async def _(st: Stage) -> None:
+    """A child cap the venue's minimum order makes impossible: denied with the slicer's reason."""
+    execution = {**st.settings.execution.model_dump(mode="json"), "max_child_quantity": {"ETH/USDT": "0.00005"}}
+    async with st.worker(st.settings.with_overrides(execution=execution)):
+        snap = await st.run(quantity="0.01")
+    expect(snap.state == S.DENIED and "below_min_amount" in (snap.reason or "")
+           and "below the venue minimum" in snap.reason, snap)
+
+
 # --- running ---------------------------------------------------------------------------------
 # --- validation at the venue's price, amends validated in full, start_at amends (issue 11) --------
 @scenario("sim-denied-algo-not-supported")

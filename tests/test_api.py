@@ -13,7 +13,7 @@ from tests.helpers import make_signal
 
 @pytest.fixture
 def api_url(config_file, stack_settings, tmp_path, redis):  # `redis`: a flushed database, no earlier tests' events
-    worker = tom_process(config_file, "worker", log_path=tmp_path / "worker.log")
+    worker = tom_process(config_file, "worker", "--processes", "1", log_path=tmp_path / "worker.log")
     api = tom_process(config_file, "api", log_path=tmp_path / "api.log")
     url = f"http://127.0.0.1:{stack_settings.service.port}"
     try:

@@ -56,6 +56,7 @@ async def test_submit_wait_status_amend_cancel(temporal_env, order_worker, confi
     shown = await asyncio.to_thread(run_tom, config_file, "status", f"order-{rest}")
     assert shown.returncode == 0 and "state       accepted" in shown.stdout.splitlines(), shown
     assert "type        limit GTC @ 1000.00" in shown.stdout
+    assert "routing     simulation: the only venue configured" in shown.stdout.splitlines(), shown.stdout
     as_json = await asyncio.to_thread(run_tom, config_file, "status", f"order-{rest}", "--json")
     assert as_json.returncode == 0
     assert OrderSnapshot.model_validate_json(as_json.stdout).state == S.ACCEPTED

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import redis
 
 from config.settings import load_settings
 from tests.conftest import REPO, free_port
@@ -92,6 +93,9 @@ def test_dev_stack_stops_on_sigterm_and_keeps_state_across_restart(dev_config, t
     settings = load_settings(dev_config)
     proc = start_dev(dev_config, tmp_path)
     read_until(proc, "stop with Ctrl-C")
+    # Its Redis requires the per-run password only its own processes were given.
+    with pytest.raises(redis.RedisError, match="(?i)auth"):
+        redis.Redis(port=settings.messaging.port).ping()
     signal_body = {"signal_id": "restart-1", "strategy_id": "t", "symbol": "ETH/USDT", "side": "buy",
                    "quantity": "0.2", "order_type": "limit", "limit_price": "100.00"}
     url = f"http://127.0.0.1:{settings.service.port}"

@@ -156,8 +156,13 @@ def test_emulator_book_shape_is_validated_and_reset(emulators):
     import httpx
 
     emulator = emulators["bybit"]
-    assert emulator.shape(depth_levels=1) == {"depth_levels": 1, "self_trade_expiry": False}
+    assert emulator.shape(depth_levels=1) == {"depth_levels": 1, "self_trade_expiry": False,
+                                              "maker_fee": 0.0002, "taker_fee": 0.0005}
+    assert emulator.shape(taker_fee=0.001)["taker_fee"] == 0.001
     bad = httpx.post(f"{emulator.url}/_emulator/book", json={"depth_levels": 0}, timeout=10)
     assert bad.status_code == 400 and "depth_levels" in bad.json()["error"]
+    bad = httpx.post(f"{emulator.url}/_emulator/book", json={"taker_fee": 0.5}, timeout=10)
+    assert bad.status_code == 400 and "taker_fee" in bad.json()["error"]
     emulator.reset()
     assert emulator.admin("GET", "book")["depth_levels"] == 10
+    assert emulator.admin("GET", "book")["taker_fee"] == 0.0005

@@ -33,9 +33,11 @@ from activities.venues.metering import observe_venue_requests
 from workers import metrics
 from workers.consumer import consumer_lag
 from workers.intake import InvalidSignal, UnstartableSignal, loads_strict, parse_signal, start_order
+from workers.cli import UserError
 from workers.recorder import Recorder
 from workers.runtime import configure_logging, connect_temporal, redis_client
 from workers.body_limit import BodyLimit
+from workers.api_security import ApiSecurity, document as document_security, open_bind_refusal
 from workers.sweep import orphan_reasons
 from storage import OrderStore, open_storage
 
@@ -202,6 +204,8 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
     if services is not None:
         app.state.services = services
     app.add_middleware(BodyLimit, limit=settings.service.max_request_bytes)
+    # Outermost: a request is authenticated and judged before its body is read (workers/api_security.py).
+    app.add_middleware(ApiSecurity, service=settings.service, routes_of=lambda: app.router.routes)
 
     @app.exception_handler(RequestValidationError)
     async def readable_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -390,18 +394,19 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             log.warning("metrics collection: %s", exc)
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
-    _register_schemas(app, signal_schema.get("$defs", {}))
+    _register_schemas(app, signal_schema.get("$defs", {}), settings)
     return app
 
 
-def _register_schemas(app: FastAPI, definitions: dict[str, Any]) -> None:
-    """Add the Signal's nested models to the generated OpenAPI components."""
+def _register_schemas(app: FastAPI, definitions: dict[str, Any], settings: Settings) -> None:
+    """Add the Signal's nested models to the generated OpenAPI components, and the security checks."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             spec = generate()
             spec.setdefault("components", {}).setdefault("schemas", {}).update(definitions)
+            document_security(spec, settings.service)
             app.openapi_schema = spec
         return app.openapi_schema
 
@@ -471,6 +476,12 @@ def run(settings: Settings, args) -> int:
     import uvicorn
 
     configure_logging(settings)
-    uvicorn.run(create_app(settings), host=settings.service.host, port=settings.service.port,
+    host = settings.service.host
+    refusal = open_bind_refusal(host, settings.service)
+    if refusal:
+        raise UserError(refusal)
+    tokens = settings.service.active_tokens()
+    log.info("API authentication: %s", f"tokens {', '.join(sorted(tokens))}" if tokens else "off (loopback only)")
+    uvicorn.run(create_app(settings), host=host, port=settings.service.port,
                 log_level=settings.orders.log_level.value.lower(), access_log=False)
     return 0

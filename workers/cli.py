@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("workers.commands:report", "execution metrics: fill rates, latency, slippage, fees, per exchange"),
     "demo": ("workers.commands:demo", "feed a stream of realistic signals and summarize the outcome"),
     "exchange-emulator": ("emulator.server:run", "run a local Binance/Bybit exchange emulator"),
+    "codec-server": ("workers.codec_server:run",
+                     "decrypt payloads (temporal.payload_key) for the Temporal UI and `temporal` CLI"),
 }
 
 
@@ -106,6 +108,9 @@ def _add_arguments(name: str, sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--api-key", default="emulator-key", help="the one API key the venue accepts")
         sub.add_argument("--secret", default="emulator-secret", help="its secret (HMAC-SHA256 signatures)")
         sub.add_argument("--delay-ms", type=int, default=0, help="latency added to every venue request")
+    elif name == "codec-server":
+        sub.add_argument("--host", default=None, help="bind address (default temporal.codec_server.host)")
+        sub.add_argument("--port", type=int, default=None, help="port (default temporal.codec_server.port)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -34,7 +35,19 @@ from workers.runtime import connect_temporal, redis_client
 
 
 def _run(coro) -> int:
-    return asyncio.run(coro) or 0
+    return _run_async(coro) or 0
+
+
+def _run_async(coro) -> Any:
+    """asyncio.run, with Redis refusing our password as one line for the user."""
+    from redis.exceptions import AuthenticationError
+
+    try:
+        return asyncio.run(coro)
+    except AuthenticationError:
+        raise UserError("Redis refused the connection: it requires a password (messaging.password, REDIS_PASSWORD "
+                        "in local.yaml; `tom dev` uses REDIS_PASSWORD when set, else a random one per run that "
+                        "only its own processes know)") from None
 
 
 async def _client(settings: Settings) -> Client:
@@ -53,6 +66,8 @@ def _snapshot_table(snap: OrderSnapshot) -> str:
             ("filled", f"{snap.filled_quantity} @ {snap.average_fill_price or '-'}  fees {snap.fees}"),
             ("slippage", f"{snap.slippage_bps} bps" if snap.slippage_bps is not None else "-"),
             ("client id", snap.client_order_id)]
+    if snap.routing_reason:  # why this venue (smart routing)
+        rows.append(("routing", snap.routing_reason))
     rows += _tca_rows(snap)
     lines = [f"{k:<11} {v}" for k, v in rows]
     lines += [f"  {t.at.strftime('%H:%M:%S.%f')[:-3]}  {t.state.value:<17} {t.reason or ''}" for t in snap.transitions]
@@ -205,11 +220,30 @@ def _api(settings: Settings) -> str:
     return f"http://{host}:{settings.service.port}"
 
 
+API_TOKEN_ENV = "TOM_API_TOKEN"
+
+
+def _api_get(settings: Settings, path: str, **kwargs: Any) -> httpx.Response:
+    """GET from the API with the bearer token of $TOM_API_TOKEN. A refusal of the token is the
+    user's to fix (one line, never the token); other HTTP failures propagate for the fallback."""
+    token = os.environ.get(API_TOKEN_ENV, "").strip()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.get(f"{_api(settings)}{path}", headers=headers, **kwargs)
+    if response.status_code in (401, 403):
+        try:
+            detail = response.json().get("detail", "")
+        except ValueError:
+            detail = ""
+        hint = f"set {API_TOKEN_ENV}" if not token else f"check {API_TOKEN_ENV}"
+        raise UserError(f"the API refused {path} ({response.status_code}: {detail}); {hint}")
+    return response
+
+
 def orders(settings: Settings, args) -> int:
     params = {k: v for k, v in {"state": args.state, "symbol": args.symbol, "strategy": args.strategy,
                                 "exchange": args.exchange, "limit": args.limit}.items() if v}
     try:
-        response = httpx.get(f"{_api(settings)}/orders", params=params, timeout=5)
+        response = _api_get(settings, "/orders", params=params, timeout=5)
         response.raise_for_status()
         rows = [OrderSnapshot.model_validate(o) for o in response.json()["orders"]]
     except httpx.HTTPError:
@@ -254,7 +288,7 @@ def report(settings: Settings, args) -> int:
         raise UserError(str(exc)) from None
     bounds = {k: v for k, v in (("since", args.since), ("until", args.until)) if v}
     try:
-        response = httpx.get(f"{_api(settings)}/report", params=bounds, timeout=30)
+        response = _api_get(settings, "/report", params=bounds, timeout=30)
         if response.status_code == 422:
             raise UserError(response.json().get("detail", response.text))
         response.raise_for_status()
@@ -422,7 +456,9 @@ async def report_headline(settings: Settings, since: datetime, expected: int, ti
 
     deadline = time.monotonic() + timeout
     doc: dict[str, Any] | None = None
-    async with httpx.AsyncClient(timeout=10) as client:
+    token = os.environ.get(API_TOKEN_ENV, "").strip()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(timeout=10, headers=headers) as client:
         while True:
             try:
                 response = await client.get(f"{_api(settings)}/report", params={"since": since.isoformat()})
@@ -441,7 +477,7 @@ async def report_headline(settings: Settings, since: datetime, expected: int, ti
 
 def demo(settings: Settings, args) -> int:
     started = datetime.now(timezone.utc)
-    summary = asyncio.run(run_demo(settings, args.orders, args.rate, args.timeout))
+    summary = _run_async(run_demo(settings, args.orders, args.rate, args.timeout))
     print_summary(summary)
     print("\n".join(asyncio.run(report_headline(settings, started, summary["terminal"]))))
     return 0 if summary["terminal"] == summary["orders"] else 1

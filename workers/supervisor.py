@@ -124,7 +124,9 @@ class Supervisor:
                 child.process.wait()
                 failed = True
                 continue
-            if code != 0:
+            # Killed by the SIGTERM itself: a child still starting up, before its handler was set,
+            # which holds no work to drain.
+            if code not in (0, -signal.SIGTERM):
                 log.error("worker %d (pid %d) exited with %s while draining", child.slot, child.process.pid, code)
                 failed = True
         log.info("supervisor stopped (%d restarts)", self.restarts)

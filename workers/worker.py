@@ -18,6 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.execution import ExecutionActivities
+from activities.routing import RoutingActivities, RoutingService
 from activities.limits import AccountLimitActivities, DailyOrderLimit
 from activities.publish import PublishActivities
 from activities.venues.simulated import SimulatedVenue
@@ -37,6 +38,8 @@ DRAIN_MARGIN_S = 2.0  # past GRACEFUL_SHUTDOWN, for the pollers and the worker's
 async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegistry:
     registry = VenueRegistry(redis=redis)
     registry.register(SimulatedVenue(redis, settings.execution.simulation))
+    for name in settings.execution.simulation.venues:
+        registry.register(SimulatedVenue(redis, settings.execution.simulation.venue(name), name))
     if settings.execution.mode == "direct" or settings.execution.direct.accounts_in_use():
         from activities.venues.ccxt_exchange import build_ccxt_adapters  # ccxt is heavy: only where used
 
@@ -52,7 +55,8 @@ async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegi
 async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis,
                        registry: VenueRegistry | None = None, max_concurrent: int | None = None) -> Worker:
     registry = registry or await build_registry(settings, redis)
-    execution = ExecutionActivities(registry, settings, DailyOrderLimit(redis))
+    routing = RoutingService(registry, settings, redis)  # one book cache per worker process
+    execution = ExecutionActivities(registry, settings, DailyOrderLimit(redis), routing)
     limits = AccountLimitActivities(redis)
     publish = PublishActivities(redis, settings)
     concurrency = max_concurrent or 500
@@ -60,7 +64,8 @@ async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis
         client,
         task_queue=settings.temporal.task_queue,
         workflows=[OrderWorkflow],
-        activities=[*execution.all(), limits.reserve_daily_order, publish.record_progress],
+        activities=[*execution.all(), *RoutingActivities(routing).all(), limits.reserve_daily_order,
+                    publish.record_progress],
         max_concurrent_workflow_tasks=concurrency,
         max_concurrent_activities=concurrency,
         max_concurrent_local_activities=concurrency,

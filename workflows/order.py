@@ -20,6 +20,9 @@ carries them out, so every venue call is made from one place and a cancel racing
 whatever the venue decided (late fills are counted). History stays bounded: long-lived orders
 continue-as-new with their whole state, pending requests included.
 Orders started before the `order-lifecycle-v2` patch keep release 0.1's paths (order_release01.py).
+What the Temporal UI shows is part of the job: every timer and venue call carries a summary, and the
+current details (oms/story.py) follow each transition. Both are user metadata, which replay does not
+compare, so adding or rewording them needs no patch (tests/test_temporal_ui.py replays old histories).
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         AmendRequest,
         CancelRequest,
         Fill,
+        FillRecord,
         OrderSnapshot,
         OrderState,
         OrderType,
@@ -63,7 +67,10 @@ with workflow.unsafe.imports_passed_through():
         Transition,
         client_order_id_for,
     )
+    from oms.parent import ParentOrderInput
     from oms.pricing import VenuePrices
+    from oms.story import current_details
+    from oms.routing import RoutePlan
     # `apply` here is apply_safely: an illegal transition is recorded and reconciled, never raised.
     from oms.states import IllegalTransition, apply_fill, record_unforeseen
     from oms.states import apply_safely as apply
@@ -89,6 +96,9 @@ STRATEGY_ID = SearchAttributeKey.for_keyword("StrategyId")
 # Orders started before this patch keep release 0.1's tracking paths (order_release01.py) until they
 # end or continue as new; the id is recorded once, at the start of each run.
 LIFECYCLE_V2 = "order-lifecycle-v2"
+# Orders routed by the smart router (prepare_order's context carries the plan): a split becomes a
+# parent order, a plan's reason is recorded. Runs started before it ignore a plan.
+SMART_ROUTING = "smart-routing"
 BUSY_WAIT_MAX_S = 30.0
 # A cancel that did not take, an `unknown` to reconcile, a cancel-and-replace awaiting its cancel's
 # confirmation: each retry waits on a durable timer, retry_delay_ms doubling up to RETRY_BACKOFF_MAX,
@@ -103,6 +113,13 @@ HISTORY_BOUND = 2_000  # events; continue-as-new before this (or when the server
 # orders placed together do not poll together), then backing off to POLL_MAX. At 10,000 open
 # orders that is ~5.6 requests/s in steady state, inside a 10/s exchange limit.
 POLL_FIRST = timedelta(minutes=5)
+# What the UI's history calls each venue call (a local activity, otherwise an opaque marker).
+_VENUE_CALL_SUMMARIES = {
+    "venue_submit": "venue: place the order",
+    "venue_fetch": "venue: look the order up by client order id",
+    "venue_cancel": "venue: cancel the order",
+    "venue_amend": "venue: amend the order",
+}
 POLL_AFTER_FILL = timedelta(seconds=5)
 POLL_MAX = timedelta(minutes=30)
 LOCAL_TASK_TIMEOUT = timedelta(seconds=30)
@@ -162,6 +179,12 @@ def _initial_snapshot(signal: Signal, now: datetime) -> OrderSnapshot:
     )
 
 
+def _routing_reason(plan: RoutePlan) -> str:
+    """The router's decision in one line for the snapshot: why, then what it weighed."""
+    weighed = "; ".join(plan.considered)
+    return (f"{plan.reason} [{weighed}]" if weighed else plan.reason)[:500]
+
+
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
 
 
@@ -189,6 +212,9 @@ class OrderWorkflow(Release01Paths):
         self._seen = set(self._state.seen_fill_ids)
         self._pending_fills: list[Fill] = []
         self._v2 = workflow.patched(LIFECYCLE_V2)
+        # Asked here, at the run's first task, not after prepare_order: a local activity's marker and a
+        # patch marker recorded in one task are not always in the order the code ran them.
+        self._smart_routing = workflow.patched(SMART_ROUTING)
         self._lock = asyncio.Lock()  # release 0.1's amend_order only
         self._handing_over = False  # continue-as-new is waiting for the handlers to return
         # A Temporal cancellation request is not carried to a new run by the server: this run sees the
@@ -196,6 +222,8 @@ class OrderWorkflow(Release01Paths):
         # stays far below Temporal's history limit).
         self._cancelled_run = False
         self._local_activity_at = 0  # history length when a local activity last answered
+        # What the UI shows as the order's current details (a query answer, no history event).
+        workflow.set_current_details(current_details(self._state.snapshot))
 
     # --- public interface ----------------------------------------------------------------------
     @workflow.query(name="status")
@@ -349,7 +377,8 @@ class OrderWorkflow(Release01Paths):
         arriving meanwhile does not cut it short (the cancellation path then runs its own)."""
         if workflow.info().get_current_history_length() > self._local_activity_at:
             return  # a workflow task completed since the last venue answer: already durable
-        await asyncio.shield(workflow.sleep(timedelta(milliseconds=1)))
+        await asyncio.shield(workflow.sleep(timedelta(milliseconds=1),
+                                            summary="make the venue's answers durable before closing"))
 
     def _requests_to_serve(self) -> bool:
         """Queued amends, or a cancel not yet tried once: carried out before continuing as new."""
@@ -406,6 +435,7 @@ class OrderWorkflow(Release01Paths):
         signal = self._state.signal
         context: OrderContext = await workflow.execute_local_activity(
             "prepare_order", signal, result_type=OrderContext,
+            summary="prepare: market rules, limits, prices, daily slot",
             start_to_close_timeout=timedelta(seconds=10),
             retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_interval=timedelta(seconds=10)),
             local_retry_threshold=LOCAL_RETRY_THRESHOLD,  # a venue down for long: back off on durable timers
@@ -413,6 +443,16 @@ class OrderWorkflow(Release01Paths):
         self._state.context = context
         snap = self._state.snapshot
         snap.exchange = context.exchange
+        # A context from before smart routing has no route: those orders replay as they ran.
+        if self._smart_routing and (context.route is not None or context.route_refusal is not None):
+            if context.route is not None:
+                snap.routing_reason = _routing_reason(context.route)
+            if context.route_refusal is not None:
+                await self._deny(Denial(reason=DenialReason.BELOW_MIN_AMOUNT, message=context.route_refusal))
+                return
+            if context.route.is_split:
+                await self._become_parent(context.route)
+                return
         if context.problem or context.market is None:
             reason = DenialReason.UNKNOWN_EXCHANGE if "exchange" in (context.problem or "") else DenialReason.UNKNOWN_SYMBOL
             await self._deny(Denial(reason=reason, message=context.problem or "no market data"))
@@ -444,6 +484,7 @@ class OrderWorkflow(Release01Paths):
                     DailyOrderReservation(account=f"{context.exchange}:{context.account}", order_id=snap.order_id,
                                           day=workflow.now().strftime("%Y-%m-%d"), limit=context.limits.max_daily_orders),
                     result_type=DailyOrderDecision, start_to_close_timeout=timedelta(seconds=10),
+                    summary="reserve a daily order slot",
                 )
             if not decision.allowed:
                 denial = Denial(reason=DenialReason.DAILY_ORDER_LIMIT,
@@ -457,6 +498,24 @@ class OrderWorkflow(Release01Paths):
         # Published with the venue's answer (or before a start_at wait): fewer storage calls per order.
         apply(self._state.snapshot, S.VALIDATED, workflow.now(), routed)
 
+    async def _become_parent(self, plan: RoutePlan) -> None:
+        """The router split the order: it continues as new, same workflow id, as a ParentOrderWorkflow
+        whose children (one per leg) are ordinary orders. Nothing has reached a venue yet: a cancel
+        that arrives first ends it here; an amend is refused (the parent takes amends once it runs)."""
+        self._handing_over = True  # cancel_order returns the current snapshot instead of waiting
+        while True:
+            for pending in self._state.amend_requests:
+                self._state.amend_results[pending.id] = "order is being split across venues: amend it again"
+            self._state.amend_requests.clear()
+            if self._state.cancel_request is not None:
+                self._handing_over = False
+                await self._transition(S.CANCELLED, self._state.cancel_request.reason or "cancelled before submission")
+                return
+            await workflow.wait_condition(lambda: workflow.all_handlers_finished() or bool(self._state.amend_requests))
+            if workflow.all_handlers_finished() and not self._state.amend_requests and self._state.cancel_request is None:
+                break
+        workflow.continue_as_new(ParentOrderInput(signal=self._state.signal, route=plan), workflow="ParentOrderWorkflow")
+
     async def _deny(self, denial: Denial) -> None:
         await self._transition(S.DENIED, str(denial))
 
@@ -467,7 +526,8 @@ class OrderWorkflow(Release01Paths):
         if start_at is not None and start_at > workflow.now():
             await self._publish()
             if self._state.context.prices is None:  # a release-0.1 order waits as it did then
-                await self._wait(lambda: self._state.cancel_request is not None, start_at - workflow.now())
+                await self._wait(lambda: self._state.cancel_request is not None, start_at - workflow.now(),
+                                 "start_at: wait before placing the order")
             else:
                 waited = True
                 await self._wait_applying_amends(start_at)
@@ -486,7 +546,7 @@ class OrderWorkflow(Release01Paths):
             if workflow.now() >= start_at:
                 return
             await self._wait(lambda: self._state.cancel_request is not None or bool(self._state.amend_requests),
-                             start_at - workflow.now())
+                             start_at - workflow.now(), "start_at: wait before placing the order")
 
     def _apply_amends_before_placement(self) -> bool:
         """Whether any amend applied."""
@@ -510,7 +570,7 @@ class OrderWorkflow(Release01Paths):
         new terms now; the order's events and table row follow with its next transition."""
         await workflow.execute_local_activity(
             "record_progress", OrderProgress(snapshot=self._state.snapshot),
-            start_to_close_timeout=timedelta(seconds=10),
+            start_to_close_timeout=timedelta(seconds=10), summary="record: amended before placement",
             retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_interval=timedelta(seconds=5)),
         )
 
@@ -552,6 +612,7 @@ class OrderWorkflow(Release01Paths):
                 "read_prices", PriceQuery(exchange=snap.exchange, symbol=snap.symbol, quote_currency=context.market.quote,
                                           account_currency=context.limits.currency),
                 result_type=VenuePrices, start_to_close_timeout=timedelta(seconds=10),
+                summary="read the venue's prices after the start_at wait",
                 retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_attempts=5,
                                          non_retryable_error_types=[VenueErrorType.REJECTED.value]),
             )
@@ -584,6 +645,7 @@ class OrderWorkflow(Release01Paths):
                     start_to_close_timeout=timedelta(milliseconds=self._state.context.params.execution_timeout_ms),
                     retry_policy=RetryPolicy(maximum_attempts=1),
                     local_retry_threshold=LOCAL_TASK_TIMEOUT,
+                    summary=_VENUE_CALL_SUMMARIES.get(activity, activity),
                 )
         finally:
             self._local_activity_at = workflow.info().get_current_history_length()
@@ -609,12 +671,12 @@ class OrderWorkflow(Release01Paths):
                         workflow.logger.info("%s: venue busy (%s), waiting %.3f s", activity, kind, wait)
                         self._state.venue_wait_s += wait
                         busy += 1
-                        await workflow.sleep(timedelta(seconds=wait))
+                        await workflow.sleep(timedelta(seconds=wait), summary=f"{activity}: venue busy, waiting")
                         continue
                 if kind not in NOTHING_SENT or attempt >= attempts:
                     raise
                 workflow.logger.info("%s attempt %d failed (%s), retrying in %s", activity, attempt, kind, delay)
-                await workflow.sleep(delay)
+                await workflow.sleep(delay, summary=f"{activity}: retry after a transient venue error")
                 attempt += 1
                 delay = min(delay * 2, timedelta(seconds=30))
 
@@ -679,7 +741,8 @@ class OrderWorkflow(Release01Paths):
             await self._submit()  # confirmed never received: never a second order (same client id)
             return
         # A request sent a moment ago may still land: wait out the venue's receive window, look again.
-        await workflow.sleep(timedelta(milliseconds=self._state.context.receive_window_ms))
+        await workflow.sleep(timedelta(milliseconds=self._state.context.receive_window_ms),
+                             summary="reconcile: wait out the venue's receive window, then look again")
         try:
             report = await self._venue("venue_fetch", self._ref())
         except VENUE_ERRORS:
@@ -710,7 +773,7 @@ class OrderWorkflow(Release01Paths):
         base_ms = max(self._state.context.params.retry_delay_ms, 100)
         cap_ms = RETRY_BACKOFF_MAX.total_seconds() * 1000
         delay_ms = min(base_ms * 2 ** min(streak - 1, 30), cap_ms) * (0.5 + workflow.random().random() / 2)
-        await workflow.sleep(timedelta(milliseconds=delay_ms))
+        await workflow.sleep(timedelta(milliseconds=delay_ms), summary="backoff before asking the venue again")
 
     # --- tracking ------------------------------------------------------------------------------
     async def _track_once(self) -> None:
@@ -738,9 +801,11 @@ class OrderWorkflow(Release01Paths):
         interval = timedelta(milliseconds=self._state.poll_interval_ms)
         if snap.expire_at is not None:
             interval = min(interval, snap.expire_at - workflow.now())
+        gtd_first = snap.expire_at is not None and workflow.now() + interval >= snap.expire_at
         woke = await self._wait(
             lambda: self._state.cancel_request is not None or bool(self._state.amend_requests)
-            or bool(self._state.venue_updates), interval)
+            or bool(self._state.venue_updates), interval,
+            "GTD expiry: cancel at the venue" if gtd_first else "fallback poll of the venue (no update pushed)")
         if self._state.venue_updates:
             # Pushed by the account poller; each report has the whole order, so the latest one wins.
             report, self._state.venue_updates = self._state.venue_updates[-1], []
@@ -908,7 +973,8 @@ class OrderWorkflow(Release01Paths):
             if report.status not in OPEN_STATUSES and report.status != VenueOrderStatus.NOT_FOUND \
                     and report.fills_complete:
                 return report
-            await workflow.sleep(timedelta(milliseconds=delay_ms * (0.5 + workflow.random().random() / 2)))
+            await workflow.sleep(timedelta(milliseconds=delay_ms * (0.5 + workflow.random().random() / 2)),
+                                 summary="cancel-and-replace: wait, then confirm the cancel")
             delay_ms = min(delay_ms * 2, RETRY_BACKOFF_MAX.total_seconds() * 1000)
             report = await self._fetch_quietly() or report
         return report
@@ -967,6 +1033,10 @@ class OrderWorkflow(Release01Paths):
             try:
                 if apply_fill(snap, fill, self._seen):
                     self._pending_fills.append(fill)
+                    snap.record_fill(FillRecord(
+                        trade_id=venue_fill.trade_id, quantity=venue_fill.quantity, price=venue_fill.price,
+                        fee=venue_fill.fee, fee_currency=venue_fill.fee_currency,
+                        liquidity=venue_fill.liquidity, at=venue_fill.at))
             except IllegalTransition as error:  # a fill the order cannot take: recorded, reconciled
                 record_unforeseen(snap, error, workflow.now(), f"venue fill {venue_fill.trade_id}")
         if report.venue_order_id:
@@ -1030,6 +1100,7 @@ class OrderWorkflow(Release01Paths):
             return
         if snap.tca is not None:
             snap.tca = order_tca(snap, snap.tca)
+        workflow.set_current_details(current_details(snap))
         workflow.upsert_search_attributes([
             ORDER_STATE.value_set(snap.state.value), SYMBOL.value_set(snap.symbol),
             EXCHANGE.value_set(snap.exchange), STRATEGY_ID.value_set(snap.strategy_id),
@@ -1045,6 +1116,7 @@ class OrderWorkflow(Release01Paths):
                                              release_daily=self._unused_daily_slot(), anomalies=anomalies),
             start_to_close_timeout=timedelta(seconds=10),
             retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_interval=timedelta(seconds=5)),
+            summary=f"record: {snap.state.value}" + (f", {len(fills)} fill(s)" if fills else ""),
         )
         self._state.published_transitions = len(snap.transitions)
         self._state.published_anomalies = snap.anomalies
@@ -1061,12 +1133,12 @@ class OrderWorkflow(Release01Paths):
             return None
         return context.daily_reservation
 
-    async def _wait(self, condition, timeout: timedelta) -> bool:
-        """True if `condition` came true before `timeout`."""
+    async def _wait(self, condition, timeout: timedelta, summary: str | None = None) -> bool:
+        """True if `condition` came true before `timeout` (its timer named `summary` in the UI)."""
         if timeout <= timedelta(0):
             return condition()
         try:
-            await workflow.wait_condition(condition, timeout=timeout)
+            await workflow.wait_condition(condition, timeout=timeout, timeout_summary=summary)
             return True
         except asyncio.TimeoutError:
             return False

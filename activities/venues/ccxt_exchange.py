@@ -93,6 +93,7 @@ class CcxtVenue:
         self._markets_at = 0.0
         self._markets_lock = asyncio.Lock()
         self._books: dict[str, tuple[float, dict]] = {}
+        self._taker_fee = account_settings.taker_fee  # this account's rate, where configured
 
     @contextlib.contextmanager
     def _patience(self, ms: int):
@@ -139,7 +140,8 @@ class CcxtVenue:
             min_notional=_dec((limits.get("cost") or {}).get("min")),
             active=m.get("active") is not False,
             maker_fee=_dec(m.get("maker") if m.get("maker") is not None else "0.001"),
-            taker_fee=_dec(m.get("taker") if m.get("taker") is not None else "0.001"),
+            taker_fee=(Decimal(repr(self._taker_fee)) if self._taker_fee is not None
+                       else _dec(m.get("taker") if m.get("taker") is not None else "0.001")),
         )
 
     async def quote(self, symbol: str) -> MarketQuote:
@@ -160,6 +162,17 @@ class CcxtVenue:
             raise self._read_error(error) from None
         self._books[symbol] = (time.monotonic(), book)
         return book
+
+    async def order_book(self, symbol: str, depth: int) -> tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]:
+        """(bids, asks), best first, `depth` levels a side: one request through the gate, for routing
+        (activities/routing.py caches it briefly across orders)."""
+        try:
+            book = await self.client.fetch_order_book(symbol, depth)
+        except ccxt.BaseError as error:
+            raise self._read_error(error) from None
+        self._books[symbol] = (time.monotonic(), book)  # a fresh top of book for quotes too
+        return ([(_dec(p), _dec(q)) for p, q, *_ in book.get("bids") or []],
+                [(_dec(p), _dec(q)) for p, q, *_ in book.get("asks") or []])
 
     def estimate_slippage_bps(self, symbol: str, side: Side, quantity: Decimal) -> Decimal | None:
         """Walk the last seen book: average price of taking `quantity` against mid, in basis points."""

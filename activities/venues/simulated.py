@@ -17,7 +17,7 @@ import asyncio
 import random
 import uuid
 from datetime import datetime, timezone
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
@@ -25,6 +25,7 @@ from redis.exceptions import WatchError
 from config.settings import SimulationSettings
 from oms import venue_model
 from oms.markets import simulated_market
+from oms.models import Side
 from oms.venue import (
     MarketInfo,
     MarketQuote,
@@ -78,7 +79,8 @@ def _ms(at: datetime) -> int:
 class SimulatedVenue:
     name = "simulation"
 
-    def __init__(self, redis: aioredis.Redis, sim: SimulationSettings) -> None:
+    def __init__(self, redis: aioredis.Redis, sim: SimulationSettings, name: str = "simulation") -> None:
+        self.name = name  # more simulated venues (execution.simulation.venues) differ by fees and depth
         self._redis = redis
         self._sim = sim
         self._take_one = redis.register_script(_TAKE_ONE)
@@ -150,6 +152,18 @@ class SimulatedVenue:
         bid, ask = venue_model.top_of_book(symbol, now, self._sim)
         return MarketQuote(market=market, bid=bid, ask=ask, at=now)
 
+    async def order_book(self, symbol: str, depth: int) -> tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]:
+        """(bids, asks) now, best first, at most `depth` levels a side (the model's book, for routing)."""
+        market = await self.market(symbol)
+        now = _now()
+        step = market.amount_step
+
+        def side(taker: Side) -> list[tuple[Decimal, Decimal]]:
+            return [(price, (size / step).to_integral_value(ROUND_DOWN) * step)
+                    for price, size in venue_model.book_side(symbol, taker, now, self._sim)[:depth]]
+
+        return side(Side.SELL), side(Side.BUY)
+
     async def submit(self, request: VenueOrderRequest) -> VenueOrderReport:
         await self._enter()
         if await self._fault("reject"):
@@ -172,7 +186,7 @@ class SimulatedVenue:
             raise VenueError(VenueErrorType.UNKNOWN_OUTCOME, "simulated lost acknowledgement")
         if await self._fault("hang"):
             await asyncio.sleep(HANG_SECONDS)
-        return sim_report(order)
+        return sim_report(order, self.name)
 
     async def fetch(self, ref: VenueOrderRef) -> VenueOrderReport:
         await self._enter()
@@ -181,13 +195,13 @@ class SimulatedVenue:
                                     symbol=ref.symbol, status=VenueOrderStatus.NOT_FOUND)
         now = _now()
         order = await self._update(ref.client_order_id, lambda o: venue_model.advance(o, now, self._sim))
-        return sim_report(order)
+        return sim_report(order, self.name)
 
     async def cancel(self, ref: VenueOrderRef) -> VenueOrderReport:
         await self._enter()
         now = _now()
         order = await self._update(ref.client_order_id, lambda o: venue_model.cancel(o, now, self._sim))
-        return sim_report(order)
+        return sim_report(order, self.name)
 
     async def amend(self, request: VenueAmendRequest) -> VenueOrderReport:
         await self._enter()
@@ -199,7 +213,7 @@ class SimulatedVenue:
             except ValueError as exc:
                 raise VenueError(VenueErrorType.REJECTED, f"amend refused: {exc}") from None
 
-        return sim_report(await self._update(request.client_order_id, change))
+        return sim_report(await self._update(request.client_order_id, change), self.name)
 
     async def fetch_open(self, account: str, symbols: list[str] | None = None) -> list[VenueOrderReport]:
         await self._enter()
@@ -211,7 +225,7 @@ class SimulatedVenue:
             except VenueError:
                 continue
             if symbols is None or order.symbol in symbols:
-                reports.append(sim_report(order))
+                reports.append(sim_report(order, self.name))
         return reports
 
     async def fetch_closed_since(self, account: str, since_ms: int) -> list[VenueOrderReport]:
@@ -222,7 +236,7 @@ class SimulatedVenue:
         for client_order_id in await self._redis.zrangebyscore(key, since_ms, "+inf"):
             order = await self._load(client_order_id)
             if order is not None:
-                reports.append(sim_report(order))
+                reports.append(sim_report(order, self.name))
         return reports
 
     async def close(self) -> None:
