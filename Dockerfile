@@ -11,6 +11,9 @@ COPY activities ./activities
 COPY workflows ./workflows
 COPY workers ./workers
 COPY storage ./storage
+COPY messaging ./messaging
+COPY analytics ./analytics
+COPY emulator ./emulator
 COPY bench ./bench
 # The pinned, tested set of every dependency (python3 bootstrap.py lock updates it).
 RUN pip install -c constraints.txt . && useradd --create-home --uid 10001 tom && mkdir -p /app/data && chown tom /app/data

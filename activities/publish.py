@@ -1,5 +1,6 @@
-"""Publishing what an order did: transitions to `order_events`, fills to `executions`, the
-snapshot to the order cache. Each item exactly once (see activities/streams.py)."""
+"""Publishing what an order did: transitions to `order_events`, fills to `executions` (through the
+configured transport's EventSink: Redis streams or Pub/Sub topics, see messaging/), the snapshot
+to the order cache. Each item once per event id / fill id, as far as the transport allows."""
 from __future__ import annotations
 
 import redis.asyncio as aioredis
@@ -7,17 +8,9 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 
 from activities.limits import DailyOrderLimit, DailyOrderReservation
-from activities.streams import StreamPublisher
 from config.settings import Settings
-from oms.events import (
-    EVENT_FIELD,
-    EXECUTION_FIELD,
-    EXECUTIONS_STREAM,
-    ORDER_EVENTS_STREAM,
-    OrderEvent,
-    client_order_key,
-    order_cache_key,
-)
+from messaging import EventSink, event_sink
+from oms.events import OrderEvent, client_order_key, order_cache_key
 
 CLIENT_ID_TTL_S = 90 * 86400
 # Unforeseen order outcomes per exchange (oms.states.record_unforeseen): GET /metrics serves it.
@@ -34,22 +27,18 @@ class OrderProgress(BaseModel):
 
 
 class PublishActivities:
-    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, sink: EventSink | None = None) -> None:
         self._redis = redis
         self._cache = settings.order_cache
-        self._streams = StreamPublisher(redis)
+        self._sink = sink or event_sink(settings, redis)
         self._daily_limit = DailyOrderLimit(redis)
 
     @activity.defn(name="record_progress")
     async def record_progress(self, progress: OrderProgress) -> int:
         """Publish new events and fills, refresh the cache. Returns how many items were new."""
+        # First: a failed publish fails the attempt before the cache shows what was not published.
+        new = await self._sink.publish(progress.events, progress.fills)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for event in progress.events:
-                await self._streams.publish_once(ORDER_EVENTS_STREAM, event.event_id,
-                                                 {EVENT_FIELD: event.model_dump_json()}, client=pipe)
-            for fill in progress.fills:
-                await self._streams.publish_once(EXECUTIONS_STREAM, fill.fill_id,
-                                                 {EXECUTION_FIELD: fill.model_dump_json()}, client=pipe)
             # The batched poller finds an order's workflow from the venue's client order id.
             pipe.set(client_order_key(progress.snapshot.client_order_id), progress.snapshot.order_id,
                      ex=CLIENT_ID_TTL_S)
@@ -60,5 +49,5 @@ class PublishActivities:
             if self._cache.enabled:
                 pipe.set(order_cache_key(progress.snapshot.order_id), progress.snapshot.model_dump_json(),
                          ex=self._cache.ttl)
-            results = await pipe.execute()
-        return sum(1 for r in results[: len(progress.events) + len(progress.fills)] if r == 1)
+            await pipe.execute()
+        return new

@@ -136,8 +136,9 @@ class MessagingSettings(_Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 6379  # redis
     db: Annotated[int, Field(ge=0)] = 0
     password: OptionalSecret = None
-    project: str | None = None  # pubsub
-    topic_prefix: str = ""  # pubsub
+    project: Annotated[str | None, Field(validate_default=True)] = None  # pubsub
+    # pubsub: prepended to every topic and subscription name (which must begin with a letter)
+    topic_prefix: Annotated[str, Field(pattern=r"^([A-Za-z][-A-Za-z0-9_.~+%]*)?$", max_length=100)] = ""
     signals_stream: str = "signals"
     consumer_group: str = "order-management"
     batch_size: Annotated[int, Field(ge=1, le=10_000)] = 100
@@ -147,19 +148,34 @@ class MessagingSettings(_Strict):
     max_signal_age_s: Annotated[int, Field(ge=1, le=30 * 86_400)] = 300
     max_payload_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
 
-    # Refused rather than ignored: the consumer reads Redis streams only (Pub/Sub is planned, DESIGN 3b).
-    @field_validator("type")
+    # Pub/Sub streaming pull flow control: at most this many signals (bytes) held by one consumer.
+    flow_control_max_messages: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    flow_control_max_bytes: Annotated[int, Field(ge=1024 * 1024, le=1024 * 1024 * 1024)] = 100 * 1024 * 1024
+
+    # Keys of the other transport are refused rather than ignored (Redis serves both: rate limits,
+    # daily caps, the order cache and the recorder's streams). `type` is declared first, so it is known here.
+    @field_validator("project", mode="after")
     @classmethod
-    def _available(cls, value: str) -> str:
-        if value == "pubsub":
-            raise ValueError("pubsub is not available in this release; use redis")
+    def _project(cls, value: str | None, info: ValidationInfo) -> str | None:
+        pubsub = info.data.get("type") == "pubsub"
+        if pubsub and not value:
+            raise ValueError("required by messaging.type pubsub")
+        if value and not pubsub:
+            raise ValueError("only used by messaging.type pubsub")
         return value
 
-    @field_validator("project", "topic_prefix")
+    @field_validator("topic_prefix", "flow_control_max_messages", "flow_control_max_bytes", mode="after")
     @classmethod
-    def _pubsub_only(cls, value: str | None) -> str | None:
-        if value:
-            raise ValueError("only used by messaging.type pubsub, which this release does not have")
+    def _pubsub_only(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.data.get("type") != "pubsub" and value != cls.model_fields[info.field_name].default:
+            raise ValueError("only used by messaging.type pubsub")
+        return value
+
+    @field_validator("claim_idle_ms", mode="after")
+    @classmethod
+    def _ack_deadline(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("type") == "pubsub" and not 10_000 <= value <= 600_000:
+            raise ValueError("with pubsub it is the subscription's ack deadline: 10000 to 600000")
         return value
 
     @property

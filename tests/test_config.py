@@ -30,6 +30,7 @@ def test_shipped_configs_load_with_every_brief_key():
     assert dev.execution.mode == "quantconnect" and dev.execution.quantconnect.project_id == "42"
     assert dev.execution.quantconnect.api_key.get_secret_value() == "qc-secret-123"
     assert dev.account_limits.max_order_value == 5000
+    assert (dev.messaging.type, dev.messaging.project, dev.messaging.topic_prefix) == ("pubsub", "development", "dev_")
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -66,7 +67,11 @@ def test_shipped_configs_load_with_every_brief_key():
     ("database:\n  emulator_host: http://localhost:9050\n", "database.emulator_host: only used by database.type bigquery"),
     ("database:\n  type: bigquery\n  project: p\n  dataset: d\n  path: x.duckdb\n", "path is the DuckDB file"),
     ("database:\n  project: p\n", "database.project: only used by database.type bigquery"),
-    ("messaging:\n  type: pubsub\n", "messaging.type: pubsub is not available"),
+    ("messaging:\n  type: pubsub\n", "messaging.project: required by messaging.type pubsub"),
+    ("messaging:\n  type: pubsub\n  project: p\n  claim_idle_ms: 5000\n", "messaging.claim_idle_ms: with pubsub it is the subscription's ack deadline"),
+    ("messaging:\n  type: pubsub\n  project: p\n  topic_prefix: 9x\n", "messaging.topic_prefix"),
+    ("messaging:\n  project: p\n", "messaging.project: only used by messaging.type pubsub"),
+    ("messaging:\n  flow_control_max_messages: 5\n", "messaging.flow_control_max_messages: only used by messaging.type pubsub"),
     ("messaging:\n  topic_prefix: dev_\n", "messaging.topic_prefix: only used by messaging.type pubsub"),
 ])
 def test_bad_files_fail_with_one_line_naming_file_and_key(tmp_path, text, expected):

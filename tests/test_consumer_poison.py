@@ -217,11 +217,17 @@ def test_a_poison_entry_does_not_stop_tom_dev(dev_config, tmp_path):
     from config.settings import load_settings
     from tests.test_dev_stack import read_until, start_dev, stop_and_check_no_orphans
 
-    settings = load_settings(dev_config)
-    proc = start_dev(dev_config, tmp_path)
+    import yaml
+
+    password = "poison-test-redis-password"  # tom dev's Redis takes the configured one
+    document = yaml.safe_load(dev_config.read_text())
+    document["messaging"]["password"] = "${REDIS_PASSWORD}"
+    dev_config.write_text(yaml.safe_dump(document))
+    settings = load_settings(dev_config, env={"REDIS_PASSWORD": password})
+    proc = start_dev(dev_config, tmp_path, env={"REDIS_PASSWORD": password})
     try:
         read_until(proc, "stop with Ctrl-C")
-        client = sync_redis.Redis(host="127.0.0.1", port=settings.messaging.port)
+        client = sync_redis.Redis(host="127.0.0.1", port=settings.messaging.port, password=password)
         poison = client.xadd(SIGNALS_STREAM, {"signal": GARBAGE}).decode()
         good = make_signal(quantity="0.05")
         client.xadd(SIGNALS_STREAM, {"signal": good.model_dump_json()})

@@ -60,8 +60,12 @@ def test_dockerfile_runs_the_cli_as_non_root():
     assert 'ENTRYPOINT ["tom"]' in text
     cmd = re.search(r'^CMD \["([^"]+)"\]', text, re.M)
     assert cmd and cmd.group(1) in COMMANDS
-    for directory in re.findall(r"^COPY (\S+) \./", text, re.M):
+    copied = re.findall(r"^COPY (\S+) \./", text, re.M)
+    for directory in copied:
         assert (REPO / directory).exists(), directory
+    # Every package the distribution ships is in the image (a missing one fails only at import).
+    packages = re.search(r"^include = \[(.*)\]", (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    assert {name.strip(' "*') for name in packages.split(",")} <= set(copied), copied
 
 
 def k8s_documents():

@@ -1,5 +1,6 @@
 """`tom dev` as a user runs it: a subprocess that brings the stack up, runs the demo, and stops
 cleanly on SIGINT or SIGTERM leaving no process behind."""
+import os
 import signal
 import subprocess
 import sys
@@ -32,10 +33,11 @@ def dev_config(tmp_path) -> Path:
     return path
 
 
-def start_dev(config: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
+def start_dev(config: Path, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "workers.cli", "--config", str(config), "dev", "--data-dir", str(tmp_path / "data"),
-         *extra], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         *extra], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **(env or {})})
 
 
 def read_until(proc: subprocess.Popen, marker: str, timeout: float = 120) -> str:

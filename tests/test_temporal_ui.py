@@ -238,6 +238,9 @@ async def test_operator_finds_a_filled_order_in_the_temporal_ui(ui_stack, browse
     await page.get_by_role("option", name="status", exact=True).click()
     await page.get_by_role("button", name="Run Query").click()
     assert await page.input_value('[data-testid="query-select"]') == "status"
+    # The result is a code view that renders only the lines in sight; the snapshot is long (its
+    # transitions, TCA and fills), so make the page tall enough to hold all of it.
+    await page.set_viewport_size({"width": 1400, "height": 8000})
     await _wait_for_text(page, "Refresh Query", '"state": "filled"', filled.fills[0].trade_id)
     await page.screenshot(path=str(screenshot_path("ui-order-status-query")), full_page=True)
 

@@ -73,7 +73,7 @@ def _add_arguments(name: str, sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--exchange")
         sub.add_argument("--reference-price")
         sub.add_argument("--via", choices=["temporal", "stream"], default="temporal",
-                         help="start the workflow directly or publish to the signals stream")
+                         help="start the workflow directly or publish to the signals stream (the Pub/Sub topic with messaging.type pubsub)")
         sub.add_argument("--wait", action="store_true", help="wait for a terminal state")
     elif name == "cancel":
         sub.add_argument("order_id")

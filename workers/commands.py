@@ -25,7 +25,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from config.settings import Settings
-from oms.events import SIGNAL_FIELD, order_cache_key
+from oms.events import order_cache_key
 from oms.markets import simulated_market
 from oms.models import TERMINAL_STATES, AmendRequest, CancelRequest, OrderSnapshot, OrderState, Signal
 from oms.venue_model import mid_price
@@ -100,14 +100,15 @@ def submit(settings: Settings, args) -> int:
             except InvalidSignal as exc:
                 raise UserError(f"invalid signal: {exc}") from None
         if args.via == "stream":
+            from messaging import publish_signals  # the configured transport: Redis stream or Pub/Sub
+
             redis = redis_client(settings)
             try:
-                for signal in signals:
-                    await redis.xadd(settings.messaging.signals_stream, {SIGNAL_FIELD: signal.model_dump_json()})
+                where = await publish_signals(settings, redis, [signal.model_dump_json() for signal in signals])
             finally:
                 await redis.aclose()
             for signal in signals:
-                print(f"published {signal.workflow_id} to {settings.messaging.signals_stream}")
+                print(f"published {signal.workflow_id} to {where}")
             return 0
         client = await _client(settings)
         for signal in signals:
@@ -377,9 +378,11 @@ async def run_demo(settings: Settings, orders: int = 24, rate: float = 10.0, tim
     redis = redis_client(settings)
     signals = demo_signals(settings, orders)
     try:
-        print(f"demo: publishing {len(signals)} signals to stream {settings.messaging.signals_stream!r} at {rate}/s")
+        from messaging import publish_signals, signals_destination  # Redis stream or Pub/Sub topic
+
+        print(f"demo: publishing {len(signals)} signals to {signals_destination(settings)} at {rate}/s")
         for i, signal in enumerate(signals, 1):
-            await redis.xadd(settings.messaging.signals_stream, {SIGNAL_FIELD: json.dumps(signal)})
+            await publish_signals(settings, redis, [json.dumps(signal)])
             _bar(i, len(signals), "published")
             await asyncio.sleep(1 / rate)
         print()

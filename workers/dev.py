@@ -231,6 +231,8 @@ class DevStack:
             f"  Temporal UI     http://localhost:{self.settings.temporal.ui_port}"
             + (f"  (payloads encrypted; decoded by {self.codec_url})" if self.encrypted else ""),
             f"  Redis           {m.host}:{m.port}  ({redis_note})",
+            *([f"  Pub/Sub         project {m.project}, topics {m.topic_prefix}*  "
+               f"({os.environ.get('PUBSUB_EMULATOR_HOST') or 'Google Cloud'})"] if m.type == "pubsub" else []),
             f"  API             {self.api_url}  (docs {self.api_url}/docs, metrics {self.api_url}/metrics)",
             self._database_line(),
             f"  logs            {self.logs}",

@@ -110,14 +110,6 @@ def loads_strict(text: str) -> object:
     return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_float=Decimal, parse_constant=_no_constant)
 
 
-def entry_time(entry_id: str) -> datetime | None:
-    """When Redis appended a stream entry: its id is <milliseconds>-<sequence>."""
-    try:
-        return datetime.fromtimestamp(int(entry_id.split("-")[0]) / 1000, timezone.utc)
-    except (ValueError, OverflowError, OSError):
-        return None
-
-
 def _check_timing(signal: Signal, settings: Settings, now: datetime, received_at: datetime | None) -> None:
     """Signal age (messaging.max_signal_age_s) and the start/expiry horizon (orders.max_*)."""
     max_age = settings.messaging.max_signal_age_s

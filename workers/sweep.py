@@ -35,16 +35,9 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.venues import VenueError, VenueRegistry
-from activities.streams import StreamPublisher
-from oms.events import (
-    EVENT_FIELD,
-    EXECUTION_FIELD,
-    EXECUTIONS_STREAM,
-    ORDER_EVENTS_STREAM,
-    OrderEvent,
-    client_order_key,
-    order_cache_key,
-)
+from messaging import EventSink
+from messaging.redis_streams import RedisEventSink
+from oms.events import OrderEvent, client_order_key, order_cache_key
 from oms.models import Fill, OrderSnapshot
 from oms.venue import OPEN_STATUSES, VenueOrderRef, VenueOrderReport
 from workers.lease import Lease
@@ -104,11 +97,11 @@ def owner_of(client_order_id: str) -> str | None:
 class OrphanSweep:
     def __init__(self, client: Client, redis: aioredis.Redis, registry: VenueRegistry, exchange: str,
                  account: str = "default", rule: Literal["cancel", "report"] = "cancel",
-                 interval_s: float = 60.0) -> None:
+                 interval_s: float = 60.0, sink: EventSink | None = None) -> None:
         self._client, self._redis, self._registry = client, redis, registry
         self.exchange, self.account, self.rule, self.interval_s = exchange, account, rule, interval_s
         self._lease = Lease(redis, f"sweep:lease:{exchange}:{account}")
-        self._streams = StreamPublisher(redis)
+        self._sink = sink or RedisEventSink(redis)  # the worker passes the configured transport's
         self.sweeps = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -118,6 +111,8 @@ class OrphanSweep:
                     await self.sweep_once()
             except (VenueError, OSError, RPCError, RedisError) as exc:
                 log.warning("orphan sweep %s/%s: %s", self.exchange, self.account, exc)
+            except Exception:  # e.g. the event sink's transport: the next round retries
+                log.exception("orphan sweep %s/%s failed", self.exchange, self.account)
             try:
                 await asyncio.wait_for(stop.wait(), self.interval_s)
             except asyncio.TimeoutError:
@@ -207,19 +202,20 @@ class OrphanSweep:
             log.error("%s: no snapshot of %s, no order event", orphan.reason, orphan.order_id)
             return
         now = datetime.now(timezone.utc)
+        fills = []
         for venue_fill in orphan.report.fills:
             fill = Fill(fill_id=f"{orphan.client_order_id}:{venue_fill.trade_id}", order_id=orphan.order_id,
                         strategy_id=snapshot.strategy_id, symbol=snapshot.symbol, side=snapshot.side,
                         quantity=venue_fill.quantity, price=venue_fill.price, fee=venue_fill.fee,
                         fee_currency=venue_fill.fee_currency, liquidity=venue_fill.liquidity,
                         venue=self.exchange, at=venue_fill.at)
-            await self._streams.publish_once(EXECUTIONS_STREAM, fill.fill_id,
-                                             {EXECUTION_FIELD: fill.model_dump_json()})
+            fills.append(fill)
         event_id = f"{orphan.order_id}:orphan:{orphan.client_order_id}:{orphan.action}"
         snapshot = snapshot.model_copy(update={"reason": orphan.reason, "updated_at": now})
         event = OrderEvent(event_id=event_id, order_id=orphan.order_id, state=snapshot.state, at=now,
                            reason=orphan.reason, snapshot=snapshot)
-        await self._streams.publish_once(ORDER_EVENTS_STREAM, event_id, {EVENT_FIELD: event.model_dump_json()})
+        await self._sink.publish([], fills)  # fills first, as before: the event reports them
+        await self._sink.publish([event], [])
 
     async def _snapshot(self, order_id: str) -> OrderSnapshot | None:
         raw = await self._redis.get(order_cache_key(order_id))
@@ -234,7 +230,8 @@ class OrphanSweep:
 
 
 async def run_sweeps(client: Client, redis: aioredis.Redis, registry: VenueRegistry, accounts: list[tuple[str, str]],
-                     stop: asyncio.Event, rule: Literal["cancel", "report"], interval_s: float) -> None:
-    sweeps = [OrphanSweep(client, redis, registry, exchange, account, rule, interval_s)
+                     stop: asyncio.Event, rule: Literal["cancel", "report"], interval_s: float,
+                     sink: EventSink | None = None) -> None:
+    sweeps = [OrphanSweep(client, redis, registry, exchange, account, rule, interval_s, sink)
               for exchange, account in accounts]
     await asyncio.gather(*(s.run(stop) for s in sweeps))

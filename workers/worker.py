@@ -24,6 +24,7 @@ from activities.publish import PublishActivities
 from activities.venues.simulated import SimulatedVenue
 from activities.venues import VenueRegistry
 from config.settings import Settings, resolve_config_path
+from messaging import EventSink, event_sink
 from workers.consumer import SignalConsumer
 from workers.poller import run_pollers
 from workers.sweep import run_sweeps
@@ -53,12 +54,13 @@ async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegi
 
 
 async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis,
-                       registry: VenueRegistry | None = None, max_concurrent: int | None = None) -> Worker:
+                       registry: VenueRegistry | None = None, max_concurrent: int | None = None,
+                       sink: EventSink | None = None) -> Worker:
     registry = registry or await build_registry(settings, redis)
     routing = RoutingService(registry, settings, redis)  # one book cache per worker process
     execution = ExecutionActivities(registry, settings, DailyOrderLimit(redis), routing)
     limits = AccountLimitActivities(redis)
-    publish = PublishActivities(redis, settings)
+    publish = PublishActivities(redis, settings, sink)
     concurrency = max_concurrent or 500
     return Worker(
         client,
@@ -90,14 +92,16 @@ async def running_worker(client: Client, settings: Settings, redis: aioredis.Red
         if registry is None:
             registry = await build_registry(settings, redis)
             stack.push_async_callback(registry.close)
-        worker = await build_worker(client, settings, redis, registry, max_concurrent)
+        sink = event_sink(settings, redis)  # messaging.type: Redis streams or Pub/Sub topics
+        stack.push_async_callback(sink.close)
+        worker = await build_worker(client, settings, redis, registry, max_concurrent, sink)
         stop = asyncio.Event()
         accounts = [(name, getattr(registry.get(name), "account", "default")) for name in registry.names]
         interval_s = settings.execution.direct.poll_interval_ms / 1000
         execution = settings.execution
         tasks = [asyncio.create_task(run_pollers(client, redis, registry, accounts, stop, interval_s)),
                  asyncio.create_task(run_sweeps(client, redis, registry, accounts, stop, execution.orphans,
-                                                execution.orphan_sweep_interval_s))]
+                                                execution.orphan_sweep_interval_s, sink))]
         if with_consumer:  # same client as the worker: workflow starts are eager, their first task runs here
             tasks.append(asyncio.create_task(SignalConsumer(client, redis, settings).run(stop)))
         async with worker:
