@@ -10,6 +10,7 @@ COPY oms ./oms
 COPY activities ./activities
 COPY workflows ./workflows
 COPY workers ./workers
+COPY storage ./storage
 COPY messaging ./messaging
 COPY analytics ./analytics
 COPY emulator ./emulator

@@ -3,7 +3,7 @@
 
     python3 bootstrap.py dev     # local stack + demo orders (Temporal UI on http://localhost:8233)
     python3 bootstrap.py test    # the test suite
-    python3 bootstrap.py setup   # only create/refresh ./.venv
+    python3 bootstrap.py setup   # only create/refresh ./.venv (and ./.venv-bqemulator, the tests' BigQuery emulator)
     python3 bootstrap.py lock    # re-pin constraints.txt to the newest versions pyproject.toml allows
 
 Creates ./.venv, installs the project with its test extras (the Temporal CLI, the time-skipping
@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".installed-from"
+# The BigQuery emulator needs its own duckdb (tests/bqemulator-requirements.txt): a second virtualenv.
+BQ_VENV = ROOT / ".venv-bqemulator"
+BQ_REQUIREMENTS = ROOT / "tests" / "bqemulator-requirements.txt"
 CONSTRAINTS = ROOT / "constraints.txt"
 LOCK_HEADER = """\
 # Every dependency pinned: the set the test suite passed with. Regenerate with
@@ -53,6 +56,20 @@ def ensure_environment() -> None:
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
     subprocess.run([*pip, "-c", str(CONSTRAINTS), "-e", f"{ROOT}[test]"], check=True, cwd=ROOT)
     STAMP.write_text(fingerprint)
+
+
+def ensure_bqemulator() -> None:
+    """.venv-bqemulator for the storage tests' BigQuery emulator: made when missing or when its pins change."""
+    python = BQ_VENV / ("Scripts" if os.name == "nt" else "bin") / "python"
+    stamp = BQ_VENV / ".installed-from"
+    fingerprint = BQ_REQUIREMENTS.read_text()
+    if python.exists() and stamp.exists() and stamp.read_text() == fingerprint:
+        return
+    print("bootstrap: installing the BigQuery emulator into .venv-bqemulator", flush=True)
+    if not python.exists():
+        venv.EnvBuilder(with_pip=True).create(BQ_VENV)
+    subprocess.run([*_pip(python), "-r", str(BQ_REQUIREMENTS)], check=True, cwd=ROOT)
+    stamp.write_text(fingerprint)
 
 
 def ensure_chromium() -> None:
@@ -97,6 +114,8 @@ def main() -> int:
     ensure_environment()
     action, extra = sys.argv[1], sys.argv[2:]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if action in ("setup", "test"):
+        ensure_bqemulator()
     if action == "setup":
         return 0
     if action == "dev":

@@ -1,7 +1,7 @@
 """The report's definitions as SQL views, for DuckDB and BigQuery, from one source.
 
 The storage backends create them by calling `view_statements(dialect)` after their tables exist
-(DuckDB: `workers/storage.py`; BigQuery passes its dataset). One template per view; the few places
+(`storage/duckdb.py`; `storage/bigquery.py` passes its dataset). One template per view; the few places
 the dialects differ are the functions of `Dialect` below, written side by side:
 
                 DuckDB                                   BigQuery

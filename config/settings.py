@@ -104,28 +104,32 @@ class ServiceSettings(_Strict):
 class DatabaseSettings(_Strict):
     type: Literal["duckdb", "bigquery"] = "duckdb"
     path: str = "./data/order_management.duckdb"  # duckdb
-    project: str | None = None  # bigquery
-    dataset: str | None = None  # bigquery
+    project: OptionalStr = None  # bigquery
+    dataset: OptionalStr = None  # bigquery
+    location: OptionalStr = None  # bigquery: where the dataset is created (BigQuery's default: US)
+    # bigquery: a local emulator's REST endpoint (http://host:port); credentials are then anonymous.
+    # Unset: Google's endpoint with Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS
+    # or Workload Identity).
+    emulator_host: OptionalStr = None
 
     @model_validator(mode="after")
     def _complete(self) -> "DatabaseSettings":
-        if self.type == "bigquery" and not (self.project and self.dataset):
-            raise ValueError("bigquery needs project and dataset")
+        if self.type == "bigquery":
+            if not (self.project and self.dataset):
+                raise ValueError("bigquery needs project and dataset")
+            if self.path != DatabaseSettings.model_fields["path"].default:  # refused rather than ignored
+                raise ValueError("path is the DuckDB file: not used by database.type bigquery")
+            if not re.fullmatch(r"[A-Za-z0-9_]{1,1024}", self.dataset):
+                raise ValueError("dataset: letters, digits and underscores only")
+            if self.emulator_host and not re.fullmatch(r"https?://[^/\s]+/?", self.emulator_host):
+                raise ValueError("emulator_host: an endpoint such as http://localhost:9050")
         return self
 
-    # Refused rather than ignored: nothing in this release writes BigQuery (DESIGN 3b is planned).
-    @field_validator("type")
+    @field_validator("project", "dataset", "location", "emulator_host")
     @classmethod
-    def _available(cls, value: str) -> str:
-        if value == "bigquery":
-            raise ValueError("bigquery is not available in this release; use duckdb")
-        return value
-
-    @field_validator("project", "dataset")
-    @classmethod
-    def _bigquery_only(cls, value: str | None) -> str | None:
-        if value:
-            raise ValueError("only used by database.type bigquery, which this release does not have")
+    def _bigquery_only(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and info.data.get("type") != "bigquery":  # refused rather than ignored
+            raise ValueError("only used by database.type bigquery")
         return value
 
 

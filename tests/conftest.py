@@ -302,3 +302,6 @@ def direct_settings(settings: Settings, emulators, exchanges=("binance", "bybit"
         "accounts": {name: emulators[name].account(**account) for name in exchanges}})
     return settings.with_overrides(execution=execution,
                                    orders={**settings.orders.model_dump(mode="json"), **(orders or {})})
+
+# The BigQuery emulator fixture (a session-wide process), shared by the storage and API tests.
+from tests.bigquery_emulator import bigquery_emulator  # noqa: E402,F401

@@ -17,7 +17,7 @@ from tests.conftest import REPO, run_tom, stop_api, stop_process, tom_process, w
 from tests.helpers import make_signal
 from workers.api import Services, create_app
 from workers.api_security import ENDPOINT_SCOPES, TokenBook, is_loopback
-from workers.storage import DuckDBStore
+from storage.duckdb import DuckDBStore
 
 READ_TOKEN = "read-" + secrets.token_urlsafe(32)
 TRADE_TOKEN = "trade-" + secrets.token_urlsafe(32)

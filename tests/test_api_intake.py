@@ -19,7 +19,7 @@ from tests.helpers import make_signal
 from tests.test_api import api_url, wait_state  # noqa: F401  (fixture)
 from workers.api import Services, create_app
 from workers.recorder import RECORDER_DEAD_STREAM
-from workers.storage import DuckDBStore
+from storage.duckdb import DuckDBStore
 
 
 def raw_request(url: str, head: str, body: bytes) -> tuple[int, str, float]:

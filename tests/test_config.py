@@ -60,7 +60,12 @@ def test_shipped_configs_load_with_every_brief_key():
     ("service:\n  max_request_bytes: 10\n", "service.max_request_bytes"),
     # Keys this release cannot honour are refused, never accepted and ignored.
     ("orders:\n  track_execution_metrics: false\n", "orders.track_execution_metrics: false is not supported"),
-    ("database:\n  type: bigquery\n  project: p\n  dataset: d\n", "database.type: bigquery is not available"),
+    ("database:\n  type: bigquery\n  project: p\n", "bigquery needs project and dataset"),
+    ("database:\n  type: bigquery\n  project: p\n  dataset: a-b\n", "dataset: letters, digits and underscores"),
+    ("database:\n  type: bigquery\n  project: p\n  dataset: d\n  emulator_host: localhost\n",
+     "emulator_host: an endpoint such as http://"),
+    ("database:\n  emulator_host: http://localhost:9050\n", "database.emulator_host: only used by database.type bigquery"),
+    ("database:\n  type: bigquery\n  project: p\n  dataset: d\n  path: x.duckdb\n", "path is the DuckDB file"),
     ("database:\n  project: p\n", "database.project: only used by database.type bigquery"),
     ("messaging:\n  type: pubsub\n", "messaging.project: required by messaging.type pubsub"),
     ("messaging:\n  type: pubsub\n  project: p\n  claim_idle_ms: 5000\n", "messaging.claim_idle_ms: with pubsub it is the subscription's ack deadline"),

@@ -23,7 +23,7 @@ from tests.helpers import dec, executions, make_signal, run_order
 from tests.test_workflow_lifecycle import touch
 from workers.consumer import SignalConsumer, consumer_lag, ensure_group
 from workers.recorder import STREAMS, Recorder
-from workers.storage import DuckDBStore
+from storage.duckdb import DuckDBStore
 
 GROUP = "order-management"
 

@@ -18,7 +18,7 @@ from tests.test_consumer import GROUP, RunningConsumer, eventually, lag_is_zero
 from tests.test_dev_stack import dev_config  # noqa: F401  (fixture)
 from workers.consumer import SignalConsumer, ensure_group
 from workers.recorder import STREAMS, Recorder
-from workers.storage import DuckDBStore
+from storage.duckdb import DuckDBStore
 
 GARBAGE = b"\xff\xfe\x00\x80garbage"
 

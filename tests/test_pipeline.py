@@ -9,7 +9,7 @@ from oms.models import OrderSnapshot
 from tests.helpers import executions, make_signal
 from workers.consumer import SignalConsumer, consumer_lag
 from workers.recorder import Recorder
-from workers.storage import DuckDBStore
+from storage.duckdb import DuckDBStore
 
 
 async def publish(redis, payloads):

@@ -12,7 +12,7 @@ from config.settings import load_settings
 from tests import tca_data as data
 from tests.browser import browser_page, screenshot_path  # noqa: F401 (a fixture)
 from tests.conftest import REPO, free_port, run_tom
-from workers.storage import DuckDBStore
+from storage.duckdb import DuckDBStore
 
 PLOTS = ("plot-slippage", "plot-costs", "plot-latency", "plot-fill-rate", "plot-estimate")
 

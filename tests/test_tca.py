@@ -11,7 +11,7 @@ from analytics.report import build_report, jsonable, render_text
 from analytics.views import view_statements
 from oms.tca import parent_tca
 from tests import tca_data as data
-from workers.storage import DuckDBStore
+from storage.duckdb import DuckDBStore
 
 
 def test_buy_filled_costs():

@@ -38,8 +38,8 @@ from workers.recorder import Recorder
 from workers.runtime import configure_logging, connect_temporal, redis_client
 from workers.body_limit import BodyLimit
 from workers.api_security import ApiSecurity, document as document_security, open_bind_refusal
-from workers.storage import DuckDBStore
 from workers.sweep import orphan_reasons
+from storage import OrderStore, open_storage
 
 log = logging.getLogger("tom.api")
 ORDER_ID = Annotated[str, Path(pattern=r"^order-[A-Za-z0-9_.:-]{1,64}(-c[0-9]{1,6})?$",
@@ -126,7 +126,7 @@ class Services:
     """What the API talks to; built in the lifespan, or handed in by tests."""
 
     def __init__(self, settings: Settings, client: Client | None, redis: aioredis.Redis,
-                 store: DuckDBStore | None) -> None:
+                 store: OrderStore | None) -> None:
         self.settings, self.client, self.redis, self.store = settings, client, redis, store
         self.recorder: Recorder | None = None
         self.recorder_task: asyncio.Task | None = None
@@ -224,7 +224,7 @@ def create_app(settings: Settings, services: Services | None = None, run_recorde
             raise HTTPException(503, "Temporal is not reachable yet")
         return client
 
-    def store(request: Request) -> DuckDBStore:
+    def store(request: Request) -> OrderStore:
         db = svc(request).store
         if db is None:
             raise HTTPException(503, "the database is not available in this process")
@@ -457,10 +457,8 @@ async def _venue_states(s: Services) -> dict[str, VenueState]:
     return states
 
 
-def _open_store(settings: Settings) -> DuckDBStore | None:
-    if settings.database.type != "duckdb":
-        return None
-    return DuckDBStore(settings.database.path)
+def _open_store(settings: Settings) -> OrderStore | None:
+    return open_storage(settings)
 
 
 async def _connect_temporal_forever(svc: Services, stop: asyncio.Event) -> None:

@@ -286,7 +286,8 @@ async def _orders_from_visibility(settings: Settings, args) -> list[OrderSnapsho
 
 
 def report(settings: Settings, args) -> int:
-    """From the API (the recorder's database), else a read-only open of the local DuckDB file."""
+    """From the API (the recorder's database), else a read-only open of the database (the local DuckDB
+    file, or BigQuery directly)."""
     from analytics.html import render_html
     from analytics.report import parse_bound, render_text, report_document
 
@@ -302,14 +303,15 @@ def report(settings: Settings, args) -> int:
         response.raise_for_status()
         data = response.json()
     except httpx.HTTPError:
-        if settings.database.type != "duckdb" or not Path(settings.database.path).exists():
+        if settings.database.type == "duckdb" and not Path(settings.database.path).exists():
             raise UserError("the API is not running and there is no local database to read") from None
-        from workers.storage import DuckDBStore
+        from storage import open_storage
 
-        try:
-            store = DuckDBStore(settings.database.path, read_only=True)
+        where = settings.database.path if settings.database.type == "duckdb" else settings.database.dataset
+        try:  # BigQuery has no single-writer rule: read it directly
+            store = open_storage(settings, read_only=True)
         except Exception as exc:
-            raise UserError(f"cannot open {settings.database.path}: {exc}") from None
+            raise UserError(f"cannot open {where}: {exc}") from None
         try:
             data = report_document(store, args.since, args.until)
         except ValueError as exc:

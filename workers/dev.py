@@ -234,10 +234,16 @@ class DevStack:
             *([f"  Pub/Sub         project {m.project}, topics {m.topic_prefix}*  "
                f"({os.environ.get('PUBSUB_EMULATOR_HOST') or 'Google Cloud'})"] if m.type == "pubsub" else []),
             f"  API             {self.api_url}  (docs {self.api_url}/docs, metrics {self.api_url}/metrics)",
-            f"  DuckDB          {Path(self.settings.database.path).resolve()}",
+            self._database_line(),
             f"  logs            {self.logs}",
             "  stop with Ctrl-C",
         ])
+
+    def _database_line(self) -> str:
+        db = self.settings.database
+        if db.type == "duckdb":
+            return f"  DuckDB          {Path(db.path).resolve()}"
+        return f"  BigQuery        {db.project}.{db.dataset}" + (f"  (emulator {db.emulator_host})" if db.emulator_host else "")
 
     # --- stop ----------------------------------------------------------------------------------
     def stop(self) -> list[str]:

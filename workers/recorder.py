@@ -36,7 +36,7 @@ from oms.events import (
 from activities.streams import StreamPublisher
 from oms.models import Fill
 from workers.consumer import ensure_group, undecoded
-from workers.storage import ROW_ERRORS, DuckDBStore, decode_dead_letter
+from storage import OrderStore, decode_dead_letter
 
 log = logging.getLogger("tom.recorder")
 STREAMS = (ORDER_EVENTS_STREAM, EXECUTIONS_STREAM, DEAD_LETTER_STREAM)
@@ -47,7 +47,7 @@ KEPT_FIELD_CHARS = 1_000_000  # a set-aside entry keeps its fields up to this si
 
 
 class Recorder:
-    def __init__(self, redis: aioredis.Redis, store: DuckDBStore, name: str = "recorder-1") -> None:
+    def __init__(self, redis: aioredis.Redis, store: OrderStore, name: str = "recorder-1") -> None:
         self._redis = redis
         self._raw = undecoded(redis)  # entries are decoded one by one: one that is not UTF-8 is set aside
         self._store = store
@@ -130,14 +130,14 @@ class Recorder:
                     aside.append((stream, entry_id, fields, f"cannot be decoded: {type(exc).__name__}: {exc}"))
         try:
             await asyncio.to_thread(self._write, [item for *_, item in items if item is not None])
-        except ROW_ERRORS:
+        except self._store.row_errors:
             # Some row the database refuses: write one by one, set aside the ones refused.
             for stream, entry_id, fields, item in items:
                 if item is None:
                     continue
                 try:
                     await asyncio.to_thread(self._write, [item])
-                except ROW_ERRORS as exc:
+                except self._store.row_errors as exc:
                     aside.append((stream, entry_id, fields, f"database refused it: {type(exc).__name__}: {exc}"))
         for stream, entry_id, fields, reason in aside:
             await self._set_aside(stream, entry_id, fields, reason)

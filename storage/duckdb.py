@@ -1,4 +1,4 @@
-"""Order storage: DuckDB locally (BigQuery on GKE, same interface), written only by the recorder.
+"""Order storage on DuckDB (the local default), written only by the recorder (one read-write process).
 
 Every write is an idempotent upsert by its natural key, so a batch delivered twice writes nothing
 twice: `orders` by order_id (and only forward: an older snapshot never overwrites a newer one),
@@ -7,7 +7,6 @@ twice: `orders` by order_id (and only forward: an older snapshot never overwrite
 """
 from __future__ import annotations
 
-import json
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -15,9 +14,9 @@ from typing import Any
 
 import duckdb
 
-from analytics.views import view_statements
 from oms.events import DeadLetter, OrderEvent
 from oms.models import Fill, OrderSnapshot
+from storage import ORDER_FILTERS, analytics_view_statements, newest_per_order, summarize_report
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -64,11 +63,12 @@ ROW_ERRORS = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputExcept
 _ORDER_COLUMNS = ("order_id", "signal_id", "strategy_id", "client_order_id", "symbol", "side", "order_type",
                   "time_in_force", "quantity", "limit_price", "state", "filled_quantity", "average_fill_price",
                   "fees", "exchange", "reference_price", "slippage_bps", "reason", "created_at", "updated_at")
-ORDER_FILTERS = ("state", "symbol", "strategy_id", "exchange")
 
 
 class DuckDBStore:
     """One connection, one writer process; calls are serialized by a lock (DuckDB is in-process)."""
+
+    row_errors = ROW_ERRORS
 
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
         if str(path) != ":memory:":
@@ -77,7 +77,11 @@ class DuckDBStore:
         self._lock = threading.Lock()
         if not read_only:
             self._db.execute(SCHEMA)
-            self._db.execute(";".join(view_statements("duckdb")))  # the report's views (analytics/views.py)
+            self._create_views()
+
+    def _create_views(self) -> None:
+        for statement in analytics_view_statements("duckdb"):
+            self._db.execute(statement)
 
     def close(self) -> None:
         with self._lock:
@@ -113,10 +117,7 @@ class DuckDBStore:
                 raise
 
     def _upsert_orders(self, snapshots: list[OrderSnapshot]) -> None:
-        latest: dict[str, OrderSnapshot] = {}
-        for snap in snapshots:  # within a batch keep the newest per order
-            if snap.order_id not in latest or len(snap.transitions) >= len(latest[snap.order_id].transitions):
-                latest[snap.order_id] = snap
+        latest = newest_per_order(snapshots)
         if not latest:
             return
         placeholders = ", ".join("?" * (len(_ORDER_COLUMNS) + 2))
@@ -201,31 +202,5 @@ class DuckDBStore:
             FROM orders o LEFT JOIN first_fill f USING (order_id) LEFT JOIN submitted s USING (order_id)
             GROUP BY o.exchange ORDER BY o.exchange
         """)
-        exchanges = [{k: (float(v) if v is not None and not isinstance(v, (str, int)) else v) for k, v in r.items()}
-                     for r in rows]
-        total = sum(r["orders"] for r in exchanges)
-        filled = sum(r["filled"] for r in exchanges)
-        refused = sum(r["refused"] for r in exchanges)
-        fees = sum(r["fees"] or 0 for r in exchanges)
-        notional = sum(r["notional"] or 0 for r in exchanges)
-        return {
-            "orders": total,
-            "states": self.counts(),
-            "fill_rate": filled / total if total else None,
-            "success_rate": (total - refused) / total if total else None,
-            "fees": fees,
-            "fee_bps_of_notional": fees / notional * 10_000 if notional else None,
-            "exchanges": exchanges,
-            "dead_letters": self._rows("SELECT COUNT(*) AS n FROM dead_letters")[0]["n"],
-        }
-
-
-def decode_dead_letter(fields: dict[str, str]) -> DeadLetter:
-    return DeadLetter(payload=fields.get("payload", ""), reason=fields.get("reason", ""),
-                      payload_encoding=fields.get("payload_encoding") or "utf-8",
-                      source=fields.get("source", "signals"), message_id=fields.get("message_id"),
-                      at=fields.get("at") or "1970-01-01T00:00:00Z")
-
-
-def encode_json(value: Any) -> str:
-    return json.dumps(value, default=str)
+        dead = self._rows("SELECT COUNT(*) AS n FROM dead_letters")[0]["n"]
+        return summarize_report(rows, self.counts(), dead)
