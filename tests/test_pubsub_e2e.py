@@ -8,7 +8,8 @@ SIGKILLed mid-order and replaced; its events and fills are on the Pub/Sub topics
 event_id / fill_id) and in the database once each.
 
 The database backend is a parameter: `STORED` maps a `database.type` to its settings and to how
-the test reads an order's rows back (DuckDB here; BigQuery on its emulator joins the list).
+the test reads an order's rows back: DuckDB, and BigQuery on its emulator (the bqemulator
+virtualenv), each row once.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from oms.events import RECORDER_GROUP
 from oms.models import OrderSnapshot, OrderState
 from tests.conftest import REPO, free_port, run_tom, stop_api, stop_process, tom_process, wait_for_http
 from tests.helpers import make_signal
+from tests.bigquery_emulator import bigquery_emulator  # noqa: F401  (a fixture the bigquery case asks for)
 from tests.pubsub_emulator import drain, pubsub_emulator, pubsub_messaging, subscribe_topic  # noqa: F401
 from tests.test_consumer import eventually
 
@@ -48,11 +50,42 @@ def _duckdb_rows(database: dict, order_id: str) -> tuple[list[str], list[str], s
     return events, fills, state[0] if state else None
 
 
+def _bigquery_database(request, tmp_path: Path) -> dict:
+    import uuid
+
+    from tests.bigquery_emulator import PROJECT
+
+    endpoint = request.getfixturevalue("bigquery_emulator")
+    return {"type": "bigquery", "project": PROJECT, "dataset": f"e2e_{uuid.uuid4().hex[:10]}",
+            "emulator_host": endpoint}
+
+
+def _bigquery_rows(database: dict, order_id: str) -> tuple[list[str], list[str], str | None]:
+    """The raw rows of the append-only tables (not the deduplicating reads: stored once means one
+    row per id), and the state from the `orders` view."""
+    from google.cloud import bigquery
+
+    from storage import open_storage
+
+    base = load_settings(REPO / "config" / "local.yaml", env={})
+    store = open_storage(base.with_overrides(database=database), read_only=True)
+    table = f"`{database['project']}.{database['dataset']}"
+    try:
+        param = [bigquery.ScalarQueryParameter("order_id", "STRING", order_id)]
+        events = [r["event_id"] for r in store._rows(f"SELECT event_id FROM {table}.order_events` WHERE order_id = @order_id", param)]
+        fills = [r["fill_id"] for r in store._rows(f"SELECT fill_id FROM {table}.fills` WHERE order_id = @order_id", param)]
+        state = store._rows(f"SELECT state FROM {table}.orders` WHERE order_id = @order_id", param)
+    finally:
+        store.close()
+    return events, fills, state[0]["state"] if state else None
+
+
 # database.type -> (its `database` settings for this test, from the pytest request (an emulator
 # fixture can be had with request.getfixturevalue) and tmp_path; reader of an order's rows once
 # `tom api` has stopped)
 STORED: dict[str, tuple[Callable[..., dict], Callable[[dict, str], tuple[list[str], list[str], str | None]]]] = {
     "duckdb": (_duckdb_database, _duckdb_rows),
+    "bigquery": (_bigquery_database, _bigquery_rows),
 }
 
 
@@ -72,7 +105,8 @@ def dev_shaped_config(tmp_path: Path, temporal_env, redis_url: str, emulator, da
     execution = dev.execution.model_dump(mode="json")
     execution.update(mode="simulation", simulation={**execution["simulation"], "delay_ms": 1000})
     settings = dev.with_overrides(
-        service={**dev.service.model_dump(mode="json"), "host": "127.0.0.1", "port": free_port()},
+        service={**dev.service.model_dump(mode="json"), "host": "127.0.0.1", "bind": "127.0.0.1",
+                 "port": free_port()},
         messaging=pubsub_messaging(dev.messaging.model_dump(mode="json"), emulator),
         database=database, execution=execution,
         temporal={**dev.temporal.model_dump(mode="json"), "task_queue": f"e2e-{free_port()}"})
