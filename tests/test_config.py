@@ -26,7 +26,8 @@ def test_shipped_configs_load_with_every_brief_key():
     assert local.orders.retry_attempts == 3 and local.orders.execution_timeout_ms == 5000
     assert local.temporal.task_queue == "orders"
     dev = load_settings(REPO / "config" / "dev.yaml", env=DEV_ENV)
-    assert dev.environment == "development" and dev.database.type == "duckdb"  # BigQuery: refused, not ignored
+    assert dev.environment == "development" and dev.database.type == "bigquery"
+    assert (dev.database.project, dev.database.dataset) == ("development", "order_management")
     assert dev.execution.mode == "quantconnect" and dev.execution.quantconnect.project_id == "42"
     assert dev.execution.quantconnect.api_key.get_secret_value() == "qc-secret-123"
     assert dev.account_limits.max_order_value == 5000

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from config.settings import Settings, load_settings
+from tests.bigquery_emulator import bigquery_emulator  # noqa: F401  (the API pod's database, locally)
 from tests.kustomize_render import RenderError, render
 from workers.worker import DRAIN_MARGIN_S, GRACEFUL_SHUTDOWN, deployment_config
 
@@ -128,6 +129,8 @@ def test_rendered_manifests_run_the_config_they_mount(tmp_path):
     assert settings.service.host == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
     if settings.database.type == "duckdb":  # one writer per DuckDB file: a second pod would split history
         assert api["spec"]["replicas"] == 1
+    else:  # BigQuery: idempotent shared tables; two replicas keep the API up through a rollout
+        assert settings.database.type == "bigquery" and api["spec"]["replicas"] >= 2
 
     worker = roles["worker"]
     worker_pod = worker["spec"]["template"]["spec"]
@@ -223,10 +226,11 @@ def pod_ip() -> str | None:
     return None if address.startswith("127.") else address
 
 
-async def test_the_api_pod_serves_its_probes_on_the_pod_address(temporal_env, redis_url, tmp_path):
+async def test_the_api_pod_serves_its_probes_on_the_pod_address(temporal_env, redis_url, bigquery_emulator, tmp_path):
     """`tom api` as the API pod runs it: the ConfigMap's dev.yaml, the pod's environment, probes
     asked on the pod's address (not loopback), both answering 200. Two values are moved for this
-    machine: the DuckDB file (the pod's /app/data) and the port (8004 may be taken here)."""
+    machine: the BigQuery endpoint (the local emulator, a dataset of its own) and the port (8004 may
+    be taken here)."""
     import asyncio
     import os
 
@@ -241,8 +245,9 @@ async def test_the_api_pod_serves_its_probes_on_the_pod_address(temporal_env, re
     api = container_of(deployments(docs)["api"])
     text = by_kind(docs, "ConfigMap")["trading-order-management-config"]["data"]["dev.yaml"]
     port = free_port()
-    assert text.count("/app/data/order_management.duckdb") == 1 and text.count("  port: 8004\n") == 1
-    text = text.replace("/app/data/order_management.duckdb", str(tmp_path / "orders.duckdb"))
+    assert text.count("  dataset: order_management\n") == 1 and text.count("  port: 8004\n") == 1
+    dataset = f"k8s_{port}"  # BigQuery on the local emulator instead of Google's endpoint
+    text = text.replace("  dataset: order_management\n", f"  dataset: {dataset}\n  emulator_host: {bigquery_emulator}\n")
     text = text.replace("  port: 8004\n", f"  port: {port}\n")
     config = tmp_path / "dev.yaml"
     config.write_text(text)
