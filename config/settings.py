@@ -202,6 +202,7 @@ class SimulatedVenueSettings(_Strict):
     maker_fee: Annotated[float, Field(ge=0, le=0.01)] | None = None
     taker_fee: Annotated[float, Field(ge=0, le=0.01)] | None = None
     depth_levels: Annotated[int, Field(ge=1, le=100)] | None = None
+    depth_scale: Annotated[float, Field(gt=0, le=100)] | None = None
 
 
 class SimulationSettings(_Strict):
@@ -211,6 +212,8 @@ class SimulationSettings(_Strict):
     taker_fee: Annotated[float, Field(ge=0, le=0.01)] = 0.0005
     volatility_bps: Annotated[float, Field(ge=0, le=1000)] = 20.0  # price path amplitude
     depth_levels: Annotated[int, Field(ge=1, le=100)] = 10
+    # Each book level holds this multiple of the symbol's usual level notional (a thinner venue: < 1).
+    depth_scale: Annotated[float, Field(gt=0, le=100)] = 1.0
     faults: FaultSettings = FaultSettings()
     # More simulated venues beside `simulation`, each on the same price path with its own fees and
     # depth (so smart routing has venues to choose between): name `simulation-<x>` -> overrides.

@@ -7,7 +7,7 @@ keeps `SimOrder`s in Redis and calls these functions; the exchange emulator reus
 - Price path: a deterministic sum of sines per symbol (amplitude `volatility_bps`), so a resting
   order's fills can be recomputed after any crash.
 - Book: `depth_levels` levels each side, one basis point apart, each holding `level_notional` of
-  the quote currency; a market order walks it, so slippage grows with size against depth, on top
+  the quote currency (times `depth_scale`); a market order walks it, so slippage grows with size against depth, on top
   of the configured base `slippage`.
 - Limit orders that cross are taker fills; the rest rests and fills as maker when the path crosses
   its price, at most one level's size per second (partial fills over time).
@@ -88,13 +88,17 @@ def top_of_book(symbol: str, at: datetime, sim: SimulationSettings) -> tuple[Dec
     return mid * (1 - HALF_SPREAD), mid * (1 + HALF_SPREAD)
 
 
+def _level_notional(symbol: str, sim: SimulationSettings) -> Decimal:
+    return level_notional(symbol) * Decimal(repr(sim.depth_scale))
+
+
 def book_side(symbol: str, side: Side, at: datetime, sim: SimulationSettings) -> list[tuple[Decimal, Decimal]]:
     """The levels a `side` order takes from: [(price, size)], best first."""
     bid, ask = top_of_book(symbol, at, sim)
     levels = []
     for i in range(sim.depth_levels):
         price = ask * (1 + LEVEL_GAP * i) if side == Side.BUY else bid * (1 - LEVEL_GAP * i)
-        levels.append((price, level_notional(symbol) / price))
+        levels.append((price, _level_notional(symbol, sim) / price))
     return levels
 
 
@@ -190,7 +194,7 @@ def advance(order: SimOrder, now: datetime, sim: SimulationSettings) -> SimOrder
     assert market is not None
     start = max(order.evaluated_until, now - MAX_CATCH_UP)
     seconds = int((now - start).total_seconds())
-    per_second = level_notional(order.symbol) / order.limit_price
+    per_second = _level_notional(order.symbol, sim) / order.limit_price
     for i in range(1, seconds + 1):
         at = start + timedelta(seconds=i)
         bid, ask = top_of_book(order.symbol, at, sim)

@@ -193,24 +193,41 @@ async def test_orders_and_report_through_the_api_then_their_fallbacks(temporal_e
                    "the API is not running and there is no local database to read")
 
 
-async def test_demo_feeds_signals_and_summarises_their_outcome(temporal_env, order_worker, fast_settings,
-                                                               config_file, redis):
+async def test_demo_feeds_signals_and_summarises_their_outcome(temporal_env, stack_settings, tmp_path, redis):
+    """The demo on two simulated venues (`tom dev`'s): beside its usual signals, an order the router
+    splits across both venues and a TWAP, both followed to `filled` and shown with their children."""
     from workers.consumer import SignalConsumer
+    from workers.dev import DEV_SIMULATED_VENUES
+    from workers.worker import running_worker
 
+    e = stack_settings.execution
+    settings = stack_settings.with_overrides(execution={**e.model_dump(mode="json"), "simulation": {
+        **e.simulation.model_dump(mode="json"), "venues": DEV_SIMULATED_VENUES}})
+    config_file = tmp_path / "demo.yaml"
+    config_file.write_text(settings.to_yaml())
     stop = asyncio.Event()
-    consumer = asyncio.create_task(SignalConsumer(temporal_env.client, redis, fast_settings, name="demo").run(stop))
-    try:
-        result = await asyncio.to_thread(run_tom, config_file, "demo", "--orders", "10", "--rate", "50",
-                                         "--timeout", "120", timeout=180)
-    finally:
-        stop.set()
-        await consumer
+    async with running_worker(temporal_env.client, settings, redis):
+        consumer = asyncio.create_task(SignalConsumer(temporal_env.client, redis, settings, name="demo").run(stop))
+        try:
+            result = await asyncio.to_thread(run_tom, config_file, "demo", "--orders", "10", "--rate", "50",
+                                             "--timeout", "120", timeout=180)
+        finally:
+            stop.set()
+            await consumer
     assert result.returncode == 0, (result.stdout, result.stderr)
     # Ten signals: one malformed (dead-lettered), nine orders followed to a terminal state.
     assert "demo: publishing 10 signals to stream 'signals'" in result.stdout
     summary = next(line for line in result.stdout.splitlines() if line.startswith("demo: 9/9 orders terminal"))
     assert "filled" in summary
     assert "dead letters so far: 1 (stream signals.dead)" in result.stdout
+    # The split: one parent, filled, with children on both venues; the TWAP: 3 children, filled.
+    split = next(line for line in result.stdout.splitlines() if line.strip().startswith("split order-demo-"))
+    assert re.search(r"split order-demo-\w+-split: filled ([0-9.]+)/\1, 2 children on simulation, simulation-b: ",
+                     split.strip()), split
+    assert split.count(" filled") == 3, split  # the parent and both children
+    twap = next(line for line in result.stdout.splitlines() if line.strip().startswith("twap order-demo-"))
+    assert re.search(r"twap order-demo-\w+-twap: filled ([0-9.]+)/\1, 3 children on ", twap.strip()), twap
+    assert twap.count(" filled") == 4, twap
     # No API in this test: the demo says where its report's figures will be, in one line.
     assert "demo report: the API at http://127.0.0.1:" in result.stdout
     assert await redis.xlen("signals.dead") == 1

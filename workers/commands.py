@@ -26,7 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from config.settings import Settings
 from oms.events import order_cache_key
-from oms.markets import simulated_market
+from oms.markets import level_notional, simulated_market
 from oms.models import TERMINAL_STATES, AmendRequest, CancelRequest, OrderSnapshot, OrderState, Signal
 from oms.venue_model import mid_price
 from workers.cli import UserError
@@ -372,7 +372,46 @@ def demo_signals(settings: Settings, count: int, now: datetime | None = None) ->
         signals[4] = {"signal_id": f"demo-{run}-bad", "symbol": "BTC/USDT"}  # malformed: dead letter
         big = signals[7]
         big["quantity"] = str(Decimal(big["quantity"]) * 50)  # above max_order_value: denied
+        signals[-1] = _twap_signal(settings, f"demo-{run}-twap", now)
+        if len(simulated_venues(settings)) > 1:
+            signals[-2] = _split_signal(settings, f"demo-{run}-split", now)
     return signals
+
+
+def simulated_venues(settings: Settings) -> list[str]:
+    """The simulated venues smart routing chooses between (simulation mode only)."""
+    e = settings.execution
+    if e.mode != "simulation" or e.routing != "smart":
+        return []
+    return ["simulation", *e.simulation.venues]
+
+
+def _demo_quantity(settings: Settings, symbol: str, notional: Decimal, now: datetime) -> Decimal:
+    step = simulated_market(symbol).amount_step
+    mid = mid_price(symbol, now, settings.execution.simulation)
+    return (notional / mid / step).to_integral_value(rounding=ROUND_DOWN) * step
+
+
+def _split_signal(settings: Settings, signal_id: str, now: datetime) -> dict[str, Any]:
+    """A market buy larger than the thinnest venue's depth within the collar (and within
+    max_order_value): the router splits it, a parent with a child per venue. ADA/USDT, as the demo's
+    other orders do not trade it."""
+    symbol = "ADA/USDT"
+    sim = settings.execution.simulation
+    collar_levels = settings.orders.max_slippage_bps  # levels are 1 bp apart
+    thinnest = min(level_notional(symbol) * Decimal(repr(sim.venue(v).depth_scale))
+                   * min(sim.venue(v).depth_levels, collar_levels) for v in simulated_venues(settings))
+    notional = min(thinnest * Decimal("1.5"), Decimal(repr(settings.account_limits.max_order_value)) * Decimal("0.9"))
+    return {"signal_id": signal_id, "strategy_id": "momentum", "symbol": symbol, "side": "buy",
+            "quantity": str(_demo_quantity(settings, symbol, notional, now)), "created_at": now.isoformat()}
+
+
+def _twap_signal(settings: Settings, signal_id: str, now: datetime) -> dict[str, Any]:
+    """A TWAP: 3 slices 2 s apart, each well above the venues' minimums."""
+    notional = Decimal(repr(settings.account_limits.max_order_value)) * Decimal("0.3")
+    return {"signal_id": signal_id, "strategy_id": "meanrev", "symbol": "ETH/USDT", "side": "sell",
+            "quantity": str(_demo_quantity(settings, "ETH/USDT", notional, now)), "created_at": now.isoformat(),
+            "execution": {"algo": "twap", "duration_s": 6, "slices": 3}}
 
 
 def _bar(done: int, total: int, label: str, width: int = 30) -> None:
@@ -435,6 +474,12 @@ def summarize(final: dict[str, OrderSnapshot], expected: int, dead_letters: int)
         "fees": float(sum((s.fees for s in final.values()), Decimal(0))),
         "dead_letters_total": dead_letters,
         "denials": sorted({s.reason.split(":")[0] for s in final.values() if s.state == OrderState.DENIED and s.reason}),
+        "parents": [{"order_id": s.order_id, "algo": s.algo, "state": s.state.value,
+                     "filled_quantity": str(s.filled_quantity), "quantity": str(s.quantity),
+                     "children": [{"order_id": c.order_id, "exchange": c.exchange, "quantity": str(c.quantity),
+                                   "filled_quantity": str(c.filled_quantity), "state": c.state.value}
+                                  for c in s.children]}
+                    for s in sorted(final.values(), key=lambda s: s.order_id) if s.children],
     }
 
 
@@ -458,6 +503,13 @@ def print_summary(summary: dict[str, Any]) -> None:
     if summary["denials"]:
         print(f"      denied: {', '.join(summary['denials'])}")
     print(f"      dead letters so far: {summary['dead_letters_total']} (stream signals.dead)")
+    for parent in summary["parents"]:
+        kind = "split" if parent["algo"] == "route" else parent["algo"]
+        venues = sorted({c["exchange"] for c in parent["children"]})
+        print(f"      {kind} {parent['order_id']}: {parent['state']} {parent['filled_quantity']}/{parent['quantity']}, "
+              f"{len(parent['children'])} children on {', '.join(venues)}: "
+              + ", ".join(f"{c['order_id']} {c['exchange']} {c['filled_quantity']}/{c['quantity']} {c['state']}"
+                          for c in parent["children"]))
 
 
 async def report_headline(settings: Settings, since: datetime, expected: int, timeout: float = 30.0) -> list[str]:

