@@ -14,7 +14,8 @@ fraction of one venue's top level to beyond what one venue holds within the coll
 Then a few orders go through the real stack (a `tom worker` process, OrderWorkflow, the emulators):
 each one-venue order must end filled on the venue its plan named.
 
-If `bench/twap_schedule.py` exists (the parent-order branch), its `run()` result is merged in.
+Then `bench/twap_schedule.py` on its own stack: `schedule_error_ms_p99` (TWAP slice placement
+against its schedule, target < 250 ms), its details under `twap_schedule` (`--twap-slices 0` skips it).
 Prints one JSON object.
 """
 from __future__ import annotations
@@ -143,15 +144,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, default=12, help="order sizes per side (growing by 1.6x)")
     parser.add_argument("--stack-orders", type=int, default=4, help="orders through the real stack")
+    parser.add_argument("--twaps", type=int, default=3, help="TWAPs run at once for schedule_error_ms_p99")
+    parser.add_argument("--twap-slices", type=int, default=6, help="slices per TWAP (0: no TWAP measure)")
+    parser.add_argument("--twap-duration", type=int, default=15, help="seconds each TWAP lasts")
     args = parser.parse_args()
     result = asyncio.run(run(args.sizes, args.stack_orders))
-    # --- TWAP schedule (parent-order branch): merged here when bench/twap_schedule.py exists ---
-    try:
-        from bench import twap_schedule  # type: ignore[attr-defined]
-    except ImportError:
-        twap_schedule = None
-    if twap_schedule is not None:
-        result.update(twap_schedule.run())  # adds schedule_error_ms_p99
+    if args.twap_slices:
+        # TWAP slice placement against its schedule (bench/twap_schedule.py, its own stack).
+        from bench import twap_schedule
+
+        twap = asyncio.run(twap_schedule.run(args.twaps, args.twap_slices, args.twap_duration))
+        result["schedule_error_ms_p99"] = twap["schedule_error_ms_p99"]
+        result["twap_schedule"] = {k: v for k, v in twap.items() if k != "benchmark"}
     emit(result)
 
 

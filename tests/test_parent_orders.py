@@ -163,6 +163,23 @@ async def test_a_refused_childs_quantity_is_worked_again(temporal_env, order_wor
     assert all(c.state == S.FILLED for c in rest) and final.filled_quantity == D("0.2")
 
 
+async def test_a_twap_price_cap_is_never_breached_and_what_it_left_is_carried(temporal_env, order_worker,
+                                                                               fast_settings, redis):
+    """A buy TWAP capped 1 % below the market: every child is an IOC limit at the cap, so nothing
+    fills (a market slice would have), and what each slice left is carried into the next child."""
+    quote = await SimulatedVenue(redis, fast_settings.execution.simulation).quote("ETH/USDT")
+    cap = (quote.bid * D("0.99")).quantize(D("0.01"))
+    signal = twap("0.2", 2, 2, limit_price=str(cap))
+    final = await asyncio.wait_for((await start_parent(temporal_env.client, fast_settings, signal)).result(), 90)
+    assert final.state == S.EXPIRED and final.filled_quantity == 0, (final.state, final.reason)
+    children = await children_of(temporal_env.client, final)
+    # The two slices, then the quantity given back worked again by the extra children.
+    assert len(children) == 2 + 3 and all(c.state == S.EXPIRED and c.filled_quantity == 0 for c in children)
+    assert all((c.order_type, c.time_in_force, c.limit_price) == ("limit", "IOC", cap) for c in children)
+    assert children[-1].quantity == D("0.2")  # every unfilled slice carried into what came after
+    assert not [f for f in await executions(redis) if f["order_id"].startswith(signal.workflow_id)]
+
+
 async def test_amend_changes_what_is_left_to_work(temporal_env, order_worker, fast_settings, redis):
     handle = await start_parent(temporal_env.client, fast_settings, twap("0.4", 4, 8))
     await wait_until(handle, lambda s: s.children and s.children[0].state == S.FILLED)
