@@ -201,8 +201,10 @@ async def test_demo_feeds_signals_and_summarises_their_outcome(temporal_env, sta
     from workers.worker import running_worker
 
     e = stack_settings.execution
-    settings = stack_settings.with_overrides(execution={**e.model_dump(mode="json"), "simulation": {
-        **e.simulation.model_dump(mode="json"), "venues": DEV_SIMULATED_VENUES}})
+    settings = stack_settings.with_overrides(  # `tom dev`'s venues and order value limit
+        execution={**e.model_dump(mode="json"), "simulation": {**e.simulation.model_dump(mode="json"),
+                                                               "venues": DEV_SIMULATED_VENUES}},
+        account_limits={**stack_settings.account_limits.model_dump(mode="json"), "max_order_value": 1000})
     config_file = tmp_path / "demo.yaml"
     config_file.write_text(settings.to_yaml())
     stop = asyncio.Event()
@@ -220,13 +222,17 @@ async def test_demo_feeds_signals_and_summarises_their_outcome(temporal_env, sta
     summary = next(line for line in result.stdout.splitlines() if line.startswith("demo: 9/9 orders terminal"))
     assert "filled" in summary
     assert "dead letters so far: 1 (stream signals.dead)" in result.stdout
-    # The split: one parent, filled, with children on both venues; the TWAP: 3 children, filled.
-    split = next(line for line in result.stdout.splitlines() if line.strip().startswith("split order-demo-"))
-    assert re.search(r"split order-demo-\w+-split: filled ([0-9.]+)/\1, 2 children on simulation, simulation-b: ",
-                     split.strip()), split
-    assert split.count(" filled") == 3, split  # the parent and both children
-    twap = next(line for line in result.stdout.splitlines() if line.strip().startswith("twap order-demo-"))
-    assert re.search(r"twap order-demo-\w+-twap: filled ([0-9.]+)/\1, 3 children on ", twap.strip()), twap
+    # The split: a parent with children on both venues, terminal. The router gives the thin venue
+    # all its depth within the collar; when the price moves up between the plan and the child, that
+    # venue holds a little less (its levels are notional), and what no child may carry (below the
+    # minimums) ends the parent `expired` a hair short: at most 1 % here.
+    split = next(line for line in result.stdout.splitlines() if "-split: " in line).strip()
+    found = re.search(r"^split order-demo-\w+-split: (filled|expired) ([0-9.]+)/([0-9.]+), (\d+) children on "
+                      r"simulation, simulation-b: ", split)
+    assert found and int(found[4]) >= 2 and split.count(" filled") >= 2, split
+    assert Decimal(found[2]) >= Decimal(found[3]) * Decimal("0.99") and (found[1] == "filled") == (found[2] == found[3])
+    twap = next(line for line in result.stdout.splitlines() if "-twap: " in line).strip()
+    assert re.search(r"^twap order-demo-\w+-twap: filled ([0-9.]+)/\1, 3 children on ", twap), twap
     assert twap.count(" filled") == 4, twap
     # No API in this test: the demo says where its report's figures will be, in one line.
     assert "demo report: the API at http://127.0.0.1:" in result.stdout

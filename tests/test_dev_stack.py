@@ -1,6 +1,7 @@
 """`tom dev` as a user runs it: a subprocess that brings the stack up, runs the demo, and stops
 cleanly on SIGINT or SIGTERM leaving no process behind."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,7 +79,15 @@ def test_dev_stack_runs_the_demo_and_stops_cleanly_on_ctrl_c(dev_config, tmp_pat
         assert done == total and int(total) == 11, summary  # one of the 12 is a malformed signal
         # ... and ends with the report's headline figures, per quote currency (the demo trades USDT pairs).
         headline = output[output.index("demo report ("):].splitlines()
-        assert headline[1].strip().startswith("orders 11 (+0 parents); states: "), output
+        assert re.match(r"orders \d+ \(\+2 parents\); states: ", headline[1].strip()), output
+        # `tom dev` trades on two simulated venues: the demo's split order has children on both, its
+        # TWAP three children, each listed under the summary.
+        assert "  venues          simulation (taker 5 bps, 10 levels), simulation-b (taker 2 bps, 3 levels" in output
+        split = next(line for line in output.splitlines() if "-split: " in line)
+        assert re.search(r"split order-demo-\w+-split: (filled|expired) [0-9.]+/[0-9.]+, \d+ children on "
+                         r"simulation, simulation-b: ", split.strip()), split
+        twap = next(line for line in output.splitlines() if "-twap: " in line)
+        assert re.search(r"twap order-demo-\w+-twap: filled ([0-9.]+)/\1, 3 children on ", twap.strip()), twap
         assert headline[2].strip().startswith("USDT: success ") and "total cost" in headline[2], output
         assert httpx.get(f"http://127.0.0.1:{settings.service.port}/healthz").status_code == 200
         # A second stack on the same ports refuses to start, in one line, and starts nothing.
