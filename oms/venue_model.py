@@ -89,7 +89,8 @@ def top_of_book(symbol: str, at: datetime, sim: SimulationSettings) -> tuple[Dec
 
 
 def _level_notional(symbol: str, sim: SimulationSettings) -> Decimal:
-    return level_notional(symbol) * Decimal(repr(sim.depth_scale))
+    notional = level_notional(symbol)
+    return notional if sim.depth_scale == 1 else notional * Decimal(repr(sim.depth_scale))
 
 
 def book_side(symbol: str, side: Side, at: datetime, sim: SimulationSettings) -> list[tuple[Decimal, Decimal]]:
