@@ -172,7 +172,7 @@ async def test_simulated_venues_differ_and_an_unpinned_order_goes_to_the_cheaper
     from workers.worker import running_worker
 
     simulation = {**fast_settings.execution.simulation.model_dump(mode="json"),
-                  "venues": {"simulation-b": {"taker_fee": 0.0001, "depth_levels": 3}}}
+                  "venues": {"simulation-b": {"taker_fee": 0.0001, "depth_levels": 3, "depth_scale": 0.5}}}
     settings = fast_settings.with_overrides(execution={**fast_settings.execution.model_dump(mode="json"),
                                                        "simulation": simulation})
     assert servable_exchanges(settings) == {"simulation", "simulation-b"}
@@ -190,6 +190,8 @@ async def test_simulated_venues_differ_and_an_unpinned_order_goes_to_the_cheaper
     registry = await build_registry(settings, redis)
     books = {name: await registry.get(name).order_book("ETH/USDT", 20) for name in ("simulation", "simulation-b")}
     assert len(books["simulation"][1]) == 10 and len(books["simulation-b"][1]) == 3  # depth per venue
+    ratio = books["simulation-b"][1][0][1] / books["simulation"][1][0][1]  # and what each level holds
+    assert abs(ratio - Decimal("0.5")) < Decimal("0.001"), ratio
     resting = await RoutingService(registry, settings, redis).plan(
         make_signal(quantity="0.01", order_type="limit", limit_price="1500.00"))
     assert resting.legs == [] and resting.reason.endswith("(its limit price); sent to simulation (the first rule)")
