@@ -428,6 +428,9 @@ async def run_demo(settings: Settings, orders: int = 24, rate: float = 10.0, tim
         from messaging import publish_signals, signals_destination  # Redis stream or Pub/Sub topic
 
         print(f"demo: publishing {len(signals)} signals to {signals_destination(settings)} at {rate}/s")
+        if settings.execution.mode == "simulation" and len(simulated_venues(settings)) < 2 and orders >= 10:
+            print("demo: one simulated venue to route to (execution.simulation.venues unset, or routing: first): "
+                  "no split order; `tom dev` adds a second venue")
         for i, signal in enumerate(signals, 1):
             await publish_signals(settings, redis, [json.dumps(signal)])
             _bar(i, len(signals), "published")
