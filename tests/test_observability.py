@@ -15,7 +15,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.venues.simulated import FAULTS_KEY
 from config.settings import ConfigError, load_settings
 from oms.models import OrderState
-from tests.conftest import REPO, free_port, stop_process, tom_process
+from tests.conftest import REPO, free_port_run, stop_process, tom_process
 from tests.helpers import make_signal, start_order
 from workers.observability import JsonFormatter, TemporalContextFilter, worker_metrics_bind
 
@@ -101,7 +101,7 @@ async def test_our_own_logger_inside_an_activity_names_the_order_and_secrets_sta
 
 async def test_a_worker_serves_sdk_metrics_and_logs_json_lines_naming_the_order(
         temporal_env, stack_settings, redis, tmp_path, monkeypatch):
-    base = free_port()
+    base = free_port_run(2)
     settings = stack_settings.with_overrides(
         temporal={**stack_settings.temporal.model_dump(mode="json"), "metrics_bind": f"127.0.0.1:{base}"},
         orders={**stack_settings.orders.model_dump(mode="json"), "log_format": "json"})
