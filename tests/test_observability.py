@@ -14,9 +14,9 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.venues.simulated import FAULTS_KEY
 from config.settings import ConfigError, load_settings
-from oms.models import OrderState
+from oms.models import OrderSnapshot, OrderState
 from tests.conftest import REPO, free_port_run, stop_process, tom_process
-from tests.helpers import make_signal, start_order
+from tests.helpers import make_signal
 from workers.observability import JsonFormatter, TemporalContextFilter, worker_metrics_bind
 
 
@@ -118,9 +118,13 @@ async def test_a_worker_serves_sdk_metrics_and_logs_json_lines_naming_the_order(
             assert worker.poll() is None, log.read_text()
             assert asyncio.get_running_loop().time() < deadline, log.read_text()
             await asyncio.sleep(0.05)
-        # The acknowledgement is lost: the workflow logs its reconciliation, an activity its failure.
+        # Two lines about the order from inside it: the workflow refuses a malformed cancel (sent
+        # with the start) in workflow.logger; the lost acknowledgement fails an activity attempt.
         await redis.hset(FAULTS_KEY, "lost_ack_next", 1)
-        handle = await start_order(temporal_env.client, settings.temporal.task_queue, make_signal())
+        signal_ = make_signal()
+        handle = await temporal_env.client.start_workflow(
+            "OrderWorkflow", signal_, id=signal_.workflow_id, task_queue=settings.temporal.task_queue,
+            result_type=OrderSnapshot, start_signal="cancel", start_signal_args=[{"bogus": 1}])
         final = await asyncio.wait_for(handle.result(), 60)
         assert final.state == OrderState.FILLED, final
         async with httpx.AsyncClient() as http:
@@ -135,6 +139,8 @@ async def test_a_worker_serves_sdk_metrics_and_logs_json_lines_naming_the_order(
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]  # every line is JSON
     assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
     about_order = [line for line in lines if line.get("workflow_id") == handle.id]
-    assert about_order, log.read_text()
     for line in about_order:
         assert line["order_id"] == handle.id and line["run_id"] == handle.result_run_id, line
+    loggers = {line["logger"]: line["message"] for line in about_order}
+    assert loggers.get("temporalio.workflow", "").startswith("cancel signal refused, order unchanged"), lines
+    assert loggers.get("temporalio.activity") == "Completing activity as failed", lines
