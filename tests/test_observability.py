@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import socket
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -57,6 +59,26 @@ def test_a_workflow_logger_line_names_the_order_by_the_details_temporalio_puts_o
     line = json.loads(JsonFormatter([]).format(record))
     assert (line["order_id"], line["workflow_id"], line["run_id"]) == ("order-s1", "order-s1", "r-1")
     assert line["message"] == "retrying"
+
+
+CRASHING = """
+import warnings
+from config.settings import load_settings
+from workers.runtime import configure_logging
+settings = load_settings("config/local.yaml", env={"REDIS_PASSWORD": "sup3r-s3cret"})
+configure_logging(settings.with_overrides(orders={**settings.orders.model_dump(mode="json"), "log_format": "json"}))
+warnings.warn("an old API")
+raise RuntimeError("redis at sup3r-s3cret refused")
+"""
+
+
+def test_with_json_logs_a_warning_and_a_crash_are_json_lines_too():
+    crashed = subprocess.run([sys.executable, "-c", CRASHING], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert crashed.returncode == 1 and crashed.stdout == ""
+    warning, crash = [json.loads(line) for line in crashed.stderr.splitlines()]
+    assert warning["logger"] == "py.warnings" and "UserWarning: an old API" in warning["message"]
+    assert crash["level"] == "CRITICAL" and crash["message"] == "uncaught exception"
+    assert crash["exception"].endswith("RuntimeError: redis at *** refused")
 
 
 def json_lines(stream: io.StringIO) -> list[dict]:

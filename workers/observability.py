@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from datetime import datetime, timezone
 
 from temporalio import activity, workflow
@@ -107,6 +108,17 @@ def use_json_logs(secrets: list[str]) -> None:
         handler.setFormatter(formatter)
     workflow.logger.workflow_info_on_message = False
     activity.logger.activity_info_on_message = False
+    # What Python itself would print to stderr goes through logging too: warnings, and the
+    # traceback of an exception nothing caught (a crash is one JSON line, not forty text lines).
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind, error, traceback) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, error, traceback)
+        return
+    logging.getLogger("tom").critical("uncaught exception", exc_info=(kind, error, traceback))
 
 
 def add_context_filter() -> None:
