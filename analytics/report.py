@@ -39,9 +39,22 @@ def latency_stages(snapshots: list[OrderSnapshot]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def observed_mid_paths(snapshots: list[OrderSnapshot]) -> dict[str, list[MarketPoint]]:
+    """The market path as the platform saw it, per symbol, where no market data is given: the venue
+    mid at each order's submission (its arrival price, read by the workflow when it sent the order),
+    children's included. Enough for a parent's interval TWAP; no volume, so no VWAP."""
+    out: dict[str, list[MarketPoint]] = {}
+    for snap in snapshots:
+        sent = next((t.at for t in snap.transitions if t.state.value == "submitted"), None)
+        if snap.tca is not None and snap.tca.arrival_price is not None and sent is not None:
+            out.setdefault(snap.symbol, []).append(MarketPoint(at=sent, price=snap.tca.arrival_price))
+    return {symbol: sorted(points, key=lambda p: p.at) for symbol, points in out.items()}
+
+
 def parents_section(snapshots: list[OrderSnapshot],
                     paths: dict[str, list[MarketPoint]] | None) -> list[dict[str, Any]]:
     rows = {r.order_id: r for r in records(snapshots)}
+    paths = paths if paths is not None else observed_mid_paths(snapshots)
     out = []
     for parent in snapshots:
         if not rows[parent.order_id].is_parent:
@@ -126,7 +139,8 @@ def _mean(values: list[Decimal]) -> Decimal | None:
 def build_report(snapshots: list[OrderSnapshot], since: datetime | None = None, until: datetime | None = None,
                  paths: dict[str, list[MarketPoint]] | None = None) -> dict[str, Any]:
     """`snapshots`: the orders created in [since, until) (the store filters); `paths`: market
-    paths per symbol, for the parents' TWAP / VWAP benchmarks where one is known."""
+    paths per symbol, for the parents' TWAP / VWAP benchmarks where one is known (else the mids the
+    platform observed: TWAP only)."""
     rows = records(snapshots)
     leaves = [s for s, r in zip(snapshots, rows) if not r.is_parent]
     return {

@@ -28,9 +28,10 @@ from config.settings import Settings, load_settings
 from tests import contract_coverage
 from tests.contract_coverage import pytest_addoption  # noqa: F401  (a hook: --contract-coverage-strict)
 from workers.runtime import find_binary
+from workflows import search_attributes
 
 REPO = Path(__file__).resolve().parent.parent
-SEARCH_ATTRIBUTES = ("OrderState", "Symbol", "Exchange", "StrategyId", "ParentOrderId")
+SEARCH_ATTRIBUTES = search_attributes.NAMES
 # `tom worker` drains in-flight tasks for up to this long on SIGTERM (workers/worker.py).
 WORKER_DRAIN_S = 20.0
 

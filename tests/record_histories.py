@@ -1583,6 +1583,54 @@ async def _(st: Stage) -> None:
     expect(snap.state == S.DENIED and (snap.reason or "").startswith("invalid_algo_parameters"), snap)
 
 
+@scenario("sim-routed-split-into-parent")
+async def _(st: Stage) -> None:
+    """Unpinned, larger than either simulated venue's one-level book: the order's router splits it
+    and the order continues as ParentOrderWorkflow, one child per venue."""
+    simulation = {**st.settings.execution.simulation.model_dump(mode="json"), "depth_levels": 1,
+                  "venues": {"simulation-b": {"taker_fee": 0.0004, "depth_levels": 1}}}
+    settings = st.settings.with_overrides(execution={**st.settings.execution.model_dump(mode="json"),
+                                                     "simulation": simulation})
+    _, asks = await SimulatedVenue(st.redis, settings.execution.simulation).order_book("SOL/USDT", 1)
+    quantity = (asks[0][1] * Decimal("1.5")).quantize(Decimal("0.01"))
+    async with st.worker(settings):
+        from workers.intake import start_order as intake_start
+
+        signal = st.signal(symbol="SOL/USDT", quantity=str(quantity))
+        await intake_start(st.client, settings, signal)
+        handle = await first_run(st, signal.workflow_id)
+        st.kept.append((signal.workflow_id, handle))
+        snap = await st.client.get_workflow_handle(signal.workflow_id, result_type=OrderSnapshot).result()
+        await keep_children(st, snap)
+    expect(snap.state == S.FILLED and snap.algo == "route"
+           and {c.exchange for c in snap.children} == {"simulation", "simulation-b"}, snap)
+
+
+@scenario("parent-denied-unknown-symbol")
+async def _(st: Stage) -> None:
+    async with st.worker():
+        snap = await (await start_parent(st, symbol="NOPE/USDT",
+                                         execution={"algo": "twap", "slices": 2, "duration_s": 10})).result()
+    expect(snap.state == S.DENIED and "unknown_symbol" in (snap.reason or ""), snap)
+
+
+@scenario("parent-iceberg-amend-below-working-refused")
+async def _(st: Stage) -> None:
+    """An amend below what the open child holds at the venue is refused (cancel instead); the
+    iceberg keeps working until it is cancelled."""
+    async with st.worker():
+        quote = await SimulatedVenue(st.redis, st.settings.execution.simulation).quote("ETH/USDT")
+        handle = await start_parent(st, quantity="0.3", order_type="limit",
+                                    limit_price=str((quote.bid * Decimal("0.95")).quantize(Decimal("0.01"))),
+                                    execution={"algo": "iceberg", "display_quantity": "0.1"})
+        await wait_for(handle, lambda s: bool(s.children) and s.children[0].state == S.ACCEPTED)
+        await handle.signal("amend", {"quantity": "0.05"})
+        await handle.signal("cancel", {"reason": "end"})
+        snap = await handle.result()
+        await keep_children(st, snap)
+    expect(snap.state == S.CANCELLED and snap.quantity == Decimal("0.3") and len(snap.children) == 1, snap)
+
+
 # --- running ---------------------------------------------------------------------------------
 # --- validation at the venue's price, amends validated in full, start_at amends (issue 11) --------
 @scenario("sim-denied-algo-not-supported")

@@ -203,3 +203,12 @@ def test_prometheus_gauges_use_the_report_definitions():
     # submission -> first fill on binance: 90 (buy), 5990 (order-unk), 90 and 90 (the children)
     assert 'tom_submit_to_fill_ms{exchange="binance",quantile="0.5"} 90.0' in text
     metrics.observe_orders([])
+
+
+def test_parent_twap_from_the_mids_the_platform_observed_when_no_market_path_is_given():
+    """Without market data the parent's interval TWAP is the mean venue mid at its children's
+    submissions (20.05 and 20.15): 20.10; bought at 20.16 -> -(0.06 / 20.10) = -29.8507 bps. No
+    volume was observed, so no VWAP (never a made-up one)."""
+    [parent] = build_report(data.ALL)["parents"]
+    assert parent["twap"] == D("20.10") and parent["slippage_vs_twap_bps"] == D("-29.8507")
+    assert parent["vwap"] is None and parent["slippage_vs_vwap_bps"] is None

@@ -15,7 +15,6 @@ from decimal import Decimal
 from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.common import (
-    SearchAttributeKey,
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
@@ -30,6 +29,7 @@ from oms.models import Signal
 from oms.parent import ParentOrderInput
 from oms.story import static_details, static_summary
 from workers.runtime import PARENT_WORKFLOW_TYPE, WORKFLOW_TYPE
+from workflows import search_attributes
 
 CLOCK_SKEW_S = 60  # a created_at this far ahead of our clock is still believed
 
@@ -200,11 +200,11 @@ class StartResult:
 
 
 def _search_attributes(signal: Signal) -> TypedSearchAttributes:
-    key = SearchAttributeKey.for_keyword
-    pairs = [SearchAttributePair(key("OrderState"), "created"), SearchAttributePair(key("Symbol"), signal.symbol),
-             SearchAttributePair(key("StrategyId"), signal.strategy_id)]
+    pairs = [SearchAttributePair(search_attributes.ORDER_STATE, "created"),
+             SearchAttributePair(search_attributes.SYMBOL, signal.symbol),
+             SearchAttributePair(search_attributes.STRATEGY_ID, signal.strategy_id)]
     if signal.exchange:
-        pairs.append(SearchAttributePair(key("Exchange"), signal.exchange))
+        pairs.append(SearchAttributePair(search_attributes.EXCHANGE, signal.exchange))
     return TypedSearchAttributes(pairs)
 
 

@@ -19,13 +19,14 @@ from temporalio.converter import DataConverter
 from temporalio.service import TLSConfig
 
 from config.settings import Settings
+from workflows import search_attributes
 from workers.payload_codec import codec_from_settings, with_encryption
 
 WORKFLOW_TYPE = "OrderWorkflow"
 PARENT_WORKFLOW_TYPE = "ParentOrderWorkflow"  # a signal with execution.algo, or a split route
 # Keyword search attributes the workflows set: `tom temporal-setup` registers them on a namespace;
 # `tom worker` refuses to start without them (workers/temporal_setup.py).
-SEARCH_ATTRIBUTES = ("OrderState", "Symbol", "Exchange", "StrategyId", "ParentOrderId")
+SEARCH_ATTRIBUTES = search_attributes.NAMES
 
 
 def temporal_tls(settings: Settings) -> TLSConfig | bool:

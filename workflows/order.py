@@ -38,10 +38,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, is_cancelled_exception
 
 from workflows.order_release01 import Release01Paths
+from workflows.search_attributes import EXCHANGE, ORDER_STATE, STRATEGY_ID, SYMBOL
 from workflows.venue_errors import (
     NOTHING_SENT,
     VENUE_BUSY,
@@ -92,10 +93,6 @@ with workflow.unsafe.imports_passed_through():
     )
 
 S = OrderState
-ORDER_STATE = SearchAttributeKey.for_keyword("OrderState")
-SYMBOL = SearchAttributeKey.for_keyword("Symbol")
-EXCHANGE = SearchAttributeKey.for_keyword("Exchange")
-STRATEGY_ID = SearchAttributeKey.for_keyword("StrategyId")
 
 # Orders started before this patch keep release 0.1's tracking paths (order_release01.py) until they
 # end or continue as new; the id is recorded once, at the start of each run.

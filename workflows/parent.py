@@ -30,11 +30,12 @@ from decimal import Decimal
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError, is_cancelled_exception
 from temporalio.workflow import ParentClosePolicy
 
 from workflows.order import ChildOrderInput, _parse_request
+from workflows.search_attributes import EXCHANGE, ORDER_STATE, PARENT_ORDER_ID, STRATEGY_ID, SYMBOL
 
 with workflow.unsafe.imports_passed_through():
     from activities.execution import OrderContext
@@ -65,11 +66,6 @@ with workflow.unsafe.imports_passed_through():
     from oms.validation import Denial, DenialReason, validate_order
 
 S = OrderState
-ORDER_STATE = SearchAttributeKey.for_keyword("OrderState")
-SYMBOL = SearchAttributeKey.for_keyword("Symbol")
-EXCHANGE = SearchAttributeKey.for_keyword("Exchange")
-STRATEGY_ID = SearchAttributeKey.for_keyword("StrategyId")
-PARENT_ORDER_ID = SearchAttributeKey.for_keyword("ParentOrderId")
 
 HISTORY_BOUND = 5_000  # events: continue as new (between children) well before Temporal's 51,200
 CHILDREN_PER_RUN = 400  # children started in one run: continue as new before the 2,000 pending limit
