@@ -6,6 +6,7 @@ and the key; values are never echoed, so a secret cannot leak into a log or an e
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from decimal import Decimal
@@ -371,6 +372,9 @@ class OrderParams(_Strict):
     rate_limit_window_ms: Annotated[int, Field(ge=1)] = 1000
     track_execution_metrics: bool = True
     log_level: LogLevel = LogLevel.INFO
+    # text: `time LEVEL logger: message`; json: one object a line with order_id / workflow_id /
+    # run_id inside workflows and activities (GKE's log agent parses it; workers/observability.py).
+    log_format: Literal["text", "json"] = "text"
     # Horizon of a signal's timing: execution.start_at at most this far ahead, expire_at likewise.
     max_start_delay_s: Annotated[int, Field(ge=0, le=366 * 86_400)] = 86_400
     max_order_lifetime_s: Annotated[int, Field(ge=1, le=366 * 86_400)] = 30 * 86_400
@@ -455,6 +459,23 @@ class CodecServerSettings(_Strict):
     auth_token: OptionalSecret = None  # when set, requests need `Authorization: Bearer <token>`
 
 
+def _metrics_bind(value: str | None) -> str | None:
+    """`<ip>:<port>`: the SDK binds a socket address, so a host name is refused here, not at start."""
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    try:
+        address = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+        bracketed = host.startswith("[") and host.endswith("]")
+        valid = (bool(sep) and port.isdigit() and 1 <= int(port) <= 65535
+                 and bracketed == (address.version == 6))  # an IPv6 address is written [::]:9000
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError("must be <ip>:<port>, e.g. 0.0.0.0:9000, 127.0.0.1:9000 or [::]:9000")
+    return value
+
+
 class TemporalSettings(_Strict):
     address: str = "localhost:7233"
     namespace: str = "default"
@@ -472,6 +493,9 @@ class TemporalSettings(_Strict):
     payload_key: PayloadKeys = None
     payload_old_keys: PayloadKeys = None
     codec_server: CodecServerSettings = CodecServerSettings()
+    # `tom worker` serves the SDK's Prometheus metrics on http://<ip>:<port>/metrics; the workers of
+    # `--processes N` on port + slot - 1 (workers/observability.py). Unset: no metrics endpoint.
+    metrics_bind: Annotated[OptionalStr, AfterValidator(_metrics_bind)] = None
 
     @field_validator("payload_key")
     @classmethod

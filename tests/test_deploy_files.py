@@ -122,3 +122,9 @@ def test_configmap_carries_config_dev_yaml_verbatim_and_it_loads():
     finally:
         path.unlink()
     assert settings.environment == "development"
+    # The worker pod declares the port its SDK metrics are served on (temporal.metrics_bind).
+    worker = next(d for d in docs if d["kind"] == "Deployment"
+                  and d["spec"]["template"]["spec"]["containers"][0]["args"][0] == "worker")
+    port = int(settings.temporal.metrics_bind.rsplit(":", 1)[1])
+    assert {"name": "metrics", "containerPort": port} in worker["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert worker["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(port)

@@ -4,6 +4,7 @@ environment dev.yaml reads, graceful shutdown, autoscaling, disruption budgets, 
 """
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import yaml
 from config.settings import Settings, load_settings
 from tests.bigquery_emulator import bigquery_emulator  # noqa: F401  (the API pod's database, locally)
 from tests.kustomize_render import RenderError, render
+from workers.observability import worker_metrics_bind
 from workers.worker import DRAIN_MARGIN_S, GRACEFUL_SHUTDOWN, deployment_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,6 +140,16 @@ def test_rendered_manifests_run_the_config_they_mount(tmp_path):
     assert worker["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert container_of(worker)["args"] == ["worker", "--processes", "1"]  # the HPA scales pods of one process
     versioned = config_from(docs, container_of(worker), {}, tmp_path)
+    # The SDK metrics: the one worker process (slot 1) serves on temporal.metrics_bind's port, on
+    # the pod's interfaces, and the pod declares that port and the scrape annotations.
+    metrics_bind = worker_metrics_bind(versioned.temporal.metrics_bind, 1)
+    assert metrics_bind is not None and metrics_bind.startswith("0.0.0.0:")
+    metrics_port = int(metrics_bind.rsplit(":", 1)[1])
+    assert {p["name"]: p["containerPort"] for p in container_of(worker)["ports"]}["metrics"] == metrics_port
+    annotations = worker["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == str(metrics_port)
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert versioned.orders.log_format == "json"  # GKE's log agent parses the lines into fields
     assert versioned.temporal.deployment_name == "trading-order-management"
     config = deployment_config(versioned)
     assert config is not None and config.version.build_id == "abc1234" and config.use_worker_versioning
@@ -276,3 +288,7 @@ async def test_the_api_pod_serves_its_probes_on_the_pod_address(temporal_env, re
         assert ready.json()["ready"] is True
     finally:
         await asyncio.to_thread(stop_api, proc, log_path)
+    # dev.yaml logs JSON: every line the pod wrote, uvicorn's own included, is one object.
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    assert lines and all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    assert any(line["logger"].startswith("uvicorn") for line in lines), lines

@@ -28,10 +28,11 @@ from config.settings import load_settings
 from messaging.pubsub import PubSubNames
 from oms.events import RECORDER_GROUP
 from oms.models import OrderSnapshot, OrderState
-from tests.conftest import REPO, free_port, run_tom, stop_api, stop_process, tom_process, wait_for_http
+from tests.conftest import REPO, free_port, free_port_run, run_tom, stop_api, stop_process, tom_process, wait_for_http
 from tests.helpers import make_signal
 from tests.bigquery_emulator import bigquery_emulator  # noqa: F401  (a fixture the bigquery case asks for)
 from tests.pubsub_emulator import drain, pubsub_emulator, pubsub_messaging, subscribe_topic  # noqa: F401
+from workers.runtime import available_cores
 from tests.test_consumer import eventually
 
 
@@ -109,7 +110,9 @@ def dev_shaped_config(tmp_path: Path, temporal_env, redis_url: str, emulator, da
                  "port": free_port()},
         messaging=pubsub_messaging(dev.messaging.model_dump(mode="json"), emulator),
         database=database, execution=execution,
-        temporal={**dev.temporal.model_dump(mode="json"), "task_queue": f"e2e-{free_port()}"})
+        # The worker's SDK metrics on loopback ports of this machine's choosing (one per child).
+        temporal={**dev.temporal.model_dump(mode="json"), "task_queue": f"e2e-{free_port()}",
+                  "metrics_bind": f"127.0.0.1:{free_port_run(available_cores())}"})
     path = tmp_path / "dev-pubsub.yaml"
     path.write_text(settings.to_yaml())
     return path

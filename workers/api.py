@@ -484,5 +484,6 @@ def run(settings: Settings, args) -> int:
     tokens = settings.service.active_tokens()
     log.info("API authentication: %s", f"tokens {', '.join(sorted(tokens))}" if tokens else "off (loopback only)")
     uvicorn.run(create_app(settings), host=host, port=settings.service.port,
-                log_level=settings.orders.log_level.value.lower(), access_log=False)
+                log_level=settings.orders.log_level.value.lower(), access_log=False,
+                log_config=None)  # uvicorn's lines through configure_logging's handler (JSON, redacted)
     return 0

@@ -101,5 +101,6 @@ def run(settings: Settings, args) -> int:
     print(f"tom codec-server: http://{host}:{port} (namespace {settings.temporal.namespace}, "
           f"encrypting with key id {codec.current_key_id})", flush=True)
     uvicorn.run(create_app(settings, codec), host=host, port=port,
-                log_level=settings.orders.log_level.value.lower(), access_log=False)
+                log_level=settings.orders.log_level.value.lower(), access_log=False,
+                log_config=None)  # uvicorn's lines through configure_logging's handler (JSON, redacted)
     return 0

@@ -67,16 +67,27 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     return aioredis.from_url(settings.messaging.redis_url, decode_responses=True)
 
 
-def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.orders.log_level.value,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    redacting = RedactingFormatter(secret_values(settings), "%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(redacting)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(settings: Settings, metrics_bind: str | None = None) -> None:
+    """This process's logging (`orders.log_format`: text or JSON lines, secrets redacted either
+    way) and its Temporal runtime (the Prometheus endpoint at `metrics_bind`, for `tom worker`).
+    Called once per process, before any Temporal client exists (workers/observability.py)."""
+    from workers.observability import add_context_filter, install_temporal_runtime, use_json_logs
+
+    logging.basicConfig(level=settings.orders.log_level.value, format=LOG_FORMAT)
+    secrets = secret_values(settings)
+    if settings.orders.log_format == "json":
+        use_json_logs(secrets)
+    else:
+        redacting = RedactingFormatter(secrets, LOG_FORMAT)
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(redacting)
+    add_context_filter()
     # ccxt's DEBUG dumps every signed request with its headers (the venue API key): never wanted.
     logging.getLogger("ccxt").setLevel(max(logging.INFO, logging.getLogger().level))
+    install_temporal_runtime(settings, metrics_bind)
 
 
 def secret_values(settings: Settings) -> list[str]:
@@ -111,11 +122,13 @@ class RedactingFormatter(logging.Formatter):
         self.secrets = secrets
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        return self.redact(super().format(record))
+
+    def redact(self, text: str) -> str:
         for secret in self.secrets:
-            if secret in line:
-                line = line.replace(secret, "***")
-        return line
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
 
 
 def find_binary(name: str) -> str | None:

@@ -14,6 +14,10 @@ nothing else:
   bounded drain), and the parent waits for them all; a child still alive past the drain bound is
   killed and the parent exits 1, else 0.
 
+Each child gets its slot (1..N) in TOM_WORKER_SLOT, kept across restarts: with
+`temporal.metrics_bind` set, child k serves its Prometheus metrics on the configured port + k - 1
+(workers/observability.py); the parent serves none.
+
 Children run in the parent's process group: a supervisor that is killed outright (SIGKILL to the
 group, as a test or a container runtime does) takes its children with it. A child orphaned some
 other way is an ordinary worker: its tasks are retried elsewhere, and nothing is placed twice

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -27,6 +28,7 @@ from activities.venues import VenueRegistry
 from config.settings import Settings, resolve_config_path
 from messaging import EventSink, event_sink
 from workers.consumer import SignalConsumer
+from workers.observability import worker_metrics_bind
 from workers.poller import run_pollers
 from workers.sweep import run_sweeps
 from workers.runtime import available_cores, configure_logging, connect_temporal, redis_client
@@ -176,9 +178,14 @@ async def serve(settings: Settings, max_concurrent: int | None = None, with_cons
 
 
 def run(settings: Settings, args) -> int:
-    configure_logging(settings)
     max_concurrent, with_consumer = getattr(args, "max_concurrent", None), getattr(args, "with_consumer", False)
     processes = getattr(args, "processes", None) or available_cores()
+    bind = settings.temporal.metrics_bind
+    # The supervisor runs no worker, so no metrics server: each child serves its own, on the
+    # configured port + its slot - 1 (refused here, before any child starts, if N ports do not fit).
+    worker_metrics_bind(bind, processes)
+    slot = int(os.environ.get("TOM_WORKER_SLOT", "1"))
+    configure_logging(settings, None if processes > 1 else worker_metrics_bind(bind, slot))
     if processes > 1:  # one process per core under a supervisor (workers/supervisor.py)
         from workers.supervisor import Supervisor, child_command
 
