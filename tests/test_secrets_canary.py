@@ -73,8 +73,11 @@ def write_config(tmp_path: Path, emulator_url: str) -> Path:
         messaging={**base.messaging.model_dump(mode="json"), "host": "127.0.0.1", "port": free_port(),
                    "password": placeholder["REDIS_PASSWORD"]},
         database={"type": "duckdb", "path": str(tmp_path / "data" / "orders.duckdb")},
+        # No temporal.api_key: an API key implies TLS, which the local dev server does not speak (the
+        # TLS and key paths are tested in test_temporal_cloud.py); TEMPORAL_API_KEY stays in every
+        # process's environment, so it is still searched for everywhere below.
         temporal={**base.temporal.model_dump(mode="json"), "address": f"127.0.0.1:{free_port()}",
-                  "ui_port": free_port(), "api_key": placeholder["TEMPORAL_API_KEY"]},
+                  "ui_port": free_port()},
         execution=execution,
         orders={**base.orders.model_dump(mode="json"), "log_level": "DEBUG"},  # the most talkative logs
     )
