@@ -277,16 +277,22 @@ async def test_temporal_api_key_and_tls_reach_the_client(fast_settings, stack_se
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
-    try:
-        def pointed(**temporal):
-            return with_section(fast_settings, "temporal", address=f"127.0.0.1:{port}", **temporal)
+    # An API key is sent only over TLS (config refuses it in plaintext): a TLS front before the fake.
+    from tests.tls_front import SERVER_NAME, CertificateAuthority, TLSFront
 
-        client = await connect_temporal(pointed(api_key="right-key"))
-        assert client.service_client.config.api_key == "right-key"
-        with pytest.raises(RuntimeError, match="invalid API key"):  # a wrong key is refused
-            await connect_temporal(pointed(api_key="wrong-key"))
+    ca = CertificateAuthority(tmp_path)
+    try:
+        async with TLSFront(("127.0.0.1", port), ca.issue("server", server=True)) as front:
+            def pointed(address: str, **temporal):
+                return with_section(fast_settings, "temporal", address=address, **temporal)
+
+            tls = {"server_ca_path": str(ca.issued.cert), "server_name": SERVER_NAME}
+            client = await connect_temporal(pointed(front.address, api_key="right-key", tls=tls))
+            assert client.service_client.config.api_key == "right-key"
+            with pytest.raises(RuntimeError, match="invalid API key"):  # a wrong key is refused
+                await connect_temporal(pointed(front.address, api_key="wrong-key", tls=tls))
         with pytest.raises(RuntimeError, match="(?i)connect"):  # TLS to a plaintext frontend: refused
-            await connect_temporal(pointed(api_key="right-key", tls=True))
+            await connect_temporal(pointed(f"127.0.0.1:{port}", api_key="right-key", tls=tls))
     finally:
         server.stop(0)
     assert frontend.calls[:2] == [("/temporal.api.workflowservice.v1.WorkflowService/GetSystemInfo", "Bearer right-key"),
