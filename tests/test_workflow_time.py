@@ -1,4 +1,5 @@
 """Time in force and long-lived orders under the time-skipping test server: days in seconds."""
+import asyncio
 import time
 from datetime import timedelta
 from decimal import Decimal
@@ -8,6 +9,16 @@ import pytest_asyncio
 from oms.models import OrderState
 from tests.helpers import executions, local_activity_calls, make_signal, start_order
 from tests.test_workflow_lifecycle import touch
+
+
+async def finished(handle, timeout_s: float = 120):
+    """The order's end; on this server days pass in seconds, so a wait of minutes is a hang (a clock
+    that stopped skipping): fail with where the order stood, never stall the run."""
+    try:
+        return await asyncio.wait_for(handle.result(), timeout_s)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"{handle.id} not finished after {timeout_s}s: "
+                             f"{(await handle.describe()).status}") from None
 
 
 @pytest_asyncio.fixture
@@ -26,7 +37,7 @@ async def test_gtd_order_expires_after_three_days_in_seconds(time_env, skipping_
                          expire_at=expire_at.isoformat())
     started = time.monotonic()
     handle = await start_order(time_env.client, task_queue, signal)
-    snap = await handle.result()
+    snap = await finished(handle)
     elapsed = time.monotonic() - started
     assert snap.state == OrderState.EXPIRED and snap.reason == "expire_at reached"
     assert snap.transitions[-1].at >= expire_at
@@ -53,7 +64,7 @@ async def test_long_lived_gtc_order_keeps_history_bounded_for_20_days(time_env, 
     handle = await start_order(time_env.client, task_queue, signal)
     await time_env.sleep(timedelta(days=20))
     await handle.signal("cancel", {"reason": "end of test"})
-    snap = await handle.result()
+    snap = await finished(handle)
     assert snap.state == OrderState.CANCELLED
     assert [t.state for t in snap.transitions][:4] == [OrderState.CREATED, OrderState.VALIDATED,
                                                        OrderState.SUBMITTED, OrderState.ACCEPTED]
@@ -67,7 +78,7 @@ async def test_execution_start_at_is_a_durable_timer(time_env, skipping_worker, 
     now = await time_env.get_current_time()
     start_at = now + timedelta(hours=6)
     signal = make_signal(execution={"start_at": start_at.isoformat()})
-    snap = await (await start_order(time_env.client, task_queue, signal)).result()
+    snap = await finished(await start_order(time_env.client, task_queue, signal))
     submitted = next(t for t in snap.transitions if t.state == OrderState.SUBMITTED)
     assert snap.state == OrderState.FILLED and submitted.at >= start_at
 
@@ -83,7 +94,7 @@ async def test_venue_that_never_answers_is_unknown_then_reconciled_not_resubmitt
     await redis.hset(FAULTS_KEY, "hang_next", 1)
     started = time.monotonic()
     handle = await start_order(time_env.client, task_queue, make_signal(quantity="0.2"))
-    snap = await handle.result()
+    snap = await finished(handle)
     elapsed = time.monotonic() - started
     # A venue call is a local activity: its timeout runs on the worker's clock, which time skipping
     # neither shortens nor lets a skipped-over server timer preempt.
