@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from decimal import ROUND_DOWN, Decimal
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -353,7 +353,7 @@ def demo_signals(settings: Settings, count: int, now: datetime | None = None) ->
         market = simulated_market(symbol)
         mid = mid_price(symbol, now, sim)
         notional = Decimal(rng.randint(20, int(settings.account_limits.max_order_value * 0.8)))
-        quantity = (notional / mid / market.amount_step).to_integral_value(rounding=ROUND_DOWN) * market.amount_step
+        quantity = Decimal(int(notional / mid / market.amount_step)) * market.amount_step  # fixed point, whole lots
         side = rng.choice(("buy", "sell"))
         signal: dict[str, Any] = {"signal_id": f"demo-{run}-{i:03d}", "strategy_id": rng.choice(("momentum", "meanrev")),
                                   "symbol": symbol, "side": side, "quantity": str(quantity),
@@ -362,7 +362,7 @@ def demo_signals(settings: Settings, count: int, now: datetime | None = None) ->
         if kind in (3, 4):  # limits a few bps from mid: some cross soon, some expire
             offset = Decimal(rng.choice((-8, -3, 3))) / 10_000
             price = mid * (1 + offset if side == "buy" else 1 - offset)
-            price = (price / market.price_step).to_integral_value(rounding=ROUND_DOWN) * market.price_step
+            price = Decimal(int(price / market.price_step)) * market.price_step
             signal.update(order_type="limit", limit_price=str(price), time_in_force="GTD",
                           expire_at=(now + timedelta(seconds=20)).isoformat())
         elif kind == 5:
@@ -389,7 +389,9 @@ def simulated_venues(settings: Settings) -> list[str]:
 def _demo_quantity(settings: Settings, symbol: str, notional: Decimal, now: datetime) -> Decimal:
     step = simulated_market(symbol).amount_step
     mid = mid_price(symbol, now, settings.execution.simulation)
-    return (notional / mid / step).to_integral_value(rounding=ROUND_DOWN) * step
+    # A whole number of lots, in fixed point: a quotient can carry a positive exponent (2.00E+3),
+    # which would reach the signal and the order as written.
+    return Decimal(int(notional / mid / step)) * step
 
 
 def _split_signal(settings: Settings, signal_id: str, now: datetime) -> dict[str, Any]:
