@@ -42,7 +42,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError, is_cancelled_exception
 
 from workflows.order_release01 import Release01Paths
-from workflows.search_attributes import EXCHANGE, ORDER_STATE, STRATEGY_ID, SYMBOL
+from workflows.search_attributes import ChangedAttributes
 from workflows.venue_errors import (
     NOTHING_SENT,
     VENUE_BUSY,
@@ -100,6 +100,9 @@ LIFECYCLE_V2 = "order-lifecycle-v2"
 # Orders routed by the smart router (prepare_order's context carries the plan): a split becomes a
 # parent order, a plan's reason is recorded. Runs started before it ignore a plan.
 SMART_ROUTING = "smart-routing"
+# Both of the above in one patch marker, what every run started since records (a marker and an upsert
+# fewer), and search attributes upserted only when they change.
+LIFECYCLE_V3 = "order-lifecycle-v3"
 BUSY_WAIT_MAX_S = 30.0
 # A cancel that did not take, an `unknown` to reconcile, a cancel-and-replace awaiting its cancel's
 # confirmation: each retry waits on a durable timer, retry_delay_ms doubling up to RETRY_BACKOFF_MAX,
@@ -228,10 +231,17 @@ class OrderWorkflow(Release01Paths):
             self._state = OrderWorkflowState(signal=order, snapshot=_initial_snapshot(order, workflow.now()))
         self._seen = set(self._state.seen_fill_ids)
         self._pending_fills: list[Fill] = []
-        self._v2 = workflow.patched(LIFECYCLE_V2)
         # Asked here, at the run's first task, not after prepare_order: a local activity's marker and a
-        # patch marker recorded in one task are not always in the order the code ran them.
-        self._smart_routing = workflow.patched(SMART_ROUTING)
+        # patch marker recorded in one task are not always in the order the code ran them. A run
+        # started today records one marker (every patch marker is also a search-attribute upsert, a
+        # visibility write on the server); runs recorded before it answer the two older questions.
+        v3 = workflow.patched(LIFECYCLE_V3)
+        if v3:
+            self._v2 = self._smart_routing = True
+        else:
+            self._v2 = workflow.patched(LIFECYCLE_V2)
+            self._smart_routing = workflow.patched(SMART_ROUTING)
+        self._attributes = ChangedAttributes(only_changes=v3)  # v3: an unchanged attribute is not upserted
         self._lock = asyncio.Lock()  # release 0.1's amend_order only
         self._handing_over = False  # continue-as-new is waiting for the handlers to return
         # A Temporal cancellation request is not carried to a new run by the server: this run sees the
@@ -1118,10 +1128,7 @@ class OrderWorkflow(Release01Paths):
         if snap.tca is not None:
             snap.tca = order_tca(snap, snap.tca)
         workflow.set_current_details(current_details(snap))
-        workflow.upsert_search_attributes([
-            ORDER_STATE.value_set(snap.state.value), SYMBOL.value_set(snap.symbol),
-            EXCHANGE.value_set(snap.exchange), STRATEGY_ID.value_set(snap.strategy_id),
-        ])
+        self._attributes.upsert(snap.state.value, snap.symbol, snap.exchange, snap.strategy_id)
         first = self._state.published_transitions
         events = [
             OrderEvent(event_id=f"{snap.order_id}:{first + i}", order_id=snap.order_id, state=t.state, at=t.at,
