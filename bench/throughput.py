@@ -1,6 +1,6 @@
 """Sustained throughput: market orders per second to a terminal state, one worker process by default.
 
-    python -m bench.throughput [--seconds 60] [--rate 150] [--processes N]
+    python -m bench.throughput [--seconds 60] [--rate 150] [--processes N] [--workflow-threads N]
 
 Signals are offered on the `signals` stream at --rate for --seconds to `tom worker --with-consumer`;
 a terminal event on `order_events` marks an order done. orders_per_s = orders that reached a
@@ -59,8 +59,9 @@ def cpu_total(proc: psutil.Process) -> float:
                                            for c in proc.children(recursive=True))
 
 
-async def run(seconds: float, rate: float, processes: int = 1) -> dict:
-    with BenchStack() as stack:
+async def run(seconds: float, rate: float, processes: int = 1, workflow_threads: int | None = None) -> dict:
+    overrides = {} if workflow_threads is None else {"temporal": {"workflow_threads": workflow_threads}}
+    with BenchStack(overrides) as stack:
         stack.start_temporal()
         stack.start_redis()
         stack.start_worker("worker", "--with-consumer", "--processes", str(processes))
@@ -99,8 +100,9 @@ async def run(seconds: float, rate: float, processes: int = 1) -> dict:
         trivial = json.loads(subprocess.run(
             [sys.executable, "-m", "bench.trivial", "--address", stack.settings.temporal.address,
              "--seconds", str(min(seconds, 30)), "--rate", str(rate)]
-            + ([] if not stack.settings.temporal.sandbox else ["--sandbox"]),
-            check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            + ([] if not stack.settings.temporal.sandbox else ["--sandbox"])
+            + ["--workflow-threads", str(stack.settings.temporal.workflow_threads)],
+            check=True, capture_output=True, text=True, timeout=seconds + 300).stdout.splitlines()[-1])
     orders_per_s = round(in_window / window, 1)
     return {
         "benchmark": "throughput", "seconds": round(window, 1), "offered_rate_per_s": rate, "offered": sent,
@@ -108,7 +110,8 @@ async def run(seconds: float, rate: float, processes: int = 1) -> dict:
         "worker_cpu_ms_per_order": round(cpu_ms["worker"], 2), "server_cpu_ms_per_order": round(cpu_ms["temporal"], 2),
         **trivial, "orders_vs_trivial": round(orders_per_s / trivial["trivial_workflows_per_s"], 3)
         if trivial["trivial_workflows_per_s"] else None,
-        "all_terminal_after_drain": finished == sent, "worker_rss_mb": worker["rss_mb"],
+        "all_terminal_after_drain": finished == sent,
+        "workflow_threads": stack.settings.temporal.workflow_threads, "worker_rss_mb": worker["rss_mb"],
         "cpu_percent": cpu, "machine_cores": psutil.cpu_count(), "workflow_sandbox": stack.settings.temporal.sandbox,
         "target_orders_per_s": 100,
     }
@@ -119,8 +122,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--rate", type=float, default=150, help="offered signals per second")
     parser.add_argument("--processes", type=int, default=1, help="worker processes (tom worker --processes)")
+    parser.add_argument("--workflow-threads", type=int, default=None,
+                        help="temporal.workflow_threads for the worker (default: the config's, 0 = inline)")
     args = parser.parse_args()
-    emit(asyncio.run(run(args.seconds, args.rate, args.processes)))
+    emit(asyncio.run(run(args.seconds, args.rate, args.processes, args.workflow_threads)))
 
 
 if __name__ == "__main__":

@@ -488,6 +488,10 @@ class TemporalSettings(_Strict):
     build_id: Annotated[OptionalStr, AfterValidator(_version_part("[A-Za-z0-9_.-]"))] = None
     ui_port: Annotated[int, Field(ge=1, le=65535)] = 8233
     sandbox: bool = True  # run workflows in the SDK's determinism sandbox (false: faster, see README)
+    # Where the worker runs workflow activations: 0, inline on its event loop (no thread hand-off and
+    # no GIL contention; the SDK's 2 s deadlock detection cannot interrupt inline code); N, a pool of
+    # N threads with that detection (README: performance).
+    workflow_threads: Annotated[int, Field(ge=0, le=1024)] = 0
     # AES-GCM payload encryption: the key new payloads are encrypted with, and older keys still
     # accepted for decoding (rotation). Unset: payloads are stored in plain JSON.
     payload_key: PayloadKeys = None

@@ -112,12 +112,12 @@ def dev_server_args() -> list[str]:
 
 @pytest_asyncio.fixture(scope="session")
 async def temporal_env():
-    from temporalio.contrib.pydantic import pydantic_data_converter
+    from workers.payload_converter import shared_pydantic_data_converter  # production's (workers/runtime.py)
 
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=find_binary("temporal"),
         dev_server_extra_args=dev_server_args(),
-        data_converter=pydantic_data_converter,
+        data_converter=shared_pydantic_data_converter,
         ui=False,
     )
     yield env
@@ -129,15 +129,14 @@ async def temporal_env():
 # server, so a workflow or activity a module leaves behind must not hold another module's clock.
 @pytest_asyncio.fixture(scope="module")
 async def time_env():
-    from temporalio.contrib.pydantic import pydantic_data_converter
-
+    from workers.payload_converter import shared_pydantic_data_converter
     from temporalio.api.enums.v1 import IndexedValueType
     from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 
     started = contract_coverage.StartedWorkflows()  # this server cannot list its workflows
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=find_binary("temporal-test-server"),
-        data_converter=pydantic_data_converter,
+        data_converter=shared_pydantic_data_converter,
         interceptors=[started],
     )
     _EXIT_WORKAROUND["needed"] = True

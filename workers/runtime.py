@@ -14,12 +14,12 @@ from urllib.parse import quote
 import redis.asyncio as aioredis
 from pydantic import BaseModel, SecretStr
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.service import TLSConfig
 
 from config.settings import Settings
 from workflows import search_attributes
+from workers.payload_converter import shared_pydantic_data_converter
 from workers.payload_codec import codec_from_settings, with_encryption
 
 WORKFLOW_TYPE = "OrderWorkflow"
@@ -60,7 +60,7 @@ async def connect_temporal(settings: Settings) -> Client:
 
 def data_converter(settings: Settings) -> DataConverter:
     """Pydantic models as JSON; AES-GCM encrypted when `temporal.payload_key` is set."""
-    return with_encryption(pydantic_data_converter, codec_from_settings(settings.temporal))
+    return with_encryption(shared_pydantic_data_converter, codec_from_settings(settings.temporal))
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:

@@ -7,6 +7,7 @@ Kubernetes (SIGTERM drains: in-flight activities get `graceful_shutdown_timeout`
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import signal
@@ -38,6 +39,13 @@ from workflows.parent import ParentOrderWorkflow
 
 log = logging.getLogger("tom.worker")
 GRACEFUL_SHUTDOWN = timedelta(seconds=20)  # k8s terminationGracePeriodSeconds must exceed this
+# Workflow tasks one worker process runs at once. Beyond what its core can turn around in a few
+# seconds, more slots only queue work inside the process: at 500, a burst above capacity made each
+# task wait past the 10 s workflow-task timeout, the retries added load, and throughput collapsed
+# (bench.throughput at 150/s offered). With fewer, the excess waits on the server's task queue,
+# where it is durable and any worker can take it. Eager starts past the limit go through that queue.
+WORKFLOW_TASK_SLOTS = 100
+ACTIVITY_SLOTS = 500  # activities and local activities: waiting on venues and Redis, not on the CPU
 DRAIN_MARGIN_S = 2.0  # past GRACEFUL_SHUTDOWN, for the pollers and the worker's own shutdown
 
 
@@ -66,7 +74,7 @@ async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis
     execution = ExecutionActivities(registry, settings, DailyOrderLimit(redis), routing)
     limits = AccountLimitActivities(redis)
     publish = PublishActivities(redis, settings, sink)
-    concurrency = max_concurrent or 500
+    concurrency = max_concurrent or ACTIVITY_SLOTS
     versioning = deployment_config(settings)
     return Worker(
         client,
@@ -74,16 +82,47 @@ async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis
         workflows=[OrderWorkflow, ParentOrderWorkflow],
         activities=[*execution.all(), *RoutingActivities(routing).all(), limits.reserve_daily_order,
                     publish.record_progress],
-        max_concurrent_workflow_tasks=concurrency,
+        max_concurrent_workflow_tasks=max_concurrent or WORKFLOW_TASK_SLOTS,
         max_concurrent_activities=concurrency,
         max_concurrent_local_activities=concurrency,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        workflow_task_executor=activation_executor(settings.temporal.workflow_threads),
         **({"deployment_config": versioning} if versioning else {}),
         # The sandbox re-imports the workflow module for every new order (~60% of worker CPU at
         # load); `temporal.sandbox: false` trades that guard for throughput. Determinism is still
         # checked in CI by replaying recorded histories in the sandbox (tests/test_replay.py).
         **({} if settings.temporal.sandbox else {"workflow_runner": UnsandboxedWorkflowRunner()}),
     )
+
+
+class InlineExecutor(concurrent.futures.Executor):
+    """Runs each workflow activation on the worker's event loop thread, as the loop's next callback
+    (outside the task that asked: a workflow steps its own tasks). Activations are short,
+    deterministic Python: a thread per activation only adds a hand-off and GIL contention. A
+    workflow runs its own event loop while activated and clears the running-loop registration on
+    exit; the worker's loop is restored after it (as the SDK's inline debug mode does)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        loop = asyncio.get_running_loop()
+
+        def run() -> None:
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as error:  # noqa: B036 - handed to the caller, as a thread pool would
+                future.set_exception(error)
+            finally:
+                asyncio._set_running_loop(loop)
+
+        loop.call_soon(run)
+        return future
+
+
+def activation_executor(threads: int) -> concurrent.futures.Executor:
+    """`temporal.workflow_threads`: 0 runs activations inline, N on a pool of N threads."""
+    if threads == 0:
+        return InlineExecutor()
+    return concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="temporal_workflow_")
 
 
 def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
