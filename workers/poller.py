@@ -29,10 +29,11 @@ from temporalio.service import RPCError
 
 from activities.venues import VenueError, VenueRegistry
 from oms.events import client_order_key, order_cache_key
-from oms.models import OrderSnapshot
+from oms.models import TERMINAL_STATES
 from oms.venue import OPEN_STATUSES, VenueOrderRef, VenueOrderReport
 from workers.lease import Lease
 
+TERMINAL_VALUES = frozenset(state.value for state in TERMINAL_STATES)
 log = logging.getLogger("tom.poller")
 LEASE_S = 10
 CATCH_UP_S = 5.0  # closed-orders listing at most this often (Binance: one weighty call per symbol)
@@ -133,12 +134,19 @@ class AccountPoller:
         return sent
 
     async def _signal(self, reports: list[VenueOrderReport]) -> int:
+        if not reports:
+            return 0
+        # Two batched reads for the whole round, not two per order: at load, most listed orders
+        # ended in their own workflow a moment ago.
+        order_ids = await self._redis.mget([client_order_key(r.client_order_id) for r in reports])
+        ended = [order_id for r, order_id in zip(reports, order_ids)
+                 if order_id is not None and r.status not in OPEN_STATUSES]
+        cached = dict(zip(ended, await self._redis.mget([order_cache_key(o) for o in ended]))) if ended else {}
         sent = 0
-        for report in reports:
-            order_id = await self._redis.get(client_order_key(report.client_order_id))
+        for report, order_id in zip(reports, order_ids):
             if order_id is None:
                 continue
-            if report.status not in OPEN_STATUSES and await self._known_terminal(order_id):
+            if report.status not in OPEN_STATUSES and _known_terminal(cached.get(order_id)):
                 continue  # most closed orders ended in their own workflow already: spare the RPC
             try:
                 await self._client.get_workflow_handle(order_id).signal("venue_update", report)
@@ -148,9 +156,9 @@ class AccountPoller:
         return sent
 
 
-    async def _known_terminal(self, order_id: str) -> bool:
-        raw = await self._redis.get(order_cache_key(order_id))
-        return raw is not None and OrderSnapshot.model_validate_json(raw).is_terminal
+def _known_terminal(cached_snapshot: str | None) -> bool:
+    """Whether the order cache holds the order as ended (its state read, not the whole snapshot)."""
+    return cached_snapshot is not None and json.loads(cached_snapshot).get("state") in TERMINAL_VALUES
 
 
 async def run_pollers(client: Client, redis: aioredis.Redis, registry: VenueRegistry, accounts: list[tuple[str, str]],

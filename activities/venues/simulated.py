@@ -102,12 +102,24 @@ class SimulatedVenue:
         if self._sim.delay_ms:
             await asyncio.sleep(self._sim.delay_ms / 1000)
 
-    async def _fault(self, kind: str) -> bool:
-        """Whether fault `kind` (reject | lost_ack | hang) fires on this call."""
-        if await self._take_one(keys=[FAULTS_KEY], args=[f"{kind}_next"]):
+    async def _enter_reading_faults(self) -> dict[str, str]:
+        """`_enter` for a submission, reading the injected faults in the same round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.incr(REQUESTS_KEY)
+            pipe.hgetall(FAULTS_KEY)
+            _, faults = await pipe.execute()
+        if self._sim.delay_ms:
+            await asyncio.sleep(self._sim.delay_ms / 1000)
+        return faults
+
+    async def _fault(self, kind: str, faults: dict[str, str]) -> bool:
+        """Whether fault `kind` (reject | lost_ack | hang) fires on this call. `faults` is the fault
+        hash as read when the call arrived: a one-shot counter seen there is taken atomically (two
+        workers never both fire one), and an order with no fault injected costs no more reads."""
+        if int(faults.get(f"{kind}_next") or 0) > 0 and await self._take_one(keys=[FAULTS_KEY], args=[f"{kind}_next"]):
             return True
         rate_name = "timeout_rate" if kind == "hang" else f"{kind}_rate"
-        override = await self._redis.hget(FAULTS_KEY, rate_name)
+        override = faults.get(rate_name)
         rate = float(override) if override is not None else getattr(self._sim.faults, rate_name)
         return rate > 0 and random.random() < rate
 
@@ -165,8 +177,8 @@ class SimulatedVenue:
         return side(Side.SELL), side(Side.BUY)
 
     async def submit(self, request: VenueOrderRequest) -> VenueOrderReport:
-        await self._enter()
-        if await self._fault("reject"):
+        faults = await self._enter_reading_faults()
+        if await self._fault("reject", faults):
             raise VenueError(VenueErrorType.REJECTED, "simulated rejection (fault injection)")
         existing = await self._load(request.client_order_id)
         if existing is None:
@@ -182,9 +194,9 @@ class SimulatedVenue:
                 order = await self._load(request.client_order_id)
         else:
             order = existing
-        if await self._fault("lost_ack"):
+        if await self._fault("lost_ack", faults):
             raise VenueError(VenueErrorType.UNKNOWN_OUTCOME, "simulated lost acknowledgement")
-        if await self._fault("hang"):
+        if await self._fault("hang", faults):
             await asyncio.sleep(HANG_SECONDS)
         return sim_report(order, self.name)
 
@@ -232,12 +244,9 @@ class SimulatedVenue:
         await self._enter()
         key = self._closed_key(account)
         await self._redis.zremrangebyscore(key, "-inf", since_ms - CLOSED_KEPT_MS)  # bounded
-        reports = []
-        for client_order_id in await self._redis.zrangebyscore(key, since_ms, "+inf"):
-            order = await self._load(client_order_id)
-            if order is not None:
-                reports.append(sim_report(order, self.name))
-        return reports
+        closed = await self._redis.zrangebyscore(key, since_ms, "+inf")
+        raws = await self._redis.mget([self._order_key(cid) for cid in closed]) if closed else []
+        return [sim_report(venue_model.SimOrder.model_validate_json(raw), self.name) for raw in raws if raw]
 
     async def close(self) -> None:
         return None
