@@ -25,6 +25,7 @@ import json
 import time
 import uuid
 from datetime import datetime, timezone
+from decimal import Decimal
 
 import redis.asyncio as aioredis
 
@@ -32,6 +33,7 @@ from activities.venues.simulated import SimulatedVenue
 from bench.stack import BenchStack, emit, percentile
 from oms.events import SIGNAL_FIELD
 from oms.generation import generate_order
+from oms.pricing import VenuePrices
 from oms.validation import validate_order
 from oms.venue import VenueOrderRequest
 from workers.intake import parse_signal
@@ -77,7 +79,11 @@ async def baseline(stack: BenchStack, redis: aioredis.Redis, orders: int, rate: 
         market = await venue.market(signal.symbol)
         quote = await venue.quote(signal.symbol)
         instruction = generate_order(signal, settings.orders, "simulation", market, quote.mid, None)
-        denial = validate_order(instruction, signal.side, market, settings.account_limits, datetime.now(timezone.utc))
+        limits = settings.account_limits
+        if market.quote != limits.currency:
+            raise RuntimeError(f"baseline: {signal.symbol} is quoted in {market.quote}, the account in {limits.currency}")
+        prices = VenuePrices(account_currency=limits.currency, bid=quote.bid, ask=quote.ask, conversion_price=Decimal(1))
+        denial = validate_order(instruction, signal.side, market, limits, datetime.now(timezone.utc), prices)
         if denial is not None:
             raise RuntimeError(f"baseline order denied: {denial}")
         cid = f"base-{uuid.uuid4().hex[:12]}"
@@ -166,8 +172,12 @@ async def bare_ccxt(url: str, orders: int, rate: float) -> list[float]:
         await exchange.close()
 
 
-async def run_direct(orders: int, rate: float) -> dict:
-    with BenchStack() as stack:
+def _overrides(workflow_threads: int | None) -> dict:
+    return {} if workflow_threads is None else {"temporal": {"workflow_threads": workflow_threads}}
+
+
+async def run_direct(orders: int, rate: float, workflow_threads: int | None = None) -> dict:
+    with BenchStack(_overrides(workflow_threads)) as stack:
         stack.start_temporal()
         stack.start_redis()
         url = stack.start_emulator("binance")
@@ -198,8 +208,8 @@ async def run_direct(orders: int, rate: float) -> dict:
     }
 
 
-async def run(orders: int, rate: float) -> dict:
-    with BenchStack() as stack:
+async def run(orders: int, rate: float, workflow_threads: int | None = None) -> dict:
+    with BenchStack(_overrides(workflow_threads)) as stack:
         stack_sandbox = stack.settings.temporal.sandbox
         stack.start_temporal()
         stack.start_redis()
@@ -231,11 +241,13 @@ def main() -> None:
                         help="signals per second, steady (well inside capacity: see bench.throughput); "
                              "default 20 (simulation), 5 (direct)")
     parser.add_argument("--mode", choices=["simulation", "direct"], default="simulation")
+    parser.add_argument("--workflow-threads", type=int, default=None,
+                        help="temporal.workflow_threads for the worker (default: the config's, 0 = inline)")
     args = parser.parse_args()
     if args.mode == "direct":
-        emit(asyncio.run(run_direct(args.orders, args.rate or 5.0)))
+        emit(asyncio.run(run_direct(args.orders, args.rate or 5.0, args.workflow_threads)))
     else:
-        emit(asyncio.run(run(args.orders, args.rate or 20.0)))
+        emit(asyncio.run(run(args.orders, args.rate or 20.0, args.workflow_threads)))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from oms.venue_status import StatusRule, resolve
 FAULTS_KEY = "sim:faults"
 REQUESTS_KEY = "sim:requests"
 HANG_SECONDS = 3600.0
+LISTING_SLICE = 50  # orders read and parsed per round trip when listing
 CLOSED_KEPT_MS = 86_400_000  # closed orders listed for the poller's catch-up this long
 
 # Atomically take one from a one-shot counter: returns 1 if it fired.
@@ -245,8 +246,13 @@ class SimulatedVenue:
         key = self._closed_key(account)
         await self._redis.zremrangebyscore(key, "-inf", since_ms - CLOSED_KEPT_MS)  # bounded
         closed = await self._redis.zrangebyscore(key, since_ms, "+inf")
-        raws = await self._redis.mget([self._order_key(cid) for cid in closed]) if closed else []
-        return [sim_report(venue_model.SimOrder.model_validate_json(raw), self.name) for raw in raws if raw]
+        reports = []
+        # In slices, each its own read: a listing of thousands (a catch-up at load) would otherwise
+        # parse them all in one step of the event loop the worker's workflows run on.
+        for start in range(0, len(closed), LISTING_SLICE):
+            raws = await self._redis.mget([self._order_key(cid) for cid in closed[start:start + LISTING_SLICE]])
+            reports += [sim_report(venue_model.SimOrder.model_validate_json(raw), self.name) for raw in raws if raw]
+        return reports
 
     async def close(self) -> None:
         return None
