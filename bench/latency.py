@@ -13,9 +13,11 @@ both clocks are this machine's. The venue's artificial delay (delay_ms) is 0 in 
 --mode direct: the same measurement through ccxt against a `tom exchange-emulator` (Binance)
 process: latency = the emulator's created time of the order minus the publish time; baseline = the
 bare ccxt `create_order` round trip against the same emulator from this process. The durable path
-is split into stages from the order's own transitions: prepare (publish -> validated), gate and
-venue call (validated -> the venue stored it), record (the venue stored it -> the workflow recorded
-the answer).
+is split into stages: to_workflow (publish -> the order's first workflow task: consumer, eager
+start), prepare (-> venue_submit starts its venue work, by the adapter's sent mark: the prepare
+local activity with routing, market, quote and the daily slot, then the submit's scheduling), gate
+and venue call (-> the venue stored it: the shared gate's admission and the HTTP request), record
+(-> the workflow applied the answer).
 """
 from __future__ import annotations
 
@@ -138,13 +140,19 @@ async def direct_durable(url: str, redis: aioredis.Redis, orders: int, rate: flo
         await asyncio.sleep(0.5)
     await asyncio.sleep(1.0)  # the last answers recorded
     seen = await transitions_at(redis, set(created))
-    stages: dict[str, list[float]] = {"prepare": [], "gate_and_venue_call": [], "record": []}
-    for order_id, at in created.items():
+    # The adapter's sent mark (set as venue_submit starts its venue work) splits the workflow's
+    # part from the venue call's. A transition's time is workflow.now(): the start of the workflow
+    # task (or local-activity answer) that made it, so `created` marks the order's first task.
+    sent_marks = await redis.mget([f"venue:binance:default:sent:{cid}" for cid in created])
+    stages: dict[str, list[float]] = {"to_workflow": [], "prepare": [], "gate_and_venue_call": [], "record": []}
+    for (order_id, at), mark in zip(created.items(), sent_marks):
         marks = seen.get(order_id, {})
-        validated, answered = marks.get("validated"), marks.get("accepted") or marks.get("filled")
-        if validated is not None and answered is not None:
-            stages["prepare"].append((validated - sent[order_id]) * 1000)
-            stages["gate_and_venue_call"].append((at - validated) * 1000)
+        started, answered = marks.get("created"), marks.get("accepted") or marks.get("filled")
+        if started is not None and answered is not None and mark is not None:
+            submitting = int(mark) / 1000
+            stages["to_workflow"].append((started - sent[order_id]) * 1000)
+            stages["prepare"].append((submitting - started) * 1000)
+            stages["gate_and_venue_call"].append((at - submitting) * 1000)
             stages["record"].append((answered - at) * 1000)
     return {"latencies": [(at - sent[cid]) * 1000 for cid, at in created.items()], "stages": stages}
 
