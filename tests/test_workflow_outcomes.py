@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 import pytest_asyncio
+from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.client import WorkflowUpdateFailedError
 
 import workflows.order as order_module
@@ -22,7 +23,30 @@ from tests.scripted_venue import ScriptedVenue, Step
 from tests.test_workflow_lifecycle import wait_for_state
 
 S = OrderState
-RESULT_TIMEOUT = 60
+# Bounds on waits for an order's end, in wall-clock seconds. Skipped time is worked through at the
+# worker's pace (time skips only while nothing is in flight), so on a loaded machine an hour of
+# backoff timers takes long: the bounds hold there (tests.under_load) and still fail a stuck order.
+RESULT_TIMEOUT = 180
+
+
+async def skip_time(time_env, duration: timedelta) -> None:
+    """time_env.sleep, its RPC bounded by RESULT_TIMEOUT rather than the client's default: the test
+    server answers once the workflows have worked through the skipped time."""
+    request = SleepRequest()
+    request.duration.FromTimedelta(duration)
+    await time_env.client.test_service.unlock_time_skipping_with_sleep(request,
+                                                                         timeout=timedelta(seconds=RESULT_TIMEOUT))
+
+
+async def wait_until_resting(time_env, handle, timeout: float = RESULT_TIMEOUT) -> list[list]:
+    """The order's runs once the last one rests (closed, or waiting on a timer after a completed task)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        runs = await chain_histories(time_env.client, handle.id, handle.first_execution_run_id)
+        if resting(runs[-1]):
+            return runs
+        assert asyncio.get_running_loop().time() < deadline, f"{handle.id} never rested: {runs[-1][-3:]}"
+        await asyncio.sleep(0.1)
 
 
 @pytest.fixture(autouse=True)
@@ -119,9 +143,8 @@ async def test_an_unforeseen_outcome_is_recorded_counted_and_reconciled(time_env
     assert snap.anomalies >= 1 and "past the order" in snap.last_anomaly
     assert any(t.state == S.UNKNOWN and "unforeseen outcome" in (t.reason or "") for t in snap.transitions)
     assert int((await redis.hgetall(ANOMALIES_KEY))["scripted"]) >= 1
-    await asyncio.sleep(0.5)
-    runs = await chain_histories(time_env.client, handle.id, handle.first_execution_run_id)
-    assert failed_workflow_tasks(runs) == [] and resting(runs[-1])
+    runs = await wait_until_resting(time_env, handle)
+    assert failed_workflow_tasks(runs) == []
     await handle.terminate("end of test")
 
 
@@ -191,7 +214,7 @@ async def test_a_cancel_that_does_not_take_is_retried_on_backoff_timers(time_env
     await wait_for_state(handle, {S.ACCEPTED})
     await handle.signal("cancel", {"reason": "test"})
     await asyncio.sleep(0.5)
-    await time_env.sleep(timedelta(hours=1))
+    await skip_time(time_env, timedelta(hours=1))
     # 0.1 s doubling to the 5-minute cap, jittered: ~12 retries to reach it, then one per 150-300 s.
     assert 10 <= venue.calls["cancel"] <= 40, venue.calls
     snap = await handle.query("status", result_type=OrderSnapshot)
@@ -207,7 +230,7 @@ async def test_an_unknown_order_is_looked_up_on_backoff_timers(time_env, scripte
     venue.queue("fetch", *[Step(outcome="transient") for _ in range(1000)])
     handle, _ = await scripted(venue, **limit())
     await wait_for_state(handle, {S.UNKNOWN})
-    await time_env.sleep(timedelta(hours=1))
+    await skip_time(time_env, timedelta(hours=1))
     per_look = fast_settings.orders.retry_attempts + 1  # each look retries transient errors itself
     assert venue.calls["fetch"] <= 40 * per_look, venue.calls
     venue.script["fetch"].clear()
