@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 import pytest_asyncio
 
-from activities.venues.ccxt_exchange import QUOTE_TTL_S, CcxtVenue, build_ccxt_adapters
+from activities.venues.ccxt_exchange import CcxtVenue, build_ccxt_adapters
 from activities.venues.gate import gate_status
 from activities.venues import VenueError
 from oms.markets import simulated_market
@@ -67,24 +67,6 @@ async def test_markets_and_quotes_come_from_the_venue(adapter):
     with pytest.raises(VenueError) as unknown:
         await adapter.market("NOPE/USDT")
     assert unknown.value.kind == VenueErrorType.REJECTED
-
-
-async def test_a_quote_near_the_end_of_its_ttl_is_served_cached_and_refreshed_behind(adapter):
-    """Orders flowing at a steady rate never wait for a book fetch once the first one is cached."""
-    first = await adapter.quote(SYMBOL)
-    fetched_at, book = adapter._books[SYMBOL]
-    assert SYMBOL not in adapter._refreshing  # a fresh book: no refresh
-    adapter._books[SYMBOL] = (fetched_at - QUOTE_TTL_S * 0.9, book)  # as if 0.9 s had passed
-    again = await adapter.quote(SYMBOL)
-    assert (again.bid, again.ask) == (first.bid, first.ask)  # served from the cache, at once
-    refresh = adapter._refreshing[SYMBOL]
-    await asyncio.wait_for(refresh, 5)
-    refreshed_at, refreshed = adapter._books[SYMBOL]
-    assert refreshed is not book and refreshed_at > fetched_at  # fetched again, behind the order
-    assert SYMBOL not in adapter._refreshing
-    adapter._books[SYMBOL] = (refreshed_at - QUOTE_TTL_S * 1.5, refreshed)  # past the TTL: fetched inline
-    await adapter.quote(SYMBOL)
-    assert adapter._books[SYMBOL][0] > refreshed_at and SYMBOL not in adapter._refreshing
 
 
 async def test_resting_order_listed_then_cancelled(adapter, emulators):

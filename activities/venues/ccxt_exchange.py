@@ -52,7 +52,6 @@ from oms.venue import (
 log = logging.getLogger("tom.venue.ccxt")
 MARKETS_TTL_S = 3600
 QUOTE_TTL_S = 1.0  # a reference price a second old is fine for a collar; saves a request per order
-REFRESH_AHEAD = 0.8  # an order reading a book older than this share of the TTL refreshes it in the background
 SENT_MARK_TTL_S = 7 * 86400
 CLOCK_MARGIN_MS = 1000  # our clocks against the venue's, on top of its receive window
 BOOK_DEPTH = 5
@@ -94,7 +93,6 @@ class CcxtVenue:
         self._markets_at = 0.0
         self._markets_lock = asyncio.Lock()
         self._books: dict[str, tuple[float, dict]] = {}
-        self._refreshing: dict[str, asyncio.Task] = {}  # background book refreshes, by symbol
         self._taker_fee = account_settings.taker_fee  # this account's rate, where configured
 
     @contextlib.contextmanager
@@ -156,24 +154,8 @@ class CcxtVenue:
 
     async def _book(self, symbol: str) -> dict:
         cached = self._books.get(symbol)
-        if cached:
-            age = time.monotonic() - cached[0]
-            if age < QUOTE_TTL_S:
-                if age > QUOTE_TTL_S * REFRESH_AHEAD and symbol not in self._refreshing:
-                    # Orders still flowing: the next one finds a fresh book instead of waiting for it.
-                    self._refreshing[symbol] = asyncio.create_task(self._refresh_book(symbol))
-                return cached[1]
-        return await self._fetch_book(symbol)
-
-    async def _refresh_book(self, symbol: str) -> None:
-        try:
-            await self._fetch_book(symbol)
-        except VenueError as error:  # the next order past the TTL fetches (and reports) it itself
-            log.info("%s: background book refresh for %s failed: %s", self.name, symbol, error)
-        finally:
-            self._refreshing.pop(symbol, None)
-
-    async def _fetch_book(self, symbol: str) -> dict:
+        if cached and time.monotonic() - cached[0] < QUOTE_TTL_S:
+            return cached[1]
         try:
             book = await self.client.fetch_order_book(symbol, BOOK_DEPTH)
         except ccxt.BaseError as error:
@@ -356,9 +338,6 @@ class CcxtVenue:
         return (await gate_status(self._redis, self.name, self.account))["circuit"] == "open"
 
     async def close(self) -> None:
-        for task in list(self._refreshing.values()):
-            task.cancel()
-        await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
         await self.client.close()
 
     # --- translation ------------------------------------------------------------------------------
