@@ -123,14 +123,17 @@ async def test_failover_misses_no_fill_the_next_leaseholder_continues_from_the_c
     await trade_at_venue(unseen_snap, "0.04", then_cancel=True)
 
     follower = AccountPoller(temporal_env.client, redis, registry, "simulation", interval_s=0.1, catch_up_s=0.1)
-    assert not await follower._hold_lease()  # the dead one's lease still holds for a moment
+    # The dead one's lease holds until its TTL runs out (however long the steps above took: on a
+    # loaded machine it may be gone already); then the follower takes it over.
+    if await redis.pttl("poller:lease:simulation:default") > 1_000:
+        assert not await follower._hold_lease()
     stop = asyncio.Event()
     follower_task = asyncio.create_task(follower.run(stop))
     try:
         expected = {seen_handle: (OrderState.FILLED, Decimal("0.1")),
                     unseen_handle: (OrderState.CANCELLED, Decimal("0.04"))}
         for handle, (state, filled) in expected.items():
-            final = await asyncio.wait_for(handle.result(), 15)  # the orders' own polls are minutes away
+            final = await asyncio.wait_for(handle.result(), 60)  # the orders' own polls are minutes away
             assert (final.state, final.filled_quantity) == (state, filled), final
             assert _venue_updates([e async for e in handle.fetch_history_events()]) >= 1
             published = [f for f in await executions(redis) if f["order_id"] == final.order_id]
