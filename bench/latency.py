@@ -31,8 +31,9 @@ from decimal import Decimal
 
 import redis.asyncio as aioredis
 
+from activities.venues.ccxt_exchange import sent_mark_key
 from activities.venues.simulated import SimulatedVenue
-from bench.stack import BenchStack, emit, percentile
+from bench.stack import BenchStack, emit, percentile, workflow_threads_override
 from oms.events import SIGNAL_FIELD
 from oms.generation import generate_order
 from oms.pricing import VenuePrices
@@ -143,7 +144,7 @@ async def direct_durable(url: str, redis: aioredis.Redis, orders: int, rate: flo
     # The adapter's sent mark (set as venue_submit starts its venue work) splits the workflow's
     # part from the venue call's. A transition's time is workflow.now(): the start of the workflow
     # task (or local-activity answer) that made it, so `created` marks the order's first task.
-    sent_marks = await redis.mget([f"venue:binance:default:sent:{cid}" for cid in created])
+    sent_marks = await redis.mget([sent_mark_key("binance", "default", cid) for cid in created])
     stages: dict[str, list[float]] = {"to_workflow": [], "prepare": [], "gate_and_venue_call": [], "record": []}
     for (order_id, at), mark in zip(created.items(), sent_marks):
         marks = seen.get(order_id, {})
@@ -180,12 +181,8 @@ async def bare_ccxt(url: str, orders: int, rate: float) -> list[float]:
         await exchange.close()
 
 
-def _overrides(workflow_threads: int | None) -> dict:
-    return {} if workflow_threads is None else {"temporal": {"workflow_threads": workflow_threads}}
-
-
 async def run_direct(orders: int, rate: float, workflow_threads: int | None = None) -> dict:
-    with BenchStack(_overrides(workflow_threads)) as stack:
+    with BenchStack(workflow_threads_override(workflow_threads)) as stack:
         stack.start_temporal()
         stack.start_redis()
         url = stack.start_emulator("binance")
@@ -217,7 +214,7 @@ async def run_direct(orders: int, rate: float, workflow_threads: int | None = No
 
 
 async def run(orders: int, rate: float, workflow_threads: int | None = None) -> dict:
-    with BenchStack(_overrides(workflow_threads)) as stack:
+    with BenchStack(workflow_threads_override(workflow_threads)) as stack:
         stack_sandbox = stack.settings.temporal.sandbox
         stack.start_temporal()
         stack.start_redis()

@@ -51,6 +51,11 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
 
 
+def workflow_threads_override(workflow_threads: int | None) -> dict[str, Any]:
+    """A BenchStack override for `--workflow-threads` (None: the config's own setting)."""
+    return {} if workflow_threads is None else {"temporal": {"workflow_threads": workflow_threads}}
+
+
 class BenchStack:
     def __init__(self, overrides: dict[str, Any] | None = None, keep_state: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="tom-bench-"))

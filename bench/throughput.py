@@ -25,11 +25,10 @@ import psutil
 import redis.asyncio as aioredis
 
 from bench.latency import signal_payload
-from bench.stack import BenchStack, emit
+from bench.stack import BenchStack, emit, workflow_threads_override
 from oms.events import EVENT_FIELD, ORDER_EVENTS_STREAM, SIGNAL_FIELD
 from oms.models import TERMINAL_STATES
 
-TERMINAL = {s.value for s in TERMINAL_STATES}
 
 
 async def count_terminal(redis: aioredis.Redis, stop: asyncio.Event, done: dict[str, float]) -> None:
@@ -40,7 +39,7 @@ async def count_terminal(redis: aioredis.Redis, stop: asyncio.Event, done: dict[
             for entry_id, fields in entries:
                 last = entry_id
                 event = json.loads(fields[EVENT_FIELD])
-                if event["state"] in TERMINAL:
+                if event["state"] in TERMINAL_STATES:  # a StrEnum set: holds the plain strings too
                     done.setdefault(event["order_id"], time.time())
 
 
@@ -60,8 +59,7 @@ def cpu_total(proc: psutil.Process) -> float:
 
 
 async def run(seconds: float, rate: float, processes: int = 1, workflow_threads: int | None = None) -> dict:
-    overrides = {} if workflow_threads is None else {"temporal": {"workflow_threads": workflow_threads}}
-    with BenchStack(overrides) as stack:
+    with BenchStack(workflow_threads_override(workflow_threads)) as stack:
         stack.start_temporal()
         stack.start_redis()
         stack.start_worker("worker", "--with-consumer", "--processes", str(processes))

@@ -21,9 +21,9 @@ from datetime import timedelta
 import psutil
 from temporalio import activity, workflow
 from temporalio.client import Client
-from workers.payload_converter import shared_pydantic_data_converter
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+from workers.payload_converter import shared_pydantic_data_converter
 from workers.worker import ACTIVITY_SLOTS, WORKFLOW_TASK_SLOTS, activation_executor
 
 

@@ -2,6 +2,8 @@
 be restarted on the same task queue, and reading a continue-as-new chain's histories."""
 from __future__ import annotations
 
+import asyncio
+
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
@@ -105,3 +107,14 @@ def resting(events: list) -> bool:
             EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED,
             EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED}
     return last.event_type not in busy and bool(open_timers(events))
+
+
+async def settle(client, workflow_id: str, first_run_id: str, timeout: float = 8.0) -> bool:
+    """True once the latest run rests (closed, or its task done and a timer pending)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        runs = await chain_histories(client, workflow_id, first_run_id)
+        if resting(runs[-1]):
+            return True
+        await asyncio.sleep(0.05)
+    return False

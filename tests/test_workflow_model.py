@@ -37,7 +37,7 @@ import workflows.order as order_module
 from oms.models import OrderSnapshot, client_order_id_for
 from oms.venue import VenueOrderStatus
 from tests.helpers import make_signal
-from tests.model_support import ScriptedWorkers, chain_histories, failed_workflow_tasks, resting
+from tests.model_support import ScriptedWorkers, chain_histories, failed_workflow_tasks, settle
 from tests.scripted_venue import STEP, ScriptedVenue
 
 EXAMPLES = int(os.environ.get("TOM_MODEL_EXAMPLES", "30"))
@@ -54,17 +54,6 @@ REQUESTS_BASE = 24
 def request_bound(actions: int, skipped_s: float) -> int:
     half_cap_s = order_module.RETRY_BACKOFF_MAX.total_seconds() / 2
     return REQUESTS_BASE + REQUESTS_PER_ACTION * actions + int(skipped_s / half_cap_s) * 2
-
-
-async def settle(client, workflow_id: str, first_run_id: str, timeout: float = 8.0) -> bool:
-    """True once the latest run rests (closed, or its task done and a timer pending)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        runs = await chain_histories(client, workflow_id, first_run_id)
-        if resting(runs[-1]):
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 async def skip_time(time_env, seconds: float) -> None:

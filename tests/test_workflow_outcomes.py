@@ -18,7 +18,7 @@ from activities.publish import ANOMALIES_KEY
 from oms.models import OrderSnapshot, OrderState, client_order_id_for
 from oms.venue import VenueFill, VenueOrderStatus
 from tests.helpers import make_signal
-from tests.model_support import ScriptedWorkers, chain_histories, failed_workflow_tasks, resting
+from tests.model_support import ScriptedWorkers, chain_histories, failed_workflow_tasks, settle
 from tests.scripted_venue import ScriptedVenue, Step
 from tests.test_workflow_lifecycle import wait_for_state
 
@@ -36,17 +36,6 @@ async def skip_time(time_env, duration: timedelta) -> None:
     request.duration.FromTimedelta(duration)
     await time_env.client.test_service.unlock_time_skipping_with_sleep(request,
                                                                          timeout=timedelta(seconds=RESULT_TIMEOUT))
-
-
-async def wait_until_resting(time_env, handle, timeout: float = RESULT_TIMEOUT) -> list[list]:
-    """The order's runs once the last one rests (closed, or waiting on a timer after a completed task)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        runs = await chain_histories(time_env.client, handle.id, handle.first_execution_run_id)
-        if resting(runs[-1]):
-            return runs
-        assert asyncio.get_running_loop().time() < deadline, f"{handle.id} never rested: {runs[-1][-3:]}"
-        await asyncio.sleep(0.1)
 
 
 @pytest.fixture(autouse=True)
@@ -143,7 +132,8 @@ async def test_an_unforeseen_outcome_is_recorded_counted_and_reconciled(time_env
     assert snap.anomalies >= 1 and "past the order" in snap.last_anomaly
     assert any(t.state == S.UNKNOWN and "unforeseen outcome" in (t.reason or "") for t in snap.transitions)
     assert int((await redis.hgetall(ANOMALIES_KEY))["scripted"]) >= 1
-    runs = await wait_until_resting(time_env, handle)
+    assert await settle(time_env.client, handle.id, handle.first_execution_run_id, RESULT_TIMEOUT), "never rested"
+    runs = await chain_histories(time_env.client, handle.id, handle.first_execution_run_id)
     assert failed_workflow_tasks(runs) == []
     await handle.terminate("end of test")
 

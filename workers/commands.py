@@ -535,7 +535,7 @@ async def report_headline(settings: Settings, since: datetime, expected: int, ti
             except httpx.HTTPError as exc:
                 return [f"demo report: the API at {_api(settings)} is not answering ({type(exc).__name__}); "
                         "`tom report` shows the figures once it runs"]
-            recorded = sum(n for state, n in doc["states"].items() if state in {s.value for s in TERMINAL_STATES})
+            recorded = sum(n for state, n in doc["states"].items() if state in TERMINAL_STATES)
             if recorded >= expected or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)

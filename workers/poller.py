@@ -33,7 +33,6 @@ from oms.models import TERMINAL_STATES
 from oms.venue import OPEN_STATUSES, VenueOrderRef, VenueOrderReport
 from workers.lease import Lease
 
-TERMINAL_VALUES = frozenset(state.value for state in TERMINAL_STATES)
 log = logging.getLogger("tom.poller")
 LEASE_S = 10
 CATCH_UP_S = 5.0  # closed-orders listing at most this often (Binance: one weighty call per symbol)
@@ -158,7 +157,7 @@ class AccountPoller:
 
 def _known_terminal(cached_snapshot: str | None) -> bool:
     """Whether the order cache holds the order as ended (its state read, not the whole snapshot)."""
-    return cached_snapshot is not None and json.loads(cached_snapshot).get("state") in TERMINAL_VALUES
+    return cached_snapshot is not None and json.loads(cached_snapshot).get("state") in TERMINAL_STATES
 
 
 async def run_pollers(client: Client, redis: aioredis.Redis, registry: VenueRegistry, accounts: list[tuple[str, str]],

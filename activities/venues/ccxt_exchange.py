@@ -82,6 +82,11 @@ def _at(timestamp_ms: Any) -> datetime:
     return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
+def sent_mark_key(exchange: str, account: str, client_order_id: str) -> str:
+    """Where submit marks, before sending, the time (ms) an order went out (also read by bench.latency)."""
+    return f"venue:{exchange}:{account}:sent:{client_order_id}"
+
+
 class CcxtVenue:
     def __init__(self, name: str, client: ccxt.Exchange, dialect: Dialect, redis: aioredis.Redis,
                  account_settings: ExchangeSettings, commit_patience_ms: int = 1000) -> None:
@@ -196,7 +201,7 @@ class CcxtVenue:
 
     # --- orders -----------------------------------------------------------------------------------
     def _sent_key(self, client_order_id: str) -> str:
-        return f"venue:{self.name}:{self.account}:sent:{client_order_id}"
+        return sent_mark_key(self.name, self.account, client_order_id)
 
     def _symbols_key(self) -> str:
         """Sorted set: symbol by the last time (ms) we sent it an order (Binance lists closed orders
