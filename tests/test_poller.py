@@ -10,6 +10,7 @@ import pytest_asyncio
 
 from activities.venues.simulated import SimulatedVenue
 from activities.venues import VenueRegistry
+from oms.events import client_order_key
 from oms.models import OrderSnapshot, OrderState
 from oms.venue import VenueFill, VenueOrderRef, VenueOrderStatus
 from tests.helpers import executions, make_signal, start_order
@@ -52,6 +53,40 @@ async def test_poller_signals_an_order_cancelled_at_the_venue(temporal_env, orde
     for handle in handles[1:]:
         await handle.signal("cancel", {})
     await asyncio.gather(*(h.result() for h in handles[1:]))
+
+
+async def test_an_order_listed_before_its_workflow_recorded_it_is_signalled_on_the_next_round(
+        temporal_env, order_worker, fast_settings, task_queue, redis):
+    """The listing and the venue's answer cross: the poller lists an order whose client order id no
+    workflow has recorded yet. It is not marked seen, so the next round signals it (marked seen, an
+    unchanged order would never be signalled until it changed)."""
+    venue = SimulatedVenue(redis, fast_settings.execution.simulation)
+    handle = await start_order(temporal_env.client, task_queue,
+                               make_signal(order_type="limit", limit_price="1000.00", quantity="0.1"))
+    snap = await wait_for_state(handle, {OrderState.ACCEPTED})
+    mapping = client_order_key(snap.client_order_id)
+    order_id = await redis.get(mapping)
+    assert order_id == handle.id
+    await redis.delete(mapping)  # as it was before the workflow recorded the venue's answer
+    poller = AccountPoller(temporal_env.client, redis, VenueRegistry({"simulation": venue}), "simulation")
+    await redis.delete(poller._seen_key)
+    await poller.poll_once(catch_up=False)
+    assert not await redis.hexists(poller._seen_key, snap.client_order_id)
+    assert await venue_updates(handle) == 0
+    await redis.set(mapping, order_id)  # the workflow's record lands
+    await poller.poll_once(catch_up=False)
+    assert await redis.hexists(poller._seen_key, snap.client_order_id)
+    assert await venue_updates(handle) == 1
+    await poller.poll_once(catch_up=False)
+    assert await venue_updates(handle) == 1  # seen now, unchanged: not signalled again
+    await handle.signal("cancel", {})
+    await handle.result()
+
+
+async def venue_updates(handle) -> int:
+    return len([e async for e in handle.fetch_history_events()
+                if e.HasField("workflow_execution_signaled_event_attributes")
+                and e.workflow_execution_signaled_event_attributes.signal_name == "venue_update"])
 
 
 async def _accepted(handle) -> OrderSnapshot:

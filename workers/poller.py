@@ -113,11 +113,13 @@ class AccountPoller:
             last = await self._redis.mget([self._ended_prefix + r.client_order_id for r in ended])
             repeat = {r.client_order_id for r, fp in zip(ended, last) if fp == _fingerprint(r)}
             changed = [r for r in changed if r.client_order_id not in repeat]
-        sent = await self._signal(changed)
+        sent, unmapped = await self._signal(changed)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(self._seen_key)
+            # An order listed before its workflow recorded its client order id (the venue's answer
+            # and the listing crossed) is not marked seen, so the next round signals it.
             still_open = {cid: json.dumps({"fp": _fingerprint(r), "symbol": r.symbol})
-                          for cid, r in reports.items() if r.status in OPEN_STATUSES}
+                          for cid, r in reports.items() if r.status in OPEN_STATUSES and cid not in unmapped}
             if still_open:
                 pipe.hset(self._seen_key, mapping=still_open)
             for report in changed:
@@ -132,18 +134,21 @@ class AccountPoller:
         self.signals_sent += sent
         return sent
 
-    async def _signal(self, reports: list[VenueOrderReport]) -> int:
+    async def _signal(self, reports: list[VenueOrderReport]) -> tuple[int, set[str]]:
+        """Signal each report to its order's workflow; returns the signals sent, and the client order
+        ids no workflow has recorded (yet, or ever: an order placed outside the platform)."""
         if not reports:
-            return 0
+            return 0, set()
         # Two batched reads for the whole round, not two per order: at load, most listed orders
         # ended in their own workflow a moment ago.
         order_ids = await self._redis.mget([client_order_key(r.client_order_id) for r in reports])
         ended = [order_id for r, order_id in zip(reports, order_ids)
                  if order_id is not None and r.status not in OPEN_STATUSES]
         cached = dict(zip(ended, await self._redis.mget([order_cache_key(o) for o in ended]))) if ended else {}
-        sent = 0
+        sent, unmapped = 0, set()
         for report, order_id in zip(reports, order_ids):
             if order_id is None:
+                unmapped.add(report.client_order_id)
                 continue
             if report.status not in OPEN_STATUSES and _known_terminal(cached.get(order_id)):
                 continue  # most closed orders ended in their own workflow already: spare the RPC
@@ -152,7 +157,7 @@ class AccountPoller:
                 sent += 1
             except RPCError:  # the workflow already finished
                 continue
-        return sent
+        return sent, unmapped
 
 
 def _known_terminal(cached_snapshot: str | None) -> bool:
