@@ -520,6 +520,21 @@ async def _(st: Stage) -> None:
     expect(snap.state == S.CANCELLED and states(snap).count(S.PENDING_AMEND) == 2, snap)
 
 
+@scenario("sim-amend-answer-lost-took")
+async def _(st: Stage) -> None:
+    """A native amend applied at the venue with its answer lost: the order reconciles, finds the
+    venue holding the amended terms, and takes them (the amend-in-doubt patch)."""
+    await st.redis.hset(FAULTS_KEY, "amend_lost_ack_next", 1)
+    async with st.worker():
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        await wait_for(handle, {S.ACCEPTED})
+        reason = await refused_update(handle, "amend_order", {"quantity": "0.2"})
+        expect("amend outcome unknown" in reason, None, reason)
+        taken = await wait_for(handle, lambda s: s.quantity == Decimal("0.2") and s.state == S.ACCEPTED)
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(S.UNKNOWN in states(taken) and snap.state == S.CANCELLED and snap.quantity == Decimal("0.2"), snap)
+
+
 @scenario("sim-amend-refused-by-venue-after-fill", attempts=2)
 async def _(st: Stage) -> None:
     """Filled at the venue, not yet seen (no poller): the venue refuses the amend, then the cancel

@@ -85,6 +85,7 @@ class Step:
     fills_complete: bool = True
     delay_s: float = 0.0  # the answer takes this long (real time)
     lands_after: int = 1  # a delayed request reaches the venue with the n-th call after it
+    answer_after_s: float = 0.0  # the venue acted; its answer takes this long to come back (real time)
 
 
 class ScriptedVenue:
@@ -193,6 +194,8 @@ class ScriptedVenue:
         if step.after is not None and client_order_id in self.orders:
             step.after(self, self.orders[client_order_id])
             report = self.report(self.orders[client_order_id])
+        if step.answer_after_s:
+            await asyncio.sleep(step.answer_after_s)
         if step.outcome == "lost_after":
             raise venue_error(VenueErrorType.UNKNOWN_OUTCOME, f"scripted: {method} answer lost")
         if not step.fills_complete and report.status != VenueOrderStatus.NOT_FOUND:

@@ -388,3 +388,67 @@ async def test_workflow_cancellation_during_a_venue_call_longer_than_its_task_is
     assert snap.state == S.CANCELLED, snap.transitions
     assert not venue.live_orders(client_order_id_for(handle.id))
     assert "interrupted by the workflow cancellation" in " ".join(t.reason or "" for t in snap.transitions)
+
+
+# --- an amend whose answer was lost ---------------------------------------------------------------------
+async def test_an_amend_that_took_with_its_answer_lost_counts_the_fills_past_the_old_quantity(time_env, scripted):
+    """The venue raised the quantity to 2.00 and filled 1.50, and the amend's answer was lost. The
+    order reconciles, finds the venue holding the amended terms, takes them, and counts every fill;
+    with the old quantity (1.00) it would refuse the 1.50 the venue made."""
+    venue = ScriptedVenue()
+    venue.queue("amend", Step(outcome="lost_after", after=lambda v, o: v.fill(o, Decimal("1.50"))))
+    handle, _ = await scripted(venue, **limit())
+    await wait_for_state(handle, {S.ACCEPTED})
+    await handle.signal("amend", {"quantity": "2.00"})
+    await wait_for_state(handle, {S.PARTIALLY_FILLED})
+    await handle.signal("cancel", {"reason": "test"})
+    snap = await finish(time_env, handle)
+    assert venue.calls["amend"] == 1
+    assert (snap.state, snap.quantity, snap.filled_quantity) == (S.CANCELLED, Decimal("2.00"), Decimal("1.50"))
+    assert snap.anomalies == 0, snap.last_anomaly
+
+
+async def test_an_amend_that_did_not_take_with_its_answer_lost_keeps_the_old_terms(time_env, scripted):
+    """The amend's request was lost before the venue saw it: the reconciled order keeps its terms,
+    and its fill is counted against them."""
+    venue = ScriptedVenue()
+    venue.queue("amend", Step(outcome="lost_before"))
+    handle, _ = await scripted(venue, **limit())
+    await wait_for_state(handle, {S.ACCEPTED})
+    await handle.signal("amend", {"quantity": "2.00", "limit_price": "99.00"})
+    venue.fill(venue_order(venue, handle), Decimal("0.40"))
+    await wait_for_state(handle, {S.PARTIALLY_FILLED})
+    await handle.signal("cancel", {"reason": "test"})
+    snap = await finish(time_env, handle)
+    assert venue_order(venue, handle).quantity == Decimal("1.00")
+    assert (snap.quantity, snap.limit_price, snap.filled_quantity) == (Decimal("1.00"), Decimal("100.00"),
+                                                                         Decimal("0.40"))
+    assert snap.state == S.CANCELLED and snap.anomalies == 0, snap.last_anomaly
+
+
+async def test_workflow_cancellation_while_a_taken_amend_is_answered_counts_every_fill(
+        time_env, redis, fast_settings, task_queue):
+    """The venue took the amend (quantity 2.00) and filled 1.50 of it; its answer is still on the way
+    when a Temporal cancellation interrupts the call. The order cannot know which terms the venue
+    holds until it looks: it reconciles, takes the amended terms, counts the 1.50 and cancels the rest."""
+    venue = ScriptedVenue()
+    venue.queue("amend", Step(after=lambda v, o: v.fill(o, Decimal("1.50")), answer_after_s=14.0))
+    workers = ScriptedWorkers(time_env.client, task_queue, venue, fast_settings, redis, execution_timeout_ms=30_000)
+    await workers.start()
+    try:
+        signal = make_signal(symbol="BTC/USDT", quantity="1.00", **limit())
+        handle = await time_env.client.start_workflow(
+            "OrderWorkflow", signal, id=signal.workflow_id, task_queue=task_queue, result_type=OrderSnapshot)
+        await wait_for_state(handle, {S.ACCEPTED})
+        await handle.signal("amend", {"quantity": "2.00"})
+        deadline = asyncio.get_running_loop().time() + 10
+        while venue_order(venue, handle).filled == 0:  # the venue took the amend; its answer is held
+            assert asyncio.get_running_loop().time() < deadline, "the amend never reached the venue"
+            await asyncio.sleep(0.05)
+        await handle.cancel()
+        snap = await finish(time_env, handle)
+    finally:
+        await workers.stop()
+    assert (snap.state, snap.quantity, snap.filled_quantity) == (S.CANCELLED, Decimal("2.00"), Decimal("1.50"))
+    assert snap.anomalies == 0, snap.last_anomaly
+    assert not venue.live_orders(client_order_id_for(handle.id))

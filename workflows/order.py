@@ -103,6 +103,10 @@ SMART_ROUTING = "smart-routing"
 # Both of the above in one patch marker, what every run started since records (a marker and an upsert
 # fewer), and search attributes upserted only when they change.
 LIFECYCLE_V3 = "order-lifecycle-v3"
+# A native amend whose answer was lost (a timeout, a workflow cancellation mid-call) may have taken:
+# the venue's next report on the order settles it (_adopt_amend_in_doubt). Recorded only where that
+# happens; runs before it counted fills past the old quantity as anomalies.
+AMEND_IN_DOUBT = "amend-in-doubt"
 BUSY_WAIT_MAX_S = 30.0
 # A cancel that did not take, an `unknown` to reconcile, a cancel-and-replace awaiting its cancel's
 # confirmation: each retry waits on a durable timer, retry_delay_ms doubling up to RETRY_BACKOFF_MAX,
@@ -159,6 +163,8 @@ class OrderWorkflowState(BaseModel):
     cancel_reason: str | None = None
     published_anomalies: int = 0
     parent_order_id: str | None = None  # a child of a parent order: reports to it by signal
+    # A native amend sent and not answered: the terms the venue holds if it took (_adopt_amend_in_doubt).
+    amend_in_doubt: AmendRequest | None = None
 
 
 class ChildOrderInput(BaseModel):
@@ -906,16 +912,22 @@ class OrderWorkflow(Release01Paths):
         if self._state.native_amend:
             request = VenueAmendRequest(**self._ref().model_dump(), quantity=pending.request.quantity,
                                         limit_price=pending.request.limit_price)
+            # In doubt from the moment it is sent: an answer lost to a timeout or to a workflow
+            # cancellation mid-call leaves the venue holding either terms, and its next report says which.
+            self._state.amend_in_doubt = pending.request
             try:
                 report = await self._venue("venue_amend", request)
             except VENUE_ERRORS as error:
                 kind = _error_type(error)
+                if kind not in ("timeout", VenueErrorType.UNKNOWN_OUTCOME.value):
+                    self._state.amend_in_doubt = None  # refused, or never sent: the old terms stand
                 if kind == VenueErrorType.UNSUPPORTED.value:
                     self._state.native_amend = False
                 else:
                     await self._amend_failed(pending, back_to, kind, error)
                     return
             else:
+                self._state.amend_in_doubt = None
                 snap.quantity, snap.limit_price = new_qty, new_price
                 await self._apply_report(report)
                 self._settle_after_amend(back_to)
@@ -1047,8 +1059,27 @@ class OrderWorkflow(Release01Paths):
         self._state.amend_results[pending.id] = f"{why}; the order was placed again at its original terms"
 
     # --- applying what the venue says ----------------------------------------------------------
+    def _adopt_amend_in_doubt(self, report: VenueOrderReport) -> None:
+        """A native amend whose answer was lost took if the venue now holds its terms: the order
+        takes them before counting fills (else fills past the old quantity would be refused while
+        the venue made them). A report with the old terms leaves it in doubt: it may still land."""
+        doubted, snap = self._state.amend_in_doubt, self._state.snapshot
+        if doubted is None or report.client_order_id != snap.client_order_id or report.quantity is None:
+            return
+        took = ((doubted.quantity is None or report.quantity == doubted.quantity)
+                and (doubted.limit_price is None or report.limit_price == doubted.limit_price)
+                and report.quantity >= report.filled_quantity)
+        if not took or not workflow.patched(AMEND_IN_DOUBT):
+            return
+        self._state.amend_in_doubt = None
+        workflow.logger.info("amend whose answer was lost took at the venue: quantity %s, limit price %s",
+                             report.quantity, report.limit_price)
+        snap.quantity = doubted.quantity or snap.quantity
+        snap.limit_price = doubted.limit_price or snap.limit_price
+
     async def _apply_fills(self, report: VenueOrderReport) -> None:
         snap = self._state.snapshot
+        self._adopt_amend_in_doubt(report)
         for venue_fill in report.fills:
             fill = Fill(
                 fill_id=f"{report.client_order_id}:{venue_fill.trade_id}", order_id=snap.order_id,

@@ -10,6 +10,7 @@ test can change it while workers run) on top of `execution.simulation.faults`:
   reject_rate / lost_ack_rate / timeout_rate   probabilities 0..1
 `lost_ack`: the order is placed and the answer lost (VenueUnknownOutcome). `hang`/`timeout`: the
 order is placed, then the call never answers (the activity's start-to-close timeout fires).
+  amend_lost_ack_next   one-shot: an amend is applied and its answer lost (VenueUnknownOutcome)
 """
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ class SimulatedVenue:
             await asyncio.sleep(self._sim.delay_ms / 1000)
 
     async def _enter_reading_faults(self) -> dict[str, str]:
-        """`_enter` for a submission, reading the injected faults in the same round trip."""
+        """`_enter` for a submission or an amend, reading the injected faults in the same round trip."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.incr(REQUESTS_KEY)
             pipe.hgetall(FAULTS_KEY)
@@ -217,7 +218,7 @@ class SimulatedVenue:
         return sim_report(order, self.name)
 
     async def amend(self, request: VenueAmendRequest) -> VenueOrderReport:
-        await self._enter()
+        faults = await self._enter_reading_faults()
         now = _now()
 
         def change(order: venue_model.SimOrder) -> venue_model.SimOrder:
@@ -226,7 +227,11 @@ class SimulatedVenue:
             except ValueError as exc:
                 raise VenueError(VenueErrorType.REJECTED, f"amend refused: {exc}") from None
 
-        return sim_report(await self._update(request.client_order_id, change), self.name)
+        order = await self._update(request.client_order_id, change)
+        if int(faults.get("amend_lost_ack_next") or 0) > 0 and await self._take_one(
+                keys=[FAULTS_KEY], args=["amend_lost_ack_next"]):
+            raise VenueError(VenueErrorType.UNKNOWN_OUTCOME, "simulated lost acknowledgement of an amend")
+        return sim_report(order, self.name)
 
     async def fetch_open(self, account: str, symbols: list[str] | None = None) -> list[VenueOrderReport]:
         await self._enter()
