@@ -24,11 +24,14 @@ Checks, each must be 0:
   fills_missing           venue fills absent from the `executions` stream
   fills_duplicated        a fill_id more than once on it
   fill_quantity_mismatch  an order's filled quantity differs from the venue's
+  replay_failures         orders whose history does not replay against the code that made it
+                          (kept in bench/results/chaos-replay/)
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import re
@@ -36,16 +39,20 @@ import signal
 import time
 from collections import Counter
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import redis.asyncio as aioredis
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory, WorkflowQueryFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
+from temporalio.worker import Replayer
 
 from bench.stack import BenchStack, emit
 from oms.events import EXECUTION_FIELD, EXECUTIONS_STREAM, SIGNAL_FIELD
 from oms.models import TERMINAL_STATES, OrderSnapshot, client_order_id_for
+from workflows.order import OrderWorkflow
+from workflows.parent import ParentOrderWorkflow
 
 VENUES = ("binance", "bybit")
 SYMBOLS = (("BTC/USDT", "0.001", "30000.00"), ("ETH/USDT", "0.02", "1500.00"), ("SOL/USDT", "0.3", "75.00"))
@@ -176,7 +183,7 @@ async def settle(client: Client, signals: list[dict], deadline_s: float) -> tupl
                 continue
             try:
                 snapshots[order_id] = await client.get_workflow_handle(order_id).query("status", result_type=OrderSnapshot)
-            except RPCError:
+            except (RPCError, WorkflowQueryFailedError):  # (a query fails for good if its replay does)
                 lost.add(order_id)
         if not cancelled_resting and all(o in snapshots for o in resting):
             for order_id in resting:
@@ -191,6 +198,33 @@ async def settle(client: Client, signals: list[dict], deadline_s: float) -> tupl
             break
         await asyncio.sleep(1)
     return snapshots, lost
+
+
+REPLAY_FAILURES_DIR = Path(__file__).parent / "results" / "chaos-replay"
+
+
+async def replay_failures(client: Client, order_ids: list[str]) -> dict[str, str]:
+    """Every order's history (its latest run) replayed against the code that made it, as a worker
+    does after a kill or a cache eviction and as every query of a closed order does: order id ->
+    the replay error. A failing history is kept in bench/results/chaos-replay/ for diagnosis."""
+    histories: list[WorkflowHistory] = []
+    for order_id in order_ids:
+        with contextlib.suppress(RPCError):
+            histories.append(await client.get_workflow_handle(order_id).fetch_history())
+
+    async def each():
+        for history in histories:
+            yield history
+
+    failures: dict[str, str] = {}
+    replayer = Replayer(workflows=[OrderWorkflow, ParentOrderWorkflow], data_converter=pydantic_data_converter)
+    async with replayer.workflow_replay_iterator(each()) as results:
+        async for result in results:
+            if result.replay_failure is not None:
+                failures[result.history.workflow_id] = str(result.replay_failure)[:300]
+                REPLAY_FAILURES_DIR.mkdir(parents=True, exist_ok=True)
+                (REPLAY_FAILURES_DIR / f"{result.history.workflow_id}.json").write_text(result.history.to_json())
+    return failures
 
 
 async def run(orders: int, kills: int, rate: float, seed: int, deadline_s: float) -> dict:
@@ -220,6 +254,7 @@ async def run(orders: int, kills: int, rate: float, seed: int, deadline_s: float
         await acting
         client = await connect(stack.settings.temporal.address)
         snapshots, lost = await settle(client, signals, deadline_s)
+        nondeterministic = await replay_failures(client, [f"order-{s['signal_id']}" for s in signals])
         published = Counter(json.loads(f[EXECUTION_FIELD])["fill_id"] for _, f in await redis.xrange(EXECUTIONS_STREAM))
         await redis.aclose()
         venue_orders = [o for url in emulators.values() for o in httpx.get(f"{url}/_emulator/orders").json()]
@@ -250,6 +285,7 @@ async def run(orders: int, kills: int, rate: float, seed: int, deadline_s: float
         "fills_missing": len(venue_fill_ids - set(published)),
         "fills_duplicated": sum(1 for n in published.values() if n > 1),
         "fill_quantity_mismatch": len(mismatched),
+        "replay_failures": len(nondeterministic), "replay_errors": nondeterministic,
         "states": dict(states), "venue_orders": len(venue_orders), "fills": len(published),
         "by_venue": dict(Counter(s.exchange for s in snapshots.values())),
         "partial_then_ended": sum(1 for s in beyond if 0 < s.filled_quantity < s.quantity),

@@ -9,7 +9,7 @@ async def test_small_chaos_run_accounts_for_every_order_and_fill():
     result = await run(orders=80, kills=3, rate=20, seed=7, deadline_s=150)
     assert result["kills"] == 3 and result["temporal_restarts"] == 1 and result["redis_restarts"] == 1
     checks = ("lost", "duplicate_venue_orders", "live_venue_orders", "not_terminal", "fills_missing",
-              "fills_duplicated", "fill_quantity_mismatch")
+              "fills_duplicated", "fill_quantity_mismatch", "replay_failures")
     assert {k: result[k] for k in checks} == dict.fromkeys(checks, 0), result
     assert result["states"].get("filled", 0) >= 56 and result["venue_orders"] >= 80, result
     assert set(result["by_venue"]) == {"binance", "bybit"}, result
