@@ -3,14 +3,31 @@ be restarted on the same task queue, and reading a continue-as-new chain's histo
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
+from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.publish import PublishActivities
 from tests.scripted_venue import ScriptedVenue, scripted_context
 from workflows.order import OrderWorkflow
+
+
+# Skipped time is worked through at the worker's pace (time skips only while nothing is in flight),
+# so on a loaded machine an hour of backoff timers takes long: the bound holds there (tests.under_load)
+# and still fails a stuck order.
+SKIP_RPC_TIMEOUT_S = 180
+
+
+async def skip_time(time_env, duration: timedelta) -> None:
+    """time_env.sleep, its RPC bounded by SKIP_RPC_TIMEOUT_S rather than the client's default: the
+    test server answers once the workflows have worked through the skipped time."""
+    request = SleepRequest()
+    request.duration.FromTimedelta(duration)
+    await time_env.client.test_service.unlock_time_skipping_with_sleep(
+        request, timeout=timedelta(seconds=SKIP_RPC_TIMEOUT_S))
 
 
 class ScriptedWorkers:

@@ -37,7 +37,7 @@ import workflows.order as order_module
 from oms.models import OrderSnapshot, client_order_id_for
 from oms.venue import VenueOrderStatus
 from tests.helpers import make_signal
-from tests.model_support import ScriptedWorkers, chain_histories, failed_workflow_tasks, settle
+from tests.model_support import ScriptedWorkers, chain_histories, failed_workflow_tasks, settle, skip_time
 from tests.scripted_venue import STEP, ScriptedVenue
 
 EXAMPLES = int(os.environ.get("TOM_MODEL_EXAMPLES", "30"))
@@ -56,15 +56,15 @@ def request_bound(actions: int, skipped_s: float) -> int:
     return REQUESTS_BASE + REQUESTS_PER_ACTION * actions + int(skipped_s / half_cap_s) * 2
 
 
-async def skip_time(time_env, seconds: float) -> None:
-    """Skip time in steps of at most 10 minutes. The test server's skip call sometimes drops its
-    connection (an http2 error, a client timeout) under load: a harness fault, retried; whatever the
-    workflow did meanwhile is still checked by the invariants."""
+async def skip_seconds(time_env, seconds: float) -> None:
+    """Skip time in steps of at most 10 minutes, each RPC bounded (model_support.skip_time). The test
+    server's skip call sometimes drops its connection (an http2 error) under load: a harness fault,
+    retried; whatever the workflow did meanwhile is still checked by the invariants."""
     while seconds > 0:
         step = min(seconds, 600)
         for attempt in range(3):
             try:
-                await time_env.sleep(timedelta(seconds=step))
+                await skip_time(time_env, timedelta(seconds=step))
                 break
             except RPCError:
                 if attempt == 2:
@@ -108,7 +108,7 @@ async def act(action, rng, venue, owner, latest, workers, updates, time_env, scr
         await workers.restart()
     elif action == "sleep":
         seconds = rng.choice([1, 20, 90, 600, 3600])
-        await skip_time(time_env, seconds)
+        await skip_seconds(time_env, seconds)
         return float(seconds)
     return 0.0
 

@@ -10,7 +10,6 @@ from decimal import Decimal
 
 import pytest
 import pytest_asyncio
-from temporalio.api.testservice.v1 import SleepRequest
 from temporalio.client import WorkflowUpdateFailedError
 
 import workflows.order as order_module
@@ -18,24 +17,13 @@ from activities.publish import ANOMALIES_KEY
 from oms.models import OrderSnapshot, OrderState, client_order_id_for
 from oms.venue import VenueFill, VenueOrderStatus
 from tests.helpers import make_signal
-from tests.model_support import ScriptedWorkers, chain_histories, failed_workflow_tasks, settle
+from tests.model_support import (SKIP_RPC_TIMEOUT_S, ScriptedWorkers, chain_histories, failed_workflow_tasks,
+                                 settle, skip_time)
 from tests.scripted_venue import ScriptedVenue, Step
 from tests.test_workflow_lifecycle import wait_for_state
 
 S = OrderState
-# Bounds on waits for an order's end, in wall-clock seconds. Skipped time is worked through at the
-# worker's pace (time skips only while nothing is in flight), so on a loaded machine an hour of
-# backoff timers takes long: the bounds hold there (tests.under_load) and still fail a stuck order.
-RESULT_TIMEOUT = 180
-
-
-async def skip_time(time_env, duration: timedelta) -> None:
-    """time_env.sleep, its RPC bounded by RESULT_TIMEOUT rather than the client's default: the test
-    server answers once the workflows have worked through the skipped time."""
-    request = SleepRequest()
-    request.duration.FromTimedelta(duration)
-    await time_env.client.test_service.unlock_time_skipping_with_sleep(request,
-                                                                         timeout=timedelta(seconds=RESULT_TIMEOUT))
+RESULT_TIMEOUT = SKIP_RPC_TIMEOUT_S  # wall-clock seconds for an order's end, on the same grounds
 
 
 @pytest.fixture(autouse=True)

@@ -23,6 +23,7 @@ TIMING_SENSITIVE = (
     "tests/test_direct_execution.py",
     "tests/test_workflow_lifecycle.py",
     "tests/test_workflow_outcomes.py",
+    "tests/test_workflow_model.py",
     "tests/test_consumer.py",
     "tests/test_poller.py",
     "tests/test_sweep.py",
