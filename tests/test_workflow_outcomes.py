@@ -4,6 +4,7 @@ frozen, looping or stranded order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import timedelta
 from decimal import Decimal
@@ -59,6 +60,29 @@ async def finish(time_env, handle) -> OrderSnapshot:
     runs = await chain_histories(time_env.client, handle.id, handle.first_execution_run_id)
     assert failed_workflow_tasks(runs) == []
     return snap
+
+
+@contextlib.asynccontextmanager
+async def accepted_with_slow_calls(time_env, redis, fast_settings, task_queue, venue: ScriptedVenue):
+    """An accepted limit order on `venue`, whose calls may take 30 s before they time out (so a
+    held call outlives its workflow task, and a workflow cancellation can interrupt it)."""
+    workers = ScriptedWorkers(time_env.client, task_queue, venue, fast_settings, redis, execution_timeout_ms=30_000)
+    await workers.start()
+    try:
+        signal = make_signal(symbol="BTC/USDT", quantity="1.00", **limit())
+        handle = await time_env.client.start_workflow(
+            "OrderWorkflow", signal, id=signal.workflow_id, task_queue=task_queue, result_type=OrderSnapshot)
+        await wait_for_state(handle, {S.ACCEPTED})
+        yield handle
+    finally:
+        await workers.stop()
+
+
+async def until(condition, failure: str, timeout_s: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, failure
+        await asyncio.sleep(0.05)
 
 
 def venue_order(venue: ScriptedVenue, handle, generation: int = 0):
@@ -354,25 +378,14 @@ async def test_workflow_cancellation_during_a_venue_call_longer_than_its_task_is
     an amend that failed: the order is cancelled at the venue, never left working unwatched."""
     venue = ScriptedVenue()
     venue.queue("amend", Step(delay_s=14.0))
-    workers = ScriptedWorkers(time_env.client, task_queue, venue, fast_settings, redis, execution_timeout_ms=30_000)
-    await workers.start()
-    try:
-        signal = make_signal(symbol="BTC/USDT", quantity="1.00", **limit())
-        handle = await time_env.client.start_workflow(
-            "OrderWorkflow", signal, id=signal.workflow_id, task_queue=task_queue, result_type=OrderSnapshot)
-        await wait_for_state(handle, {S.ACCEPTED})
+    async with accepted_with_slow_calls(time_env, redis, fast_settings, task_queue, venue) as handle:
         amend = asyncio.create_task(handle.execute_update("amend_order", {"limit_price": "99.00"},
                                                           result_type=OrderSnapshot))
-        deadline = asyncio.get_running_loop().time() + 10
-        while venue.calls["amend"] == 0:  # the amend is at the venue
-            assert asyncio.get_running_loop().time() < deadline, "the amend never reached the venue"
-            await asyncio.sleep(0.05)
+        await until(lambda: venue.calls["amend"] > 0, "the amend never reached the venue")
         await handle.cancel()
         snap = await finish(time_env, handle)
         with pytest.raises(WorkflowUpdateFailedError):
             await amend  # it never applied: the order ended first
-    finally:
-        await workers.stop()
     assert snap.state == S.CANCELLED, snap.transitions
     assert not venue.live_orders(client_order_id_for(handle.id))
     assert "interrupted by the workflow cancellation" in " ".join(t.reason or "" for t in snap.transitions)
@@ -421,22 +434,12 @@ async def test_workflow_cancellation_while_a_taken_amend_is_answered_counts_ever
     holds until it looks: it reconciles, takes the amended terms, counts the 1.50 and cancels the rest."""
     venue = ScriptedVenue()
     venue.queue("amend", Step(after=lambda v, o: v.fill(o, Decimal("1.50")), answer_after_s=14.0))
-    workers = ScriptedWorkers(time_env.client, task_queue, venue, fast_settings, redis, execution_timeout_ms=30_000)
-    await workers.start()
-    try:
-        signal = make_signal(symbol="BTC/USDT", quantity="1.00", **limit())
-        handle = await time_env.client.start_workflow(
-            "OrderWorkflow", signal, id=signal.workflow_id, task_queue=task_queue, result_type=OrderSnapshot)
-        await wait_for_state(handle, {S.ACCEPTED})
+    async with accepted_with_slow_calls(time_env, redis, fast_settings, task_queue, venue) as handle:
         await handle.signal("amend", {"quantity": "2.00"})
-        deadline = asyncio.get_running_loop().time() + 10
-        while venue_order(venue, handle).filled == 0:  # the venue took the amend; its answer is held
-            assert asyncio.get_running_loop().time() < deadline, "the amend never reached the venue"
-            await asyncio.sleep(0.05)
+        # The venue took the amend and filled part of it; its answer is held.
+        await until(lambda: venue_order(venue, handle).filled > 0, "the amend never reached the venue")
         await handle.cancel()
         snap = await finish(time_env, handle)
-    finally:
-        await workers.stop()
     assert (snap.state, snap.quantity, snap.filled_quantity) == (S.CANCELLED, Decimal("2.00"), Decimal("1.50"))
     assert snap.anomalies == 0, snap.last_anomaly
     assert not venue.live_orders(client_order_id_for(handle.id))
