@@ -8,6 +8,7 @@ import httpx
 from activities.venues.metering import venue_requests
 from activities.venues.simulated import SimulatedVenue
 from activities.venues import VenueRegistry
+from oms.events import client_order_key
 from oms.models import OrderSnapshot, OrderState, OrderType, Side
 from oms.venue import VenueOrderRef, VenueOrderRequest
 from tests.helpers import make_signal, start_order
@@ -31,6 +32,8 @@ async def test_poller_rounds_cost_the_same_however_many_orders_are_open(temporal
         await venue.submit(VenueOrderRequest(exchange="simulation", client_order_id=f"rest-{i}", symbol="ETH/USDT",
                                              side=Side.BUY, order_type=OrderType.LIMIT, quantity=Decimal("0.1"),
                                              limit_price=Decimal("1000.00")))
+        # As each order's workflow records it (the poller skips orders no workflow owns).
+        await redis.set(client_order_key(f"rest-{i}"), f"order-rest-{i}")
     assert await counts(redis) == {"submit": 20}
     poller = AccountPoller(temporal_env.client, redis, registry, "simulation", catch_up_s=3600)
     await poller.poll_once(catch_up=True)

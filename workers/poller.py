@@ -3,7 +3,9 @@
 Every `interval` it asks the venue for all open orders of the account in one call
 (`fetch_open`), compares each with what it saw last, and signals `venue_update` to the workflows
 whose order changed. Orders that left the open set since the last round (filled or cancelled in
-between) are fetched once by client order id and signalled too. An order that opened and closed
+between) are fetched once by client order id and signalled too. An order no workflow has recorded
+(yet: the listing crossed the venue's answer; or ever: placed outside the platform) is not marked
+seen, so it is signalled once a workflow owns it and never fetched for nobody. An order that opened and closed
 between two listings is never in the open set: a catch-up listing of orders closed since a cursor
 (`fetch_closed_since`, every CATCH_UP_S) finds it.
 
