@@ -45,6 +45,7 @@ from workflows.order_release01 import Release01Paths
 from workflows.search_attributes import ChangedAttributes
 from workflows.venue_errors import (
     NOTHING_SENT,
+    OUTCOME_UNKNOWN,
     VENUE_BUSY,
     VENUE_ERRORS,
     _error_message,
@@ -919,7 +920,7 @@ class OrderWorkflow(Release01Paths):
                 report = await self._venue("venue_amend", request)
             except VENUE_ERRORS as error:
                 kind = _error_type(error)
-                if kind not in ("timeout", VenueErrorType.UNKNOWN_OUTCOME.value):
+                if kind not in OUTCOME_UNKNOWN:
                     self._state.amend_in_doubt = None  # refused, or never sent: the old terms stand
                 if kind == VenueErrorType.UNSUPPORTED.value:
                     self._state.native_amend = False
@@ -938,7 +939,7 @@ class OrderWorkflow(Release01Paths):
 
     async def _amend_failed(self, pending: PendingAmend, back_to: OrderState, kind: str, error: BaseException) -> None:
         message = f"venue refused the amend: {_error_message(error)}"
-        if kind in ("timeout", VenueErrorType.UNKNOWN_OUTCOME.value):
+        if kind in OUTCOME_UNKNOWN:
             await self._transition(S.UNKNOWN, f"amend outcome unknown: {_error_message(error)}")
             self._state.amend_results[pending.id] = "amend outcome unknown; order reconciled, check its state"
             return

@@ -17,6 +17,8 @@ NOTHING_SENT = {VenueErrorType.TRANSIENT.value, VenueErrorType.RATE_LIMITED.valu
 # The venue asked us to stay away (429/418) or its breaker is open: wait as long as told, durably,
 # without spending a retry attempt, up to the order's max_venue_wait_s in all.
 VENUE_BUSY = {VenueErrorType.RATE_LIMITED.value, VenueErrorType.CIRCUIT_OPEN.value}
+# No answer, or an answer lost after the venue may have acted: what it did is known only by asking.
+OUTCOME_UNKNOWN = {"timeout", VenueErrorType.UNKNOWN_OUTCOME.value}
 
 def _error_type(error: BaseException) -> str:
     """The VenueErrorType of a failed activity call, or 'timeout'."""
