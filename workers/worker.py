@@ -28,6 +28,7 @@ from activities.venues.simulated import SimulatedVenue
 from activities.venues import VenueRegistry
 from config.settings import Settings, resolve_config_path
 from messaging import EventSink, event_sink
+from workers.direct_queries import evict_after_direct_queries
 from workers.consumer import SignalConsumer
 from workers.observability import worker_metrics_bind
 from workers.poller import run_pollers
@@ -76,7 +77,7 @@ async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis
     publish = PublishActivities(redis, settings, sink)
     concurrency = max_concurrent or ACTIVITY_SLOTS
     versioning = deployment_config(settings)
-    return Worker(
+    return evict_after_direct_queries(Worker(
         client,
         task_queue=settings.temporal.task_queue,
         workflows=[OrderWorkflow, ParentOrderWorkflow],
@@ -92,7 +93,7 @@ async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis
         # load); `temporal.sandbox: false` trades that guard for throughput. Determinism is still
         # checked in CI by replaying recorded histories in the sandbox (tests/test_replay.py).
         **({} if settings.temporal.sandbox else {"workflow_runner": UnsandboxedWorkflowRunner()}),
-    )
+    ))
 
 
 class InlineExecutor(concurrent.futures.Executor):
