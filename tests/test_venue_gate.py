@@ -7,6 +7,8 @@ import time
 import pytest
 
 from activities.venues.gate import (
+    BACKGROUND,
+    BACKGROUND_GRACE_MS,
     PATIENCE_MS,
     GateLimits,
     RequestKind,
@@ -174,3 +176,57 @@ async def test_orders_count_when_they_are_sent_not_when_admitted(redis):
 
     await asyncio.gather(*(place() for _ in range(8)))
     assert len(sent) == 8 and max_in_window(sorted(sent), 1.0) <= 3
+
+
+async def test_a_background_listing_yields_the_weight_to_the_order_path(redis):
+    """The poller's heavy listing takes weight only when it is free now, leaving a reserve: an
+    order's request arriving while the listing waits for the bucket goes first, without waiting."""
+    gate = VenueGate(redis, "binance", "acct", limits(weight_per_s=20.0))
+    for _ in range(10):
+        await gate.admit(RequestKind.OTHER, 1)  # half the one-second burst is spent
+    order: list[tuple[str, float]] = []
+    started = time.monotonic()
+
+    async def listing() -> None:
+        token = BACKGROUND.set(True)
+        try:
+            await gate.admit(RequestKind.OTHER, 16)  # needs 16, plus the reserve of 2, free
+        finally:
+            BACKGROUND.reset(token)
+        order.append(("listing", time.monotonic() - started))
+
+    async def order_path() -> None:
+        await asyncio.sleep(0.02)  # arrives while the listing waits
+        before = gate.waits
+        await gate.admit(RequestKind.ORDER, 1)
+        order.append(("order", time.monotonic() - started))
+        assert gate.waits == before  # admitted at once: nothing reserved ahead of it
+
+    await asyncio.gather(listing(), order_path())
+    assert [name for name, _ in order] == ["order", "listing"], order
+    # The listing went once 18 units were free again: about 0.45 s of refill at 20 per second.
+    assert 0.3 <= dict(order)["listing"] < BACKGROUND_GRACE_MS / 1000, order
+
+
+async def test_a_background_listing_is_not_starved_by_a_stream_of_orders(redis):
+    """Past BACKGROUND_GRACE_MS of yielding, the listing queues in arrival order like any request."""
+    gate = VenueGate(redis, "binance", "acct", limits(weight_per_s=20.0, orders=1000, max_wait_ms=10_000))
+    done = asyncio.Event()
+
+    async def stream() -> None:  # more than the refill rate: the bucket never has 18 units free again
+        while not done.is_set():
+            await gate.admit(RequestKind.OTHER, 1.5)
+            await asyncio.sleep(0.05)
+
+    streamer = asyncio.create_task(stream())
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    token = BACKGROUND.set(True)
+    try:
+        await gate.admit(RequestKind.OTHER, 16)
+    finally:
+        BACKGROUND.reset(token)
+        done.set()
+    await streamer
+    waited = time.monotonic() - started
+    assert BACKGROUND_GRACE_MS / 1000 <= waited < BACKGROUND_GRACE_MS / 1000 + 2.0, waited

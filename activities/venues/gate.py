@@ -14,7 +14,11 @@ replicas with drifting clocks still agree. One Lua script decides each admission
    sorted set of admission times: exact, unlike a token bucket that lets twice the rate through
    across a window boundary.
 4. Request weight: a GCRA bucket refilled at the exchange's own rate (ccxt's `rateLimit`, whose
-   per-endpoint `cost` is the exchange's request weight), one second of burst.
+   per-endpoint `cost` is the exchange's request weight), one second of burst. Weight is reserved
+   in arrival order, except for background requests (the batched poller's listings, which no order
+   waits on): they take weight only when it is free now and leaves a reserve for the order path,
+   so an order never queues behind a heavy listing; after BACKGROUND_GRACE_MS of waiting they queue
+   like the rest, so a steady stream of orders cannot starve fill tracking.
 
 A request that would have to wait longer than `max_wait_ms` is not sent: the caller gets
 VenueError(RATE_LIMITED or CIRCUIT_OPEN, retry_after_s) and the order workflow waits durably.
@@ -35,7 +39,8 @@ from activities.venues import VenueError
 from oms.venue import VenueErrorType
 
 # KEYS: pause, orders window, weight TAT, breaker hash
-# ARGV: is_order, order_limit, window_ms, cost, weight_per_ms, burst, member, probe_ms, patience_ms
+# ARGV: is_order, order_limit, window_ms, cost, weight_per_ms, burst, member, probe_ms, patience_ms,
+#       reserve (weight a background request must leave free; -1: not a background request)
 # -> {verdict, wait_ms}; verdict: ok | probe (send after wait_ms) | paused | open | wait (ask again)
 _ADMIT = """
 local t = redis.call('TIME')
@@ -59,6 +64,12 @@ local tat = tonumber(redis.call('GET', KEYS[3]) or '0')
 if tat < now then tat = now end
 local new_tat = tat + tonumber(ARGV[4]) / rate
 local send_in = math.ceil(math.max(0, new_tat - tonumber(ARGV[6]) / rate - now))
+local reserve = tonumber(ARGV[10])
+if reserve >= 0 then
+  -- Background: nothing reserved ahead of the order path; ask again once the weight is free.
+  local short = new_tat - (tonumber(ARGV[6]) - reserve) / rate - now
+  if short > 0 then return {'wait', math.ceil(short)} end
+end
 local window = tonumber(ARGV[3])
 if ARGV[1] == '1' then
   -- An order counts when it is sent, not when it is admitted: check the window ending then.
@@ -121,6 +132,11 @@ return current
 # How long the current task may wait in the gate, when it is not an order's venue call (whose
 # budget is `max_wait_ms`, inside the workflow's timeout): e.g. the batched poller's heavy listing.
 PATIENCE_MS: contextvars.ContextVar[int | None] = contextvars.ContextVar("gate_patience_ms", default=None)
+# Whether the current task's requests are background ones (no order waits on them: the batched
+# poller's listings): see the module docstring, point 4.
+BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("gate_background", default=False)
+BACKGROUND_GRACE_MS = 2000  # how long a background request yields before it queues like the rest
+BACKGROUND_RESERVE_SHARE = 0.1  # of the one-second burst, left free for the order path
 
 
 class RequestKind(StrEnum):
@@ -169,13 +185,17 @@ class VenueGate:
         """Wait for the right to send one request; raises VenueError if that would take too long."""
         k, lim = self._keys, self.limits
         patience = PATIENCE_MS.get() or lim.max_wait_ms
+        background = BACKGROUND.get()
         waited = 0
         while True:
+            reserve = -1.0
+            if background and waited < BACKGROUND_GRACE_MS:
+                reserve = max(0.0, min(BACKGROUND_RESERVE_SHARE * lim.weight_per_s, lim.weight_per_s - cost))
             verdict, wait_ms = await self._admit(
                 keys=[k["pause"], k["orders"], k["weight"], k["breaker"]],
                 args=[1 if kind == RequestKind.ORDER else 0, lim.orders, lim.window_ms + window_margin_ms(lim.window_ms),
                       max(cost, 0.001), lim.weight_per_s / 1000, lim.weight_per_s, uuid.uuid4().hex,
-                      lim.probe_timeout_ms, max(0, patience - waited)])
+                      lim.probe_timeout_ms, max(0, patience - waited), reserve])
             verdict, wait_ms = _text(verdict), int(wait_ms)
             if verdict in (Verdict.OK, Verdict.PROBE):
                 if wait_ms > 0:  # our weight is reserved: send when it is due
