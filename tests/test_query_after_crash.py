@@ -53,6 +53,9 @@ async def test_query_answered_between_a_crash_and_the_next_task_keeps_the_order_
                                              "quantity": "0.5", "limit_price": "1000.00", "filled_quantity": "0",
                                              "fills": [], "fills_complete": True,
                                              "at": resting.updated_at.isoformat()})
+        # Still unanswered once the update is in: the history it goes out with holds the update
+        # (answered before, it could not have run the workflow on it, and this test proves nothing).
+        assert not query.done()
         answered = await query
         assert answered.state == OrderState.ACCEPTED
         await handle.signal("cancel", {"reason": "end of test"})  # same pending task as the update
