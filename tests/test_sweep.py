@@ -175,3 +175,37 @@ async def test_tom_worker_runs_the_sweep(temporal_env, stack_settings, redis, tm
         assert any(snap.client_order_id in reason for reason in await orphan_reasons(redis))
     finally:
         stop_process(worker)
+
+
+async def test_a_venue_error_on_one_orphan_loses_nothing_the_sweep_did_for_another(fast_settings, redis,
+                                                                                   temporal_env):
+    """A rate-limited lookup of one orphan skips it until the next sweep; the orphan already
+    cancelled in the same sweep is still reported (before, the error ended the sweep unreported)."""
+    from oms.models import OrderType, Side
+    from oms.venue import VenueOrderRequest
+
+    class Busy(SimulatedVenue):
+        refuse: set[str] = set()
+
+        async def fetch(self, ref):
+            if ref.client_order_id in self.refuse:
+                raise VenueError(VenueErrorType.RATE_LIMITED, "simulation busy", retry_after_s=1.0)
+            return await super().fetch(ref)
+
+    venue = Busy(redis, fast_settings.execution.simulation)
+    cids = ["order-orphan-first", "order-orphan-second"]  # their workflows never existed: orphans
+    for cid in cids:
+        await venue.submit(VenueOrderRequest(exchange="simulation", client_order_id=cid, symbol="ETH/USDT",
+                                             side=Side.BUY, order_type=OrderType.LIMIT, quantity=Decimal("0.1"),
+                                             limit_price=Decimal("1000.00")))
+    Busy.refuse = {cids[1]}
+    sweep = OrphanSweep(temporal_env.client, redis, VenueRegistry({"simulation": venue}), "simulation")
+    (orphan,) = await sweep.sweep_once()
+    assert orphan.client_order_id == cids[0] and orphan.action == "cancelled"
+    (reason,) = await orphan_reasons(redis)  # reported: what GET /readyz shows
+    assert cids[0] in reason and cids[1] not in reason
+    ref = VenueOrderRef(exchange="simulation", client_order_id=cids[1], symbol="ETH/USDT")
+    Busy.refuse = set()
+    assert (await venue.fetch(ref)).status == "new"  # left working, not forgotten:
+    (orphan,) = await sweep.sweep_once()
+    assert orphan.client_order_id == cids[1] and orphan.action == "cancelled"

@@ -19,6 +19,7 @@ import time
 # Files whose tests race real processes, timers or venues against the clock.
 TIMING_SENSITIVE = (
     "tests/test_worker_crash.py",
+    "tests/test_query_after_crash.py",
     "tests/test_worker_drain.py",
     "tests/test_direct_execution.py",
     "tests/test_workflow_lifecycle.py",

@@ -35,6 +35,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.venues import VenueError, VenueRegistry
+from activities.venues.gate import background
 from messaging import EventSink
 from messaging.redis_streams import RedisEventSink
 from oms.events import OrderEvent, client_order_key, order_cache_key
@@ -50,6 +51,7 @@ _HASHED = re.compile(r"_[0-9a-f]{12}$")  # client_order_id_for's shortened form:
 LEASE_S = 30
 ORPHANS_KEY_PREFIX = "orphans:"
 QUERY_TIMEOUT_S = 5.0
+SWEEP_PATIENCE_MS = 30_000  # how long a sweep call may wait in a direct venue's gate
 
 ORPHANS = Gauge("tom_orphan_orders", "Venue orders of ours without a running workflow, at the last sweep",
                 ["exchange", "account"], registry=REGISTRY)
@@ -121,18 +123,25 @@ class OrphanSweep:
     async def sweep_once(self) -> list[Orphan]:
         adapter = self._registry.get(self.exchange)
         orphans = []
-        for listed in await adapter.fetch_open(self.account):
-            if not listed.client_order_id.startswith(CLIENT_ID_PREFIX):
-                continue  # not placed by us (a person, another system on the same account)
-            order_id = await self._redis.get(client_order_key(listed.client_order_id)) or owner_of(
-                listed.client_order_id)
-            if order_id is not None and await self._running(order_id):
-                continue
-            if order_id is None and await self._first_sighting(listed.client_order_id):
-                continue  # no owner to ask: act only if it is still there at the next sweep
-            orphan = await self._settle(adapter, listed, order_id)
-            if orphan is not None:
-                orphans.append(orphan)
+        with background(SWEEP_PATIENCE_MS):  # no order waits on the sweep: its calls yield to theirs
+            for listed in await adapter.fetch_open(self.account):
+                if not listed.client_order_id.startswith(CLIENT_ID_PREFIX):
+                    continue  # not placed by us (a person, another system on the same account)
+                order_id = await self._redis.get(client_order_key(listed.client_order_id)) or owner_of(
+                    listed.client_order_id)
+                if order_id is not None and await self._running(order_id):
+                    continue
+                if order_id is None and await self._first_sighting(listed.client_order_id):
+                    continue  # no owner to ask: act only if it is still there at the next sweep
+                try:
+                    orphan = await self._settle(adapter, listed, order_id)
+                except VenueError as error:
+                    # Looked at again next sweep; what this one already did is still reported.
+                    log.warning("orphan sweep %s/%s: %s not settled: %s", self.exchange, self.account,
+                                listed.client_order_id, error)
+                    continue
+                if orphan is not None:
+                    orphans.append(orphan)
         await self._report(orphans)
         self.sweeps += 1
         return orphans

@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 
 from activities.venues.ccxt_client import CLIENT_CLASSES, RATE_LIMIT_ERRORS, is_nothing_sent
 from activities.venues.ccxt_dialects import DIALECTS, Dialect
-from activities.venues.gate import BACKGROUND, PATIENCE_MS, GateLimits, VenueGate, gate_status
+from activities.venues.gate import PATIENCE_MS, GateLimits, VenueGate, background, gate_status
 from activities.venues import VenueError
 from config.settings import ExchangeSettings, Settings
 from oms.models import OrderType, Side
@@ -108,17 +108,6 @@ class CcxtVenue:
             yield
         finally:
             PATIENCE_MS.reset(token)
-
-    @contextlib.contextmanager
-    def _background(self):
-        """The batched poller's listings: no order waits on them, so they yield the weight to the
-        order path in the gate, and may queue long after that (POLL_PATIENCE_MS)."""
-        token = BACKGROUND.set(True)
-        try:
-            with self._patience(POLL_PATIENCE_MS):
-                yield
-        finally:
-            BACKGROUND.reset(token)
 
     def _committed(self):
         """An operation that already spent request weight (a lookup before a create, a cancel before
@@ -313,7 +302,7 @@ class CcxtVenue:
         `fills_complete` is false, so a workflow that sees more filled fetches its order in full."""
         await self._ensure_markets()
         try:
-            with self._background():
+            with background(POLL_PATIENCE_MS):  # no order waits on it: it yields, and may queue
                 orders = await self.dialect.open_orders(self.client)
         except ccxt.BaseError as error:
             raise self._read_error(error) from None
@@ -331,7 +320,7 @@ class CcxtVenue:
         # An order created at or after `since_ms` was sent at about that time or later.
         symbols = await self._redis.zrangebyscore(self._symbols_key(), since_ms - SYMBOL_SKEW_MS, "+inf")
         try:
-            with self._background():
+            with background(POLL_PATIENCE_MS):  # no order waits on it: it yields, and may queue
                 orders = await self.dialect.orders_since(self.client, symbols, since_ms)
         except ccxt.BaseError as error:
             raise self._read_error(error) from None

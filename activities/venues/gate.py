@@ -26,6 +26,7 @@ VenueError(RATE_LIMITED or CIRCUIT_OPEN, retry_after_s) and the order workflow w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import math
 import re
@@ -137,6 +138,18 @@ PATIENCE_MS: contextvars.ContextVar[int | None] = contextvars.ContextVar("gate_p
 BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("gate_background", default=False)
 BACKGROUND_GRACE_MS = 2000  # how long a background request yields before it queues like the rest
 BACKGROUND_RESERVE_SHARE = 0.1  # of the one-second burst, left free for the order path
+
+
+@contextlib.contextmanager
+def background(patience_ms: int):
+    """Requests made inside are background ones that may wait up to `patience_ms` in the gate: the
+    fill poller's listings, the orphan sweep's calls (no order waits on them)."""
+    marked, patient = BACKGROUND.set(True), PATIENCE_MS.set(max(PATIENCE_MS.get() or 0, patience_ms))
+    try:
+        yield
+    finally:
+        PATIENCE_MS.reset(patient)
+        BACKGROUND.reset(marked)
 
 
 class RequestKind(StrEnum):
