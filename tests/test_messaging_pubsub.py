@@ -66,7 +66,14 @@ class NeverAcks(PubSubSignalSource):
         pass  # a dead consumer hands nothing back
 
     async def close(self) -> None:
+        # Stopped before the next consumer starts, as a dead process's stream is: a pull still
+        # shutting down may go on extending its leases (the likely reason a CI run once waited over
+        # 60 s for the redelivery).
         self._pull.cancel()
+        try:
+            await asyncio.to_thread(self._pull.result, 10)
+        except BaseException:  # noqa: B036 - cancelled, as asked: it has stopped
+            pass
         await asyncio.to_thread(self._subscriber.close)
         await asyncio.to_thread(self._publisher.stop)
 
