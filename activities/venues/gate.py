@@ -15,10 +15,11 @@ replicas with drifting clocks still agree. One Lua script decides each admission
    across a window boundary.
 4. Request weight: a GCRA bucket refilled at the exchange's own rate (ccxt's `rateLimit`, whose
    per-endpoint `cost` is the exchange's request weight), one second of burst. Weight is reserved
-   in arrival order, except for background requests (the batched poller's listings, which no order
-   waits on): they take weight only when it is free now and leaves a reserve for the order path,
-   so an order never queues behind a heavy listing; after BACKGROUND_GRACE_MS of waiting they queue
-   like the rest, so a steady stream of orders cannot starve fill tracking.
+   in arrival order, except for background requests (the batched poller's listings and the orphan
+   sweep's calls, which no order waits on): they take weight only when it is free now and leave a
+   reserve for the order path, so an order never queues behind a heavy listing; after
+   BACKGROUND_GRACE_MS of waiting they queue like the rest, so a steady stream of orders cannot
+   starve fill tracking.
 
 A request that would have to wait longer than `max_wait_ms` is not sent: the caller gets
 VenueError(RATE_LIMITED or CIRCUIT_OPEN, retry_after_s) and the order workflow waits durably.
@@ -133,8 +134,8 @@ return current
 # How long the current task may wait in the gate, when it is not an order's venue call (whose
 # budget is `max_wait_ms`, inside the workflow's timeout): e.g. the batched poller's heavy listing.
 PATIENCE_MS: contextvars.ContextVar[int | None] = contextvars.ContextVar("gate_patience_ms", default=None)
-# Whether the current task's requests are background ones (no order waits on them: the batched
-# poller's listings): see the module docstring, point 4.
+# Whether the current task's requests are background ones (no order waits on them): see the module
+# docstring, point 4, and `background` below.
 BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("gate_background", default=False)
 BACKGROUND_GRACE_MS = 2000  # how long a background request yields before it queues like the rest
 BACKGROUND_RESERVE_SHARE = 0.1  # of the one-second burst, left free for the order path
@@ -198,11 +199,11 @@ class VenueGate:
         """Wait for the right to send one request; raises VenueError if that would take too long."""
         k, lim = self._keys, self.limits
         patience = PATIENCE_MS.get() or lim.max_wait_ms
-        background = BACKGROUND.get()
+        yielding = BACKGROUND.get()
         waited = 0
         while True:
             reserve = -1.0
-            if background and waited < BACKGROUND_GRACE_MS:
+            if yielding and waited < BACKGROUND_GRACE_MS:
                 reserve = max(0.0, min(BACKGROUND_RESERVE_SHARE * lim.weight_per_s, lim.weight_per_s - cost))
             verdict, wait_ms = await self._admit(
                 keys=[k["pause"], k["orders"], k["weight"], k["breaker"]],
