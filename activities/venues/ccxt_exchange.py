@@ -19,7 +19,6 @@ which the workflow reconciles. Reads never change anything, so their failures ar
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import datetime, timezone
@@ -31,7 +30,7 @@ import redis.asyncio as aioredis
 
 from activities.venues.ccxt_client import CLIENT_CLASSES, RATE_LIMIT_ERRORS, is_nothing_sent
 from activities.venues.ccxt_dialects import DIALECTS, Dialect
-from activities.venues.gate import PATIENCE_MS, GateLimits, VenueGate, background, gate_status
+from activities.venues.gate import GateLimits, VenueGate, background, gate_status, patience
 from activities.venues import VenueError
 from config.settings import ExchangeSettings, Settings
 from oms.models import OrderType, Side
@@ -100,19 +99,10 @@ class CcxtVenue:
         self._books: dict[str, tuple[float, dict]] = {}
         self._taker_fee = account_settings.taker_fee  # this account's rate, where configured
 
-    @contextlib.contextmanager
-    def _patience(self, ms: int):
-        """Let this task's requests wait up to `ms` in the gate (never less than they already may)."""
-        token = PATIENCE_MS.set(max(PATIENCE_MS.get() or 0, ms))
-        try:
-            yield
-        finally:
-            PATIENCE_MS.reset(token)
-
     def _committed(self):
         """An operation that already spent request weight (a lookup before a create, a cancel before
         its fetch) waits longer in the gate for its next request: giving up would repeat the first."""
-        return self._patience(self._commit_patience_ms)
+        return patience(self._commit_patience_ms)
 
     # --- reference data ---------------------------------------------------------------------------
     async def _ensure_markets(self) -> None:

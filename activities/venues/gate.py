@@ -142,15 +142,25 @@ BACKGROUND_RESERVE_SHARE = 0.1  # of the one-second burst, left free for the ord
 
 
 @contextlib.contextmanager
-def background(patience_ms: int):
-    """Requests made inside are background ones that may wait up to `patience_ms` in the gate: the
-    fill poller's listings, the orphan sweep's calls (no order waits on them)."""
-    marked, patient = BACKGROUND.set(True), PATIENCE_MS.set(max(PATIENCE_MS.get() or 0, patience_ms))
+def patience(ms: int):
+    """Let this task's requests wait up to `ms` in the gate (never less than they already may)."""
+    token = PATIENCE_MS.set(max(PATIENCE_MS.get() or 0, ms))
     try:
         yield
     finally:
-        PATIENCE_MS.reset(patient)
-        BACKGROUND.reset(marked)
+        PATIENCE_MS.reset(token)
+
+
+@contextlib.contextmanager
+def background(patience_ms: int):
+    """Requests made inside are background ones that may wait up to `patience_ms` in the gate: the
+    fill poller's listings, the orphan sweep's calls (no order waits on them)."""
+    token = BACKGROUND.set(True)
+    try:
+        with patience(patience_ms):
+            yield
+    finally:
+        BACKGROUND.reset(token)
 
 
 class RequestKind(StrEnum):
