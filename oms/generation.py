@@ -8,7 +8,7 @@ an even split; parent orders plan their algorithms with oms/algos.py (ParentOrde
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 
 from pydantic import BaseModel
 
@@ -111,6 +111,22 @@ def generate_order(signal: Signal, params: OrderParams, exchange: str, market: M
         slices=signal.execution.slices if signal.execution else None,
         duration_s=signal.execution.duration_s if signal.execution else None,
     )
+
+
+def venue_terms(order_type: OrderType, time_in_force: TimeInForce, limit_price: Decimal | None, side: Side,
+                collar: Decimal | None, price_step: Decimal | None) -> tuple[OrderType, Decimal | None, TimeInForce]:
+    """How an order goes out to the venue: (type, price, time in force). GTD is enforced by the
+    workflow's durable timer (not every venue has it), so it goes out GTC; a market order with a
+    collar goes out as an IOC (or FOK) limit at the collar on the tick grid, so nothing executes
+    beyond max_slippage_bps."""
+    if time_in_force == TimeInForce.GTD:
+        time_in_force = TimeInForce.GTC
+    if order_type == OrderType.MARKET and collar is not None and price_step:
+        rounding = ROUND_FLOOR if side == Side.BUY else ROUND_CEILING
+        limit_price = (collar / price_step).to_integral_value(rounding=rounding) * price_step
+        order_type = OrderType.LIMIT
+        time_in_force = TimeInForce.FOK if time_in_force == TimeInForce.FOK else TimeInForce.IOC
+    return order_type, limit_price, time_in_force
 
 
 def plan_slices(signal: Signal, market: MarketInfo) -> list[Slice]:

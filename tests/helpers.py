@@ -54,6 +54,14 @@ async def local_activity_calls(handle: WorkflowHandle) -> list[tuple[str, str | 
         if marker.marker_name != "core_local_activity":
             continue  # a workflow.patched marker
         data = json.loads(marker.details["data"].payloads[0].data)
+        if data["activity_type"] == "prepare_and_place" and not marker.HasField("failure"):
+            # Preparation and, when the order went out at once, the submission: two calls in one.
+            out.append(("prepare_order", None))
+            result = json.loads(marker.details["result"].payloads[0].data)
+            if result.get("placed") is not None:
+                failure = result["outcome"]["failure"]
+                out.append(("venue_submit", failure["type"] if failure else None))
+            continue
         failure = marker.failure
         while failure.HasField("cause") and not failure.HasField("application_failure_info"):
             failure = failure.cause

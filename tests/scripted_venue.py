@@ -1,6 +1,7 @@
 """A venue scripted by the test, served under the real activity names the workflow calls
-(prepare_order, venue_submit, venue_fetch, venue_cancel, venue_amend; record_progress is the real
-one, wrapped to see every fill handed to it).
+(prepare_order, prepare_and_place, read_prices, venue_submit, venue_fetch, venue_cancel, venue_amend;
+prepare_and_place runs the real activity's logic on the scripted preparation and submission;
+record_progress is the real one, wrapped to see every fill handed to it).
 
 The venue keeps its own book of orders by client order id, as an exchange does, and watches the
 invariants the workflow must keep: at most one live venue order per order, every venue order ended
@@ -24,10 +25,12 @@ from typing import Callable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.execution import OrderContext
+from activities.execution import OrderContext, PriceQuery
 from activities.limits import DailyOrderDecision
+from activities.placement import PlaceRequest, PreparedPlacement, order_to_place, prepare_and_place
 from activities.publish import OrderProgress, PublishActivities
 from oms.models import OrderType, Signal, TimeInForce
+from oms.pricing import VenuePrices
 from oms.venue import (
     OPEN_STATUSES,
     MarketInfo,
@@ -92,6 +95,7 @@ class ScriptedVenue:
     def __init__(self, rng: random.Random | None = None, native_amend: bool = True) -> None:
         self.rng = rng
         self.native_amend = native_amend
+        self.placement_rule = None  # prepare_and_place's decision, if not order_to_place (a drifted worker)
         self.orders: dict[str, VenueOrder] = {}
         self.script: dict[str, deque[Step]] = defaultdict(deque)
         self.requests: Counter[str] = Counter()  # per order
@@ -265,9 +269,21 @@ class ScriptedVenue:
         async def prepare_order(signal: Signal) -> OrderContext:
             return context
 
+        async def submit(request: VenueOrderRequest) -> VenueOrderReport:
+            return await venue._call("submit", request.client_order_id, lambda: venue._place(request))
+
         @activity.defn(name="venue_submit")
         async def venue_submit(request: VenueOrderRequest) -> VenueOrderReport:
-            return await venue._call("submit", request.client_order_id, lambda: venue._place(request))
+            return await submit(request)
+
+        @activity.defn(name="read_prices")
+        async def read_prices(query: PriceQuery) -> VenuePrices:
+            return context.prices
+
+        @activity.defn(name="prepare_and_place")
+        async def place_when_prepared(request: PlaceRequest) -> PreparedPlacement:
+            # The real activity's logic (its decision, outcomes as data) on the scripted venue.
+            return await prepare_and_place(request, prepare_order, submit, venue.placement_rule or order_to_place)
 
         @activity.defn(name="venue_fetch")
         async def venue_fetch(ref: VenueOrderRef) -> VenueOrderReport:
@@ -286,11 +302,17 @@ class ScriptedVenue:
             published.append(progress)
             return await publish.record_progress(progress)
 
-        return [prepare_order, venue_submit, venue_fetch, venue_cancel, venue_amend, record_progress]
+        return [prepare_order, place_when_prepared, read_prices, venue_submit, venue_fetch, venue_cancel, venue_amend,
+                record_progress]
 
 
-def scripted_context(settings, **params) -> OrderContext:
+def scripted_context(settings, current_rules: bool = False, **params) -> OrderContext:
+    """The prepared context every scripted order gets. Without `current_rules` it has no prices, as
+    release 0.1 recorded it: the workflow then keeps that release's validation and amend rules, and
+    preparation never places the order (prepare_and_place needs prices). With them, today's paths."""
     market = MarketInfo(symbol="BTC/USDT", base="BTC", quote="USDT", amount_step=STEP, price_step=STEP)
+    prices = VenuePrices(account_currency=settings.account_limits.currency, bid=Decimal("99.99"),
+                         ask=Decimal("100.01"), conversion_price=Decimal(1)) if current_rules else None
     return OrderContext(params=settings.orders.model_copy(update=params), limits=settings.account_limits,
                         mode="simulation", exchange=EXCHANGE, market=market, bid=Decimal("99.99"),
-                        ask=Decimal("100.01"), daily_decision=DailyOrderDecision(allowed=True, count=1))
+                        ask=Decimal("100.01"), daily_decision=DailyOrderDecision(allowed=True, count=1), prices=prices)

@@ -165,7 +165,8 @@ def test_history_names_its_timers_and_local_activities(ui_stack):
     assert markers and timers and all("summary" in e.get("userMetadata", {}) for e in markers + timers)
     joined = " | ".join(summaries)
     assert "buy 0.0137 BTC/USDT at market on simulation" in joined, summaries  # the static summary
-    assert "prepare: market rules" in joined and "venue: place the order" in joined, summaries
+    # An order that goes out at once is prepared and placed by one local activity (prepare_and_place).
+    assert "prepare and place: market rules, limits, prices, daily slot; the order" in joined, summaries
     assert "record: filled" in joined, summaries
 
 

@@ -132,7 +132,11 @@ async def run_example(seed: int, time_env, redis, settings) -> dict:
     skipped, script = 0.0, []
     # Retries 1 s apart: the test server fails a task that cancels a timer firing at that moment
     # (sdk-java issue 2606), which short timers racing a cancellation would hit now and then.
-    async with ScriptedWorkers(client, queue, venue, settings, redis, retry_delay_ms=1000) as workers:
+    # Every other example on today's rules (prices read, preparation placing the order at once);
+    # the rest on a release-0.1 context, whose validation and amend rules still replay.
+    current_rules = seed % 2 == 0
+    async with ScriptedWorkers(client, queue, venue, settings, redis, current_rules=current_rules,
+                               retry_delay_ms=1000) as workers:
         handle = await client.start_workflow("OrderWorkflow", signal, id=signal.workflow_id, task_queue=queue,
                                              result_type=OrderSnapshot, task_timeout=timedelta(seconds=2))
         latest = client.get_workflow_handle(signal.workflow_id, result_type=OrderSnapshot)
@@ -163,7 +167,7 @@ async def run_example(seed: int, time_env, redis, settings) -> dict:
     for task in done:
         error = task.exception()
         assert error is None or isinstance(error, (WorkflowUpdateFailedError, RPCError)), repr(error)
-    return {"seed": seed, "kind": kind, "native_amend": venue.native_amend, "script": script, "rested": rested,
+    return {"seed": seed, "kind": kind, "native_amend": venue.native_amend, "current_rules": current_rules, "script": script, "rested": rested,
             "final": final, "runs": runs, "venue": venue, "owner": owner, "pending_updates": pending,
             "skipped": skipped, "published": workers.published}
 
@@ -215,6 +219,7 @@ async def test_order_workflow_keeps_its_invariants_under_random_venues_and_opera
         result = await run_example(SEED + example, time_env, redis, fast_settings)
         problems = check(result)
         summary = (f"seed {result['seed']} {result['kind']} native_amend={result['native_amend']} "
+                   f"current_rules={result['current_rules']} "
                    f"runs={len(result['runs'])} requests={result['venue'].requests[result['owner']]} "
                    f"script={result['script']} -> {result['final'].state.value} "
                    f"{result['final'].filled_quantity}/{result['final'].quantity}")

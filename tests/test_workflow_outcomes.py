@@ -15,6 +15,7 @@ from temporalio.client import WorkflowUpdateFailedError
 
 import workflows.order as order_module
 from activities.publish import ANOMALIES_KEY
+from activities.placement import order_to_place
 from oms.models import OrderSnapshot, OrderState, client_order_id_for
 from oms.venue import VenueFill, VenueOrderStatus
 from tests.helpers import make_signal
@@ -34,11 +35,12 @@ def quiet_activity_errors():
 
 @pytest_asyncio.fixture
 async def scripted(time_env, redis, fast_settings, task_queue):
-    """start(venue, **signal fields) -> (handle, workers): an order on a scripted venue."""
+    """start(venue, current_rules=False, **signal fields) -> (handle, workers): an order on a scripted
+    venue (a release-0.1 context unless current_rules: see scripted_context)."""
     started: list[ScriptedWorkers] = []
 
-    async def start(venue: ScriptedVenue, **fields):
-        workers = ScriptedWorkers(time_env.client, task_queue, venue, fast_settings, redis)
+    async def start(venue: ScriptedVenue, current_rules: bool = False, **fields):
+        workers = ScriptedWorkers(time_env.client, task_queue, venue, fast_settings, redis, current_rules=current_rules)
         await workers.start()
         started.append(workers)
         signal = make_signal(symbol="BTC/USDT", quantity=fields.pop("quantity", "1.00"), **fields)
@@ -175,10 +177,11 @@ async def test_workflow_cancellation_racing_a_fill_ends_filled(time_env, scripte
     assert snap.state == S.FILLED and snap.filled_quantity == Decimal("1.00")
 
 
-async def test_workflow_cancellation_during_a_venue_call_reconciles_then_cancels(time_env, scripted):
+@pytest.mark.parametrize("current_rules", [False, True], ids=["release-0.1-context", "placed-when-prepared"])
+async def test_workflow_cancellation_during_a_venue_call_reconciles_then_cancels(time_env, scripted, current_rules):
     venue = ScriptedVenue()
     venue.queue("submit", Step(delay_s=1.0))
-    handle, _ = await scripted(venue, **limit())
+    handle, _ = await scripted(venue, current_rules=current_rules, **limit())
     await asyncio.sleep(0.4)  # the submit is at the venue
     await handle.cancel()
     snap = await finish(time_env, handle)
@@ -334,13 +337,14 @@ async def test_a_resting_order_ended_by_the_venue_with_partial_fills_ends_with_t
 
 
 # --- a cancel arriving while the order fills ------------------------------------------------------------
-async def test_a_cancel_arriving_during_the_fill_never_hides_it(time_env, scripted):
+@pytest.mark.parametrize("current_rules", [False, True], ids=["release-0.1-context", "placed-when-prepared"])
+async def test_a_cancel_arriving_during_the_fill_never_hides_it(time_env, scripted, current_rules):
     """A market order fills at the venue while a cancel signal arrives. The run must not close in
     the workflow task that holds the venue's answer: the server would refuse it (a new signal), drop
     the answer, and the retry would decide "cancelled before submission" over a filled order."""
     venue = ScriptedVenue()
     venue.queue("submit", Step(delay_s=0.5))
-    handle, _ = await scripted(venue)
+    handle, _ = await scripted(venue, current_rules=current_rules)
     await asyncio.sleep(0.25)
     await handle.signal("cancel", {"reason": "too late"})
     snap = await finish(time_env, handle)
@@ -442,4 +446,69 @@ async def test_workflow_cancellation_while_a_taken_amend_is_answered_counts_ever
         snap = await finish(time_env, handle)
     assert (snap.state, snap.quantity, snap.filled_quantity) == (S.CANCELLED, Decimal("2.00"), Decimal("1.50"))
     assert snap.anomalies == 0, snap.last_anomaly
+    assert not venue.live_orders(client_order_id_for(handle.id))
+
+
+# --- preparation that places the order (prepare_and_place) ----------------------------------------------
+async def test_a_cancel_arriving_while_preparation_places_the_order_cancels_it_at_the_venue(time_env, scripted):
+    """The cancel arrives while the one activity that prepares and places is at the venue: the order
+    is there, so it is cancelled there, not ended "before submission" over a live venue order."""
+    venue = ScriptedVenue()
+    venue.queue("submit", Step(delay_s=0.5))
+    handle, _ = await scripted(venue, current_rules=True, **limit())
+    await asyncio.sleep(0.25)
+    await handle.signal("cancel", {"reason": "changed my mind"})
+    snap = await finish(time_env, handle)
+    assert snap.state == S.CANCELLED
+    assert [t.state for t in snap.transitions][:4] == [S.CREATED, S.VALIDATED, S.SUBMITTED, S.ACCEPTED]
+    assert venue.calls["submit"] == 1 and venue.calls["cancel"] == 1
+    assert not venue.live_orders(client_order_id_for(handle.id))
+
+
+@pytest.mark.parametrize("outcome", ["ok", "transient"])
+async def test_workflow_cancellation_while_preparation_places_waits_for_the_venues_answer(
+        time_env, redis, fast_settings, task_queue, outcome):
+    """A Temporal cancellation while prepare_and_place is held at the venue for 12 s (longer than its
+    workflow task, so the cancellation arrives during the call): the answer is waited for, then
+    acted on. Placed: the order is cancelled at the venue. A refused connection: it ends cancelled
+    at once, the submission never retried."""
+    venue = ScriptedVenue()
+    venue.queue("submit", Step(outcome=outcome, delay_s=12.0))
+    workers = ScriptedWorkers(time_env.client, task_queue, venue, fast_settings, redis, current_rules=True,
+                              execution_timeout_ms=30_000)
+    await workers.start()
+    try:
+        signal = make_signal(symbol="BTC/USDT", quantity="1.00", **limit())
+        handle = await time_env.client.start_workflow(
+            "OrderWorkflow", signal, id=signal.workflow_id, task_queue=task_queue, result_type=OrderSnapshot)
+        await until(lambda: venue.calls["submit"] > 0, "the submission never reached the venue")
+        await handle.cancel()
+        snap = await finish(time_env, handle)
+    finally:
+        await workers.stop()
+    states = [t.state for t in snap.transitions]
+    assert snap.state == S.CANCELLED and S.UNKNOWN not in states, [(t.state.value, t.reason) for t in snap.transitions]
+    assert venue.calls["submit"] == 1
+    if outcome == "ok":
+        assert S.ACCEPTED in states and venue.calls["cancel"] == 1
+        assert not venue.live_orders(client_order_id_for(handle.id))
+    else:
+        assert not venue.orders and "the venue took nothing" in snap.transitions[-1].reason
+
+
+async def test_an_order_placed_against_the_workflows_own_decision_is_cancelled(time_env, scripted):
+    """A worker whose preparation places an order the workflow would not (a decision that drifted
+    between them): the workflow takes the venue's answer, then cancels the order there."""
+    venue = ScriptedVenue()
+
+    def drifted(signal, context, client_order_id, now):
+        placement = order_to_place(signal, context, client_order_id, now)
+        request = placement.request.model_copy(update={"quantity": placement.request.quantity + 1})
+        return placement.model_copy(update={"request": request})
+
+    venue.placement_rule = drifted
+    handle, _ = await scripted(venue, current_rules=True, **limit())
+    snap = await finish(time_env, handle)
+    assert snap.state == S.CANCELLED
+    assert "would not place" in snap.transitions[-1].reason
     assert not venue.live_orders(client_order_id_for(handle.id))

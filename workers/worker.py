@@ -21,6 +21,7 @@ from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkerDeploymentConfig
 
 from activities.execution import ExecutionActivities
+from activities.placement import PlacementActivities
 from activities.routing import RoutingActivities, RoutingService
 from activities.limits import AccountLimitActivities, DailyOrderLimit
 from activities.publish import PublishActivities
@@ -81,7 +82,7 @@ async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis
         client,
         task_queue=settings.temporal.task_queue,
         workflows=[OrderWorkflow, ParentOrderWorkflow],
-        activities=[*execution.all(), *RoutingActivities(routing).all(), limits.reserve_daily_order,
+        activities=[*execution.all(), PlacementActivities(execution).prepare_and_place, *RoutingActivities(routing).all(), limits.reserve_daily_order,
                     publish.record_progress],
         max_concurrent_workflow_tasks=max_concurrent or WORKFLOW_TASK_SLOTS,
         max_concurrent_activities=concurrency,

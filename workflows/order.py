@@ -6,7 +6,10 @@ The workflow decides; activities do I/O. Every state change goes through `oms.st
 fails a workflow task: it is recorded on the order, counted, and the order reconciles.
 
 Venue calls are local activities (a normal activity hop costs ~45 ms on the submission path), each
-attempted once per call; the retry loop is here, so the workflow chooses per error type:
+attempted once per call; the retry loop is here, so the workflow chooses per error type. An order that
+goes out at once is prepared and placed by one local activity (activities/placement.py): the activity
+places only what `order_to_place` allows, and the workflow checks that decision on the recorded
+context before it takes the venue's answer as its first submission attempt's (`_adopt_placement`):
 - VenueRejected            -> rejected, never retried
 - VenueTransient / RateLimited -> retried with exponential backoff (retry_attempts, retry_delay_ms)
 - VenueUnknownOutcome, or no answer within execution_timeout_ms -> `unknown`, then reconciled by
@@ -32,7 +35,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import Decimal
 
 from typing import Any, TypeVar
 
@@ -58,7 +61,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.limits import DailyOrderDecision, DailyOrderReservation
     from activities.publish import OrderProgress
     from oms.events import OrderEvent
-    from oms.generation import generate_order
+    from activities.placement import PlaceRequest, PreparedPlacement, VenueCallOutcome, order_to_place
+    from oms.generation import OrderInstruction, generate_order, venue_terms
     from oms.models import (
         AmendRequest,
         CancelRequest,
@@ -108,6 +112,9 @@ LIFECYCLE_V3 = "order-lifecycle-v3"
 # the venue's next report on the order settles it (_adopt_amend_in_doubt). Recorded only where that
 # happens; runs before it counted fills past the old quantity as anomalies.
 AMEND_IN_DOUBT = "amend-in-doubt"
+# Preparation and the first submission in one local activity where the order goes out at once
+# (activities/placement.py). Recorded instead of v3's marker (which it implies): one marker per run.
+LIFECYCLE_V4 = "order-lifecycle-v4"
 BUSY_WAIT_MAX_S = 30.0
 # A cancel that did not take, an `unknown` to reconcile, a cancel-and-replace awaiting its cancel's
 # confirmation: each retry waits on a durable timer, retry_delay_ms doubling up to RETRY_BACKOFF_MAX,
@@ -132,6 +139,11 @@ _VENUE_CALL_SUMMARIES = {
 POLL_AFTER_FILL = timedelta(seconds=5)
 POLL_MAX = timedelta(minutes=30)
 LOCAL_TASK_TIMEOUT = timedelta(seconds=30)
+PREPARE_TIMEOUT = timedelta(seconds=10)
+PREPARE_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_interval=timedelta(seconds=10))
+# prepare_and_place bounds its own steps (preparation, then the venue call within the order's
+# execution_timeout_ms, at most an hour): this only catches a worker that stopped answering.
+PLACE_TIMEOUT = timedelta(hours=1, seconds=30)
 LOCAL_RETRY_THRESHOLD = timedelta(seconds=5)
 
 
@@ -200,6 +212,11 @@ def _initial_snapshot(signal: Signal, now: datetime) -> OrderSnapshot:
     )
 
 
+def _mid(context: OrderContext) -> Decimal | None:
+    """The venue's mid price from the prepared quote, if it gave both sides."""
+    return (context.bid + context.ask) / 2 if context.bid is not None and context.ask is not None else None
+
+
 def _routing_reason(plan: RoutePlan) -> str:
     """The router's decision in one line for the snapshot: why, then what it weighed."""
     weighed = "; ".join(plan.considered)
@@ -242,7 +259,8 @@ class OrderWorkflow(Release01Paths):
         # patch marker recorded in one task are not always in the order the code ran them. A run
         # started today records one marker (every patch marker is also a search-attribute upsert, a
         # visibility write on the server); runs recorded before it answer the two older questions.
-        v3 = workflow.patched(LIFECYCLE_V3)
+        self._place_when_prepared = workflow.patched(LIFECYCLE_V4)
+        v3 = self._place_when_prepared or workflow.patched(LIFECYCLE_V3)
         if v3:
             self._v2 = self._smart_routing = True
         else:
@@ -386,11 +404,12 @@ class OrderWorkflow(Release01Paths):
         return self._state.snapshot
 
     async def _work(self) -> None:
+        placed = False
         if self._state.context is None:
-            await self._prepare_and_validate()
-        if not self._state.snapshot.is_terminal and self._state.snapshot.state == S.VALIDATED:
+            placed = await self._prepare_and_validate()
+        if not placed and not self._state.snapshot.is_terminal and self._state.snapshot.state == S.VALIDATED:
             await self._wait_for_start()
-        if not self._state.snapshot.is_terminal and self._state.snapshot.state == S.VALIDATED:
+        if not placed and not self._state.snapshot.is_terminal and self._state.snapshot.state == S.VALIDATED:
             await self._submit()
         await self._track_until_terminal()
 
@@ -465,15 +484,86 @@ class OrderWorkflow(Release01Paths):
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._state.snapshot
 
-    async def _prepare_and_validate(self) -> None:
-        signal = self._state.signal
-        context: OrderContext = await workflow.execute_local_activity(
-            "prepare_order", signal, result_type=OrderContext,
-            summary="prepare: market rules, limits, prices, daily slot",
-            start_to_close_timeout=timedelta(seconds=10),
-            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_interval=timedelta(seconds=10)),
-            local_retry_threshold=LOCAL_RETRY_THRESHOLD,  # a venue down for long: back off on durable timers
+    async def _prepare_and_validate(self) -> bool:
+        """Prepare the order and decide: denied, a parent, cancelled or validated. True when
+        preparation placed it as well (prepare_and_place): it is then submitted and answered."""
+        if self._place_when_prepared and self._goes_out_at_once():
+            prepared = await self._prepare_and_place()
+            if prepared.placed is not None:
+                return True
+            context = prepared.context
+        else:
+            context = await workflow.execute_local_activity(
+                "prepare_order", self._state.signal, result_type=OrderContext,
+                summary="prepare: market rules, limits, prices, daily slot",
+                start_to_close_timeout=PREPARE_TIMEOUT, retry_policy=PREPARE_RETRY,
+                local_retry_threshold=LOCAL_RETRY_THRESHOLD,  # a venue down for long: back off on durable timers
+            )
+        await self._validate(context)
+        return False
+
+    def _goes_out_at_once(self) -> bool:
+        """Nothing to wait for between preparation and submission: no start_at ahead, no cancel yet."""
+        execution = self._state.signal.execution
+        start_at = execution.start_at if execution else None
+        return self._state.cancel_request is None and (start_at is None or start_at <= workflow.now())
+
+    async def _prepare_and_place(self) -> PreparedPlacement:
+        """One local activity prepares and, when the order goes out at once, places it. Shielded from a
+        workflow cancellation: the request may have left, so its answer is waited for and recorded
+        first, and the cancellation then cancels what the venue holds."""
+        snap = self._state.snapshot
+        call = workflow.start_local_activity(
+            "prepare_and_place", PlaceRequest(signal=self._state.signal, client_order_id=snap.client_order_id),
+            result_type=PreparedPlacement, summary="prepare and place: market rules, limits, prices, daily slot; the order",
+            start_to_close_timeout=PLACE_TIMEOUT, retry_policy=PREPARE_RETRY, local_retry_threshold=LOCAL_RETRY_THRESHOLD,
         )
+        try:
+            prepared, cancelled = await asyncio.shield(call), False
+        except asyncio.CancelledError:
+            prepared, cancelled = await call, True
+        if prepared.placed is not None:
+            self._local_activity_at = workflow.info().get_current_history_length()
+            await self._adopt_placement(prepared, cancelled)
+        elif cancelled:
+            self._state.context = prepared.context  # nothing placed: the order's daily slot goes back
+        if cancelled:
+            raise asyncio.CancelledError("workflow cancellation during preparation")
+        return prepared
+
+    async def _adopt_placement(self, prepared: PreparedPlacement, cancelled: bool) -> None:
+        """Preparation placed the order: the workflow decides again from the recorded context
+        (order_to_place, the function the activity ran) and takes the venue's answer as its
+        submission's. Where it would not have placed that order (a decision that differs) or no longer
+        wants it (a cancel meanwhile), the order is cancelled at the venue, never forgotten: a
+        request that certainly did not land ends here, anything else is tracked and cancelled."""
+        context, snap, signal = prepared.context, self._state.snapshot, self._state.signal
+        self._state.context, snap.exchange = context, context.exchange
+        if context.route is not None:
+            snap.routing_reason = _routing_reason(context.route)
+        expected = order_to_place(signal, context, snap.client_order_id, workflow.now())
+        instruction = generate_order(signal, context.params, context.exchange, context.market, _mid(context),
+                                     context.estimated_slippage_bps)
+        self._adopt_instruction(context, instruction)
+        self._state.price_collar = instruction.price_collar
+        apply(snap, S.VALIDATED, workflow.now(), self._routed(context))
+        if expected is None or expected.request != prepared.placed:
+            workflow.logger.warning("preparation placed %s, which this workflow would not place: cancelling it",
+                                    snap.client_order_id)
+            self._state.cancel_request = CancelRequest(
+                reason="preparation placed an order this workflow's decision would not place")
+        withdrawn = cancelled or self._state.cancel_request is not None
+        failure = prepared.outcome.failure
+        if withdrawn and failure is not None and failure.type in NOTHING_SENT:
+            self._state.snapshot.venue_requests += 1
+            reason = self._state.cancel_request.reason if self._state.cancel_request else None
+            await self._transition(S.CANCELLED, f"{reason or 'workflow cancellation requested'}; "
+                                                f"the venue took nothing ({failure.message})")
+            return
+        await self._submit(first=prepared.outcome)
+
+    async def _validate(self, context: OrderContext) -> None:
+        signal = self._state.signal
         self._state.context = context
         snap = self._state.snapshot
         snap.exchange = context.exchange
@@ -491,14 +581,9 @@ class OrderWorkflow(Release01Paths):
             reason = DenialReason.UNKNOWN_EXCHANGE if "exchange" in (context.problem or "") else DenialReason.UNKNOWN_SYMBOL
             await self._deny(Denial(reason=reason, message=context.problem or "no market data"))
             return
-        reference = None
-        if context.bid is not None and context.ask is not None:
-            reference = (context.bid + context.ask) / 2
-        instruction = generate_order(signal, context.params, context.exchange, context.market, reference,
+        instruction = generate_order(signal, context.params, context.exchange, context.market, _mid(context),
                                      context.estimated_slippage_bps)
-        snap.order_type, snap.time_in_force = instruction.order_type, instruction.time_in_force
-        snap.reference_price = instruction.reference_price
-        self._set_pre_trade(reference, instruction.estimated_fee, instruction.estimated_slippage_bps)
+        self._adopt_instruction(context, instruction)
         if self._state.cancel_request is not None:
             await self._transition(S.CANCELLED, self._state.cancel_request.reason or "cancelled before submission")
             return
@@ -527,10 +612,20 @@ class OrderWorkflow(Release01Paths):
             await self._deny(denial)
             return
         self._state.price_collar = instruction.price_collar
-        routed = (f"routed to {context.exchange}: the {context.rerouted_from} circuit breaker is open"
-                  if context.rerouted_from else None)
         # Published with the venue's answer (or before a start_at wait): fewer storage calls per order.
-        apply(self._state.snapshot, S.VALIDATED, workflow.now(), routed)
+        apply(self._state.snapshot, S.VALIDATED, workflow.now(), self._routed(context))
+
+    def _adopt_instruction(self, context: OrderContext, instruction: OrderInstruction) -> None:
+        """The generated order's terms on the snapshot, and its pre-trade TCA inputs."""
+        snap = self._state.snapshot
+        snap.order_type, snap.time_in_force = instruction.order_type, instruction.time_in_force
+        snap.reference_price = instruction.reference_price
+        self._set_pre_trade(_mid(context), instruction.estimated_fee, instruction.estimated_slippage_bps)
+
+    @staticmethod
+    def _routed(context: OrderContext) -> str | None:
+        return (f"routed to {context.exchange}: the {context.rerouted_from} circuit breaker is open"
+                if context.rerouted_from else None)
 
     async def _become_parent(self, plan: RoutePlan) -> None:
         """The router split the order: it continues as new, same workflow id, as a ParentOrderWorkflow
@@ -684,8 +779,10 @@ class OrderWorkflow(Release01Paths):
         finally:
             self._local_activity_at = workflow.info().get_current_history_length()
 
-    async def _venue(self, activity: str, arg: BaseModel, attempts: int | None = None) -> VenueOrderReport:
-        """One venue call with the order's retry policy for transient errors; raises on the rest."""
+    async def _venue(self, activity: str, arg: BaseModel, attempts: int | None = None,
+                     first: VenueCallOutcome | None = None) -> VenueOrderReport:
+        """One venue call with the order's retry policy for transient errors; raises on the rest.
+        `first`: the first attempt's outcome, already had (prepare_and_place made that call)."""
         params = self._state.context.params
         attempts = params.retry_attempts + 1 if attempts is None else attempts
         delay = timedelta(milliseconds=max(params.retry_delay_ms, 1))
@@ -693,6 +790,11 @@ class OrderWorkflow(Release01Paths):
         while True:
             self._state.snapshot.venue_requests += 1
             try:
+                if first is not None:
+                    outcome, first = first, None
+                    if outcome.failure is not None:
+                        raise outcome.failure.as_error()
+                    return outcome.report
                 return await self._venue_call(activity, arg)
             except VENUE_ERRORS as error:  # (never a cancellation: _venue_call raises that as such)
                 kind = _error_type(error)
@@ -714,30 +816,22 @@ class OrderWorkflow(Release01Paths):
                 attempt += 1
                 delay = min(delay * 2, timedelta(seconds=30))
 
-    async def _submit(self) -> None:
+    async def _submit(self, first: VenueCallOutcome | None = None) -> None:
         # Published together with the venue's answer: one storage call fewer on the hot path.
         apply(self._state.snapshot, S.SUBMITTED, workflow.now(), None)
         try:
-            report = await self._venue("venue_submit", self._submission())
+            report = await self._venue("venue_submit", self._submission(), first=first)
         except VENUE_ERRORS as error:
             await self._on_submit_error(error)
             return
         await self._apply_report(report)
 
     def _submission(self) -> VenueOrderRequest:
-        """The venue order. GTD is enforced by our durable timer (not every venue has it); a market
-        order with a reference price goes out as an IOC limit at its price collar, so nothing
-        executes beyond max_slippage_bps."""
-        snap = self._state.snapshot
-        order_type, price, tif = snap.order_type, snap.limit_price, snap.time_in_force
-        if tif == TimeInForce.GTD:
-            tif = TimeInForce.GTC
-        collar = self._state.price_collar
-        if order_type == OrderType.MARKET and collar is not None and self._state.context.market:
-            step = self._state.context.market.price_step
-            rounding = ROUND_FLOOR if snap.side.value == "buy" else ROUND_CEILING
-            order_type, price = OrderType.LIMIT, (collar / step).to_integral_value(rounding=rounding) * step
-            tif = TimeInForce.FOK if tif == TimeInForce.FOK else TimeInForce.IOC
+        """The venue order for what remains of the order (oms.generation.venue_terms: GTD as GTC, a
+        collared market order as an IOC limit)."""
+        snap, market = self._state.snapshot, self._state.context.market
+        order_type, price, tif = venue_terms(snap.order_type, snap.time_in_force, snap.limit_price, snap.side,
+                                             self._state.price_collar, market.price_step if market else None)
         return VenueOrderRequest(
             exchange=snap.exchange, account=self._state.context.account, client_order_id=snap.client_order_id,
             symbol=snap.symbol, side=snap.side, order_type=order_type,
