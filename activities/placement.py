@@ -6,9 +6,9 @@ split across venues) needs no decision between preparation and submission that t
 does not already settle, so the activity takes it: `order_to_place` is the workflow's decision as a
 pure function of that context, and the workflow runs the same function on the recorded context and
 checks the answer (workflows/order.py, `_adopt_placement`). A venue answer never fails this activity:
-once the request may have left, its outcome is returned as data (`VenueCallOutcome`), so a retry of
-the activity can only ever be a retry of its preparation, and an outcome not known is reconciled by
-the workflow, never resubmitted blindly. A crash before the workflow task completes re-runs the
+once the request may have left, its outcome is returned as data (`VenueCallOutcome`), and an outcome
+not known is reconciled by the workflow, never resubmitted blindly. The activity fails only in
+preparation; the workflow makes one attempt and then prepares with prepare_order's retries. A crash before the workflow task completes re-runs the
 activity, with the same client order id, as it re-ran venue_submit before.
 """
 from __future__ import annotations
@@ -123,6 +123,9 @@ async def prepare_and_place(request: PlaceRequest, prepare: Callable[[Signal], A
     except Exception as error:  # noqa: BLE001 - the request may have left: its outcome is unknown, never retried here
         outcome = VenueCallOutcome(failure=VenueCallFailure(
             type=VenueErrorType.UNKNOWN_OUTCOME.value, message=f"{type(error).__name__}: {error}"[:500]))
+    if outcome.failure is not None:  # not an activity failure, so said here: the order's log shows it
+        activity.logger.warning("venue submit failed, outcome handed to the workflow: %s: %s",
+                                outcome.failure.type, outcome.failure.message)
     return PreparedPlacement(context=context, placed=placement.request, outcome=outcome)
 
 

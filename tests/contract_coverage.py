@@ -199,7 +199,7 @@ def read_history_events(events: list[dict]) -> None:
             details = attrs.get("details", {})
             data = (_payloads(details.get("data")) or [None])[0]
             activity = data.get("activity_type", "") if isinstance(data, dict) else ""
-            if activity == "prepare_and_place":  # preparation and, maybe, the submission: its outcome is data
+            if activity == "prepare_and_place" and not attrs.get("failure"):  # the submission's outcome is data
                 for result in _payloads(details.get("result")):
                     outcome = (result or {}).get("outcome") or {}
                     if outcome.get("failure"):
@@ -207,7 +207,7 @@ def read_history_events(events: list[dict]) -> None:
                     elif outcome.get("report"):
                         _venue_report(outcome["report"])
                 continue
-            if not (activity.startswith("venue_") or activity == "prepare_order"):
+            if not (activity.startswith("venue_") or activity in ("prepare_order", "prepare_and_place")):
                 continue
             failure = attrs.get("failure")
             if failure:

@@ -54,7 +54,9 @@ async def local_activity_calls(handle: WorkflowHandle) -> list[tuple[str, str | 
         if marker.marker_name != "core_local_activity":
             continue  # a workflow.patched marker
         data = json.loads(marker.details["data"].payloads[0].data)
-        if data["activity_type"] == "prepare_and_place" and not marker.HasField("failure"):
+        if data["activity_type"] == "prepare_and_place" and marker.HasField("failure"):
+            data["activity_type"] = "prepare_order"  # it fails only in preparation (a venue answer is data)
+        elif data["activity_type"] == "prepare_and_place":
             # Preparation and, when the order went out at once, the submission: two calls in one.
             out.append(("prepare_order", None))
             result = json.loads(marker.details["result"].payloads[0].data)

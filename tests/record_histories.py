@@ -1083,6 +1083,23 @@ async def _(st: Stage) -> None:
     expect(snap.state == S.FILLED and snap.exchange == "bybit", snap)
 
 
+@scenario("binance-breaker-open-pinned-order-prepared-again")
+async def _(st: Stage) -> None:
+    """Release 0.6: an order pinned to a venue whose breaker is open. prepare_and_place's one attempt
+    is refused by the breaker; prepare_order retries until the breaker lets a probe through, and the
+    order goes out and fills."""
+    breaker = {"failure_threshold": 2, "open_seconds": 3, "on_open": "wait"}
+    settings = st.direct(("binance",), direct={"circuit_breaker": breaker})
+    limits = GateLimits(orders=10, window_ms=1000, weight_per_s=20, failure_threshold=2, open_s=3,
+                        max_wait_ms=500, probe_timeout_ms=1000)
+    gate = VenueGate(st.redis, "binance", "default", limits)
+    for _ in range(2):
+        await gate.failed("ExchangeNotAvailable: 503")
+    async with st.worker(settings, poll_exchanges=("binance",)):
+        snap = await asyncio.wait_for(st.run(quantity="0.01", exchange="binance"), 60)
+    expect(snap.state == S.FILLED, snap)
+
+
 # --- release 0.2: workflow cancellation, reconciliation, cancel-and-replace confirmation ----------
 @scenario("binance-workflow-cancelled-while-unknown")
 async def _(st: Stage) -> None:

@@ -95,6 +95,7 @@ class ScriptedVenue:
     def __init__(self, rng: random.Random | None = None, native_amend: bool = True) -> None:
         self.rng = rng
         self.native_amend = native_amend
+        self.prepare_failures = 0  # preparations refused (transiently) before one succeeds
         self.placement_rule = None  # prepare_and_place's decision, if not order_to_place (a drifted worker)
         self.orders: dict[str, VenueOrder] = {}
         self.script: dict[str, deque[Step]] = defaultdict(deque)
@@ -267,6 +268,12 @@ class ScriptedVenue:
 
         @activity.defn(name="prepare_order")
         async def prepare_order(signal: Signal) -> OrderContext:
+            venue.calls["prepare"] += 1
+            if venue.prepare_failures > 0:
+                venue.prepare_failures -= 1
+                # Retryable, as prepare_order raises a transient venue error (to_application_error).
+                raise ApplicationError("scripted: the venue's market data is unavailable",
+                                       type=VenueErrorType.TRANSIENT.value)
             return context
 
         async def submit(request: VenueOrderRequest) -> VenueOrderReport:

@@ -18,7 +18,7 @@ from activities.publish import ANOMALIES_KEY
 from activities.placement import order_to_place
 from oms.models import OrderSnapshot, OrderState, client_order_id_for
 from oms.venue import VenueFill, VenueOrderStatus
-from tests.helpers import make_signal
+from tests.helpers import local_activity_calls, make_signal
 from tests.model_support import (SKIP_RPC_TIMEOUT_S, ScriptedWorkers, chain_histories, failed_workflow_tasks,
                                  settle, skip_time)
 from tests.scripted_venue import ScriptedVenue, Step
@@ -512,3 +512,29 @@ async def test_an_order_placed_against_the_workflows_own_decision_is_cancelled(t
     assert snap.state == S.CANCELLED
     assert "would not place" in snap.transitions[-1].reason
     assert not venue.live_orders(client_order_id_for(handle.id))
+
+
+async def test_a_preparation_that_fails_is_retried_on_the_usual_path_which_a_cancellation_stops(
+        time_env, scripted):
+    """prepare_and_place makes one attempt. A preparation that keeps failing (market data down) is
+    retried by prepare_order on durable timers, and a Temporal cancellation meanwhile ends the order
+    with nothing placed: it does not wait for the venue to come back and place the order first."""
+    venue = ScriptedVenue()
+    venue.prepare_failures = 10_000
+    handle, _ = await scripted(venue, current_rules=True, **limit())
+    await until(lambda: venue.calls["prepare"] >= 3, "preparation was not retried")
+    await handle.cancel()
+    snap = await finish(time_env, handle)
+    assert snap.state == S.CANCELLED and venue.calls["submit"] == 0 and not venue.orders
+
+
+async def test_an_order_whose_first_preparation_failed_is_placed_after_it(time_env, scripted):
+    venue = ScriptedVenue()
+    venue.prepare_failures = 2
+    handle, _ = await scripted(venue, current_rules=True, **limit())
+    await wait_for_state(handle, {S.ACCEPTED})
+    calls = [name for name, _ in await local_activity_calls(handle)]
+    assert calls[:3] == ["prepare_order", "prepare_order", "venue_submit"], calls
+    assert venue.calls["prepare"] == 3 and venue.calls["submit"] == 1
+    await handle.signal("cancel", {"reason": "end of test"})
+    assert (await finish(time_env, handle)).state == S.CANCELLED

@@ -487,12 +487,12 @@ class OrderWorkflow(Release01Paths):
     async def _prepare_and_validate(self) -> bool:
         """Prepare the order and decide: denied, a parent, cancelled or validated. True when
         preparation placed it as well (prepare_and_place): it is then submitted and answered."""
-        if self._place_when_prepared and self._goes_out_at_once():
-            prepared = await self._prepare_and_place()
-            if prepared.placed is not None:
-                return True
+        prepared = await self._prepare_and_place() if self._place_when_prepared and self._goes_out_at_once() else None
+        if prepared is not None and prepared.placed is not None:
+            return True
+        if prepared is not None:
             context = prepared.context
-        else:
+        else:  # not going out at once, or preparation failed once: prepared with retries a cancel can stop
             context = await workflow.execute_local_activity(
                 "prepare_order", self._state.signal, result_type=OrderContext,
                 summary="prepare: market rules, limits, prices, daily slot",
@@ -508,26 +508,42 @@ class OrderWorkflow(Release01Paths):
         start_at = execution.start_at if execution else None
         return self._state.cancel_request is None and (start_at is None or start_at <= workflow.now())
 
-    async def _prepare_and_place(self) -> PreparedPlacement:
-        """One local activity prepares and, when the order goes out at once, places it. Shielded from a
-        workflow cancellation: the request may have left, so its answer is waited for and recorded
-        first, and the cancellation then cancels what the venue holds."""
+    async def _prepare_and_place(self) -> PreparedPlacement | None:
+        """One local activity prepares and, when the order goes out at once, places it. One attempt:
+        if preparation fails (nothing was sent), None, and the order is prepared again on the usual
+        path, whose retries (a venue down, a breaker open) a cancellation can cut short before
+        anything is placed. The attempt is shielded from a workflow cancellation: the request may
+        have left, so its answer is waited for and recorded first, and the cancellation then cancels
+        what the venue holds."""
         snap = self._state.snapshot
         call = workflow.start_local_activity(
             "prepare_and_place", PlaceRequest(signal=self._state.signal, client_order_id=snap.client_order_id),
             result_type=PreparedPlacement, summary="prepare and place: market rules, limits, prices, daily slot; the order",
-            start_to_close_timeout=PLACE_TIMEOUT, retry_policy=PREPARE_RETRY, local_retry_threshold=LOCAL_RETRY_THRESHOLD,
+            start_to_close_timeout=PLACE_TIMEOUT, retry_policy=RetryPolicy(maximum_attempts=1),
         )
+        cancelled = False
         try:
-            prepared, cancelled = await asyncio.shield(call), False
-        except asyncio.CancelledError:
-            prepared, cancelled = await call, True
+            try:
+                prepared = await asyncio.shield(call)
+            except asyncio.CancelledError:
+                cancelled = True
+                prepared = await call
+        except VENUE_ERRORS as error:  # preparation failed: nothing was sent
+            if cancelled:
+                raise asyncio.CancelledError("workflow cancellation during preparation") from error
+            workflow.logger.info("prepare_and_place: preparation failed (%s); preparing with retries",
+                                 _error_message(error))
+            return None
         if prepared.placed is not None:
             self._local_activity_at = workflow.info().get_current_history_length()
             await self._adopt_placement(prepared, cancelled)
         elif cancelled:
             self._state.context = prepared.context  # nothing placed: the order's daily slot goes back
         if cancelled:
+            if prepared.placed is not None:
+                # The run may end in the cancellation's next steps: the venue's answer is made
+                # durable first, as before any close (_record_before_closing).
+                await self._record_before_closing()
             raise asyncio.CancelledError("workflow cancellation during preparation")
         return prepared
 
