@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Awaitable, Callable
 
 from pydantic import BaseModel
@@ -67,6 +68,11 @@ class Placement(BaseModel):
     request: VenueOrderRequest
 
 
+def mid_price(context: OrderContext) -> Decimal | None:
+    """The venue's mid price from the prepared quote, if it gave both sides."""
+    return (context.bid + context.ask) / 2 if context.bid is not None and context.ask is not None else None
+
+
 def order_to_place(signal: Signal, context: OrderContext, client_order_id: str, now: datetime) -> Placement | None:
     """The order the workflow will place straight after preparation, or None when anything stands in
     between: a route refusal or split, an unknown market, no daily slot, a rule the order breaks, a
@@ -80,8 +86,7 @@ def order_to_place(signal: Signal, context: OrderContext, client_order_id: str, 
     start_at = signal.execution.start_at if signal.execution else None
     if (start_at is not None and start_at > now) or (signal.expire_at is not None and now >= signal.expire_at):
         return None
-    reference = (context.bid + context.ask) / 2 if context.bid is not None and context.ask is not None else None
-    instruction = generate_order(signal, context.params, context.exchange, context.market, reference,
+    instruction = generate_order(signal, context.params, context.exchange, context.market, mid_price(context),
                                  context.estimated_slippage_bps)
     if validate_order(instruction, signal.side, context.market, context.limits, now, context.prices,
                       signal.reference_price) is not None:

@@ -1069,15 +1069,20 @@ async def _(st: Stage) -> None:
     expect(snap.state == S.FILLED and S.UNKNOWN in states(snap), snap)
 
 
-@scenario("binance-breaker-open-reroutes")
-async def _(st: Stage) -> None:
-    breaker = {"failure_threshold": 2, "open_seconds": 30, "on_open": "reroute"}
-    settings = st.direct(("binance", "bybit"), direct={"circuit_breaker": breaker})
-    limits = GateLimits(orders=10, window_ms=1000, weight_per_s=20, failure_threshold=2, open_s=30,
+async def open_binance_breaker(st: Stage, open_s: int) -> None:
+    """Two failures recorded in Binance's shared gate, as the workers saw them: its breaker opens."""
+    limits = GateLimits(orders=10, window_ms=1000, weight_per_s=20, failure_threshold=2, open_s=open_s,
                         max_wait_ms=500, probe_timeout_ms=1000)
     gate = VenueGate(st.redis, "binance", "default", limits)
     for _ in range(2):
         await gate.failed("ExchangeNotAvailable: 503")
+
+
+@scenario("binance-breaker-open-reroutes")
+async def _(st: Stage) -> None:
+    breaker = {"failure_threshold": 2, "open_seconds": 30, "on_open": "reroute"}
+    settings = st.direct(("binance", "bybit"), direct={"circuit_breaker": breaker})
+    await open_binance_breaker(st, open_s=30)
     async with st.worker(settings, poll_exchanges=("bybit",)):
         snap = await st.run(quantity="0.01")
     expect(snap.state == S.FILLED and snap.exchange == "bybit", snap)
@@ -1090,11 +1095,7 @@ async def _(st: Stage) -> None:
     order goes out and fills."""
     breaker = {"failure_threshold": 2, "open_seconds": 3, "on_open": "wait"}
     settings = st.direct(("binance",), direct={"circuit_breaker": breaker})
-    limits = GateLimits(orders=10, window_ms=1000, weight_per_s=20, failure_threshold=2, open_s=3,
-                        max_wait_ms=500, probe_timeout_ms=1000)
-    gate = VenueGate(st.redis, "binance", "default", limits)
-    for _ in range(2):
-        await gate.failed("ExchangeNotAvailable: 503")
+    await open_binance_breaker(st, open_s=3)
     async with st.worker(settings, poll_exchanges=("binance",)):
         snap = await asyncio.wait_for(st.run(quantity="0.01", exchange="binance"), 60)
     expect(snap.state == S.FILLED, snap)

@@ -61,7 +61,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.limits import DailyOrderDecision, DailyOrderReservation
     from activities.publish import OrderProgress
     from oms.events import OrderEvent
-    from activities.placement import PlaceRequest, PreparedPlacement, VenueCallOutcome, order_to_place
+    from activities.placement import PlaceRequest, PreparedPlacement, VenueCallOutcome, mid_price, order_to_place
     from oms.generation import OrderInstruction, generate_order, venue_terms
     from oms.models import (
         AmendRequest,
@@ -210,11 +210,6 @@ def _initial_snapshot(signal: Signal, now: datetime) -> OrderSnapshot:
         expire_at=signal.expire_at,
         intent=signal.intent,
     )
-
-
-def _mid(context: OrderContext) -> Decimal | None:
-    """The venue's mid price from the prepared quote, if it gave both sides."""
-    return (context.bid + context.ask) / 2 if context.bid is not None and context.ask is not None else None
 
 
 def _routing_reason(plan: RoutePlan) -> str:
@@ -558,7 +553,7 @@ class OrderWorkflow(Release01Paths):
         if context.route is not None:
             snap.routing_reason = _routing_reason(context.route)
         expected = order_to_place(signal, context, snap.client_order_id, workflow.now())
-        instruction = generate_order(signal, context.params, context.exchange, context.market, _mid(context),
+        instruction = generate_order(signal, context.params, context.exchange, context.market, mid_price(context),
                                      context.estimated_slippage_bps)
         self._adopt_instruction(context, instruction)
         self._state.price_collar = instruction.price_collar
@@ -597,7 +592,7 @@ class OrderWorkflow(Release01Paths):
             reason = DenialReason.UNKNOWN_EXCHANGE if "exchange" in (context.problem or "") else DenialReason.UNKNOWN_SYMBOL
             await self._deny(Denial(reason=reason, message=context.problem or "no market data"))
             return
-        instruction = generate_order(signal, context.params, context.exchange, context.market, _mid(context),
+        instruction = generate_order(signal, context.params, context.exchange, context.market, mid_price(context),
                                      context.estimated_slippage_bps)
         self._adopt_instruction(context, instruction)
         if self._state.cancel_request is not None:
@@ -636,7 +631,7 @@ class OrderWorkflow(Release01Paths):
         snap = self._state.snapshot
         snap.order_type, snap.time_in_force = instruction.order_type, instruction.time_in_force
         snap.reference_price = instruction.reference_price
-        self._set_pre_trade(_mid(context), instruction.estimated_fee, instruction.estimated_slippage_bps)
+        self._set_pre_trade(mid_price(context), instruction.estimated_fee, instruction.estimated_slippage_bps)
 
     @staticmethod
     def _routed(context: OrderContext) -> str | None:
