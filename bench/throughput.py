@@ -7,9 +7,12 @@ a terminal event on `order_events` marks an order done. orders_per_s = orders th
 terminal state during the offered window / window length; the backlog left at its end shows
 whether the rate was sustainable. CPU and memory are read per process with psutil:
 worker_cpu_ms_per_order and server_cpu_ms_per_order are CPU time spent in the window per order
-finished in it. Then, on the same Temporal server, `bench.trivial` runs a one-local-activity
-workflow at the same offered rate: trivial_workflows_per_s is the floor the stack itself sets, and
-orders_vs_trivial the order's own cost as a ratio (1.0: an order costs no more than the floor).
+finished in it. orders_closed_per_s and *_per_closed_order count runs closed within the window instead
+(an order's terminal event goes out one workflow task before its run closes). Then, on the same Temporal server, `bench.trivial` runs at the same offered rate a
+one-local-activity workflow (trivial_workflows_per_s: the floor the stack itself sets;
+orders_vs_trivial: 1.0 when an order goes as fast) and a workflow of the order's durable shape with no
+work in it (order_shaped_*: two local activities, the 1 ms closing timer, two workflow tasks);
+worker_cpu_vs_order_shaped and server_cpu_vs_order_shaped are the order's own code as a ratio.
 """
 from __future__ import annotations
 
@@ -23,7 +26,9 @@ import time
 
 import psutil
 import redis.asyncio as aioredis
+from temporalio.client import Client
 
+from bench.trivial import closed_by
 from bench.latency import signal_payload
 from bench.stack import BenchStack, emit, workflow_threads_override
 from oms.events import EVENT_FIELD, ORDER_EVENTS_STREAM, SIGNAL_FIELD
@@ -90,6 +95,12 @@ async def run(seconds: float, rate: float, processes: int = 1, workflow_threads:
             while sum(1 for o in done if o.startswith("order-tp-")) < sent and time.time() < drain_deadline:
                 await asyncio.sleep(0.5)
             finished = sum(1 for o in done if o.startswith("order-tp-"))
+            # An order's terminal event goes out before its run closes (the closing barrier's task
+            # follows): the floor workflows are counted by close time, so orders are too.
+            client = await Client.connect(stack.settings.temporal.address)
+            closed_in_window, _ = await closed_by(
+                [client.get_workflow_handle(f"order-tp-{n}") for n in range(sent)], started + window)
+            cpu_ms_closed = {name: ms * in_window / max(1, closed_in_window) for name, ms in cpu_ms.items()}
         finally:
             stop.set()
             await counter
@@ -97,17 +108,25 @@ async def run(seconds: float, rate: float, processes: int = 1, workflow_threads:
         stack.kill("worker", signal.SIGTERM)
         trivial = json.loads(subprocess.run(
             [sys.executable, "-m", "bench.trivial", "--address", stack.settings.temporal.address,
-             "--seconds", str(min(seconds, 30)), "--rate", str(rate)]
+             "--seconds", str(min(seconds, 30)), "--rate", str(rate), "--server-pid", str(stack.procs["temporal"].pid),
+             "--shaped-rate", str(max(1.0, in_window / window))]
             + ([] if not stack.settings.temporal.sandbox else ["--sandbox"])
             + ["--workflow-threads", str(stack.settings.temporal.workflow_threads)],
-            check=True, capture_output=True, text=True, timeout=seconds + 300).stdout.splitlines()[-1])
+            check=True, capture_output=True, text=True, timeout=3 * min(seconds, 30) + 300).stdout.splitlines()[-1])
     orders_per_s = round(in_window / window, 1)
     return {
         "benchmark": "throughput", "seconds": round(window, 1), "offered_rate_per_s": rate, "offered": sent,
         "orders_per_s": orders_per_s, "backlog_at_end": sent - in_window, "worker_processes": processes,
+        "orders_closed_per_s": round(closed_in_window / window, 1),
         "worker_cpu_ms_per_order": round(cpu_ms["worker"], 2), "server_cpu_ms_per_order": round(cpu_ms["temporal"], 2),
         **trivial, "orders_vs_trivial": round(orders_per_s / trivial["trivial_workflows_per_s"], 3)
         if trivial["trivial_workflows_per_s"] else None,
+        # The order's own code, as a ratio: its CPU per closed run against the same durable shape with
+        # no work in it, both counted by close time.
+        "worker_cpu_ms_per_closed_order": round(cpu_ms_closed["worker"], 2),
+        "server_cpu_ms_per_closed_order": round(cpu_ms_closed["temporal"], 2),
+        "worker_cpu_vs_order_shaped": round(cpu_ms_closed["worker"] / trivial["order_shaped_worker_cpu_ms_per_workflow"], 2),
+        "server_cpu_vs_order_shaped": round(cpu_ms_closed["temporal"] / trivial["order_shaped_server_cpu_ms_per_workflow"], 2),
         "all_terminal_after_drain": finished == sent,
         "workflow_threads": stack.settings.temporal.workflow_threads, "worker_rss_mb": worker["rss_mb"],
         "cpu_percent": cpu, "machine_cores": psutil.cpu_count(), "workflow_sandbox": stack.settings.temporal.sandbox,
