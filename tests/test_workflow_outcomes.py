@@ -93,6 +93,7 @@ def venue_order(venue: ScriptedVenue, handle, generation: int = 0):
 
 # --- transitions the table lacked ---------------------------------------------------------------------
 async def test_a_refused_cancel_and_replace_replacement_ends_rejected(time_env, scripted):
+    """Release 0.1's rule (a context without prices): the order ends rejected with nothing live."""
     venue = ScriptedVenue(native_amend=False)
     venue.queue("submit", Step(), Step(outcome="refused"))
     handle, _ = await scripted(venue, **limit())
@@ -101,6 +102,28 @@ async def test_a_refused_cancel_and_replace_replacement_ends_rejected(time_env, 
         await handle.execute_update("amend_order", {"quantity": "2.00"}, result_type=OrderSnapshot)
     snap = await finish(time_env, handle)
     assert snap.state == S.REJECTED and "refused" in snap.reason
+    assert venue.violations == [] and not venue.live_orders(client_order_id_for(handle.id))
+
+
+async def test_a_refused_cancel_and_replace_replacement_places_the_original_terms_again(time_env, scripted):
+    """Today's rule: the working order is not dropped. Its original terms go out again under the
+    next client order id, the amend answers with the refusal, and the order can still be cancelled."""
+    venue = ScriptedVenue(native_amend=False)
+    venue.queue("submit", Step(), Step(outcome="refused"))
+    handle, _ = await scripted(venue, current_rules=True, **limit())
+    await wait_for_state(handle, {S.ACCEPTED})
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update("amend_order", {"quantity": "2.00"}, result_type=OrderSnapshot)
+    assert "placed again at its original terms" in str(refused.value.cause)
+    snap = await handle.query("status", result_type=OrderSnapshot)
+    assert snap.state == S.ACCEPTED and snap.quantity == Decimal("1.00"), snap.transitions
+    assert snap.client_order_id == client_order_id_for(handle.id, 2)
+    live = venue.live_orders(client_order_id_for(handle.id))
+    assert [(o.quantity, o.limit_price) for o in live] == [(Decimal("1.00"), Decimal("100.00"))]
+    assert venue.calls["submit"] == 3
+    await handle.signal("cancel", {"reason": "test"})
+    snap = await finish(time_env, handle)
+    assert snap.state == S.CANCELLED
     assert venue.violations == [] and not venue.live_orders(client_order_id_for(handle.id))
 
 
@@ -212,10 +235,11 @@ async def test_continue_as_new_with_cancel_and_amend_updates_in_flight(time_env,
 
 
 # --- no hot loops ---------------------------------------------------------------------------------------
-async def test_a_cancel_that_does_not_take_is_retried_on_backoff_timers(time_env, scripted, fast_settings):
+@pytest.mark.parametrize("current_rules", [False, True], ids=["release-0.1-context", "placed-when-prepared"])
+async def test_a_cancel_that_does_not_take_is_retried_on_backoff_timers(time_env, scripted, fast_settings, current_rules):
     venue = ScriptedVenue()
     venue.queue("cancel", *[Step(outcome="ignore") for _ in range(1000)])
-    handle, _ = await scripted(venue, **limit())
+    handle, _ = await scripted(venue, current_rules=current_rules, **limit())
     await wait_for_state(handle, {S.ACCEPTED})
     await handle.signal("cancel", {"reason": "test"})
     await asyncio.sleep(0.5)
@@ -229,11 +253,12 @@ async def test_a_cancel_that_does_not_take_is_retried_on_backoff_timers(time_env
     assert snap.state == S.CANCELLED
 
 
-async def test_an_unknown_order_is_looked_up_on_backoff_timers(time_env, scripted, fast_settings):
+@pytest.mark.parametrize("current_rules", [False, True], ids=["release-0.1-context", "placed-when-prepared"])
+async def test_an_unknown_order_is_looked_up_on_backoff_timers(time_env, scripted, fast_settings, current_rules):
     venue = ScriptedVenue()
     venue.queue("submit", Step(outcome="lost_after"))
     venue.queue("fetch", *[Step(outcome="transient") for _ in range(1000)])
-    handle, _ = await scripted(venue, **limit())
+    handle, _ = await scripted(venue, current_rules=current_rules, **limit())
     await wait_for_state(handle, {S.UNKNOWN})
     await skip_time(time_env, timedelta(hours=1))
     per_look = fast_settings.orders.retry_attempts + 1  # each look retries transient errors itself
@@ -262,22 +287,24 @@ async def test_not_found_while_cancelling_waits_out_the_receive_window(time_env,
     assert not venue.live_orders(client_order_id_for(handle.id))
 
 
-async def test_an_expiry_whose_cancel_answer_was_lost_ends_expired(time_env, scripted):
+@pytest.mark.parametrize("current_rules", [False, True], ids=["release-0.1-context", "placed-when-prepared"])
+async def test_an_expiry_whose_cancel_answer_was_lost_ends_expired(time_env, scripted, current_rules):
     venue = ScriptedVenue()
     venue.queue("cancel", Step(outcome="lost_after"))
     now = await time_env.get_current_time()
-    handle, _ = await scripted(venue, **limit(time_in_force="GTD", expire_at=(now + timedelta(minutes=5)).isoformat()))
+    handle, _ = await scripted(venue, current_rules=current_rules, **limit(time_in_force="GTD", expire_at=(now + timedelta(minutes=5)).isoformat()))
     snap = await finish(time_env, handle)
     assert snap.state == S.EXPIRED, snap.transitions
     assert S.UNKNOWN in [t.state for t in snap.transitions]
 
 
-async def test_an_expired_order_never_seen_by_the_venue_is_not_resubmitted(time_env, scripted):
+@pytest.mark.parametrize("current_rules", [False, True], ids=["release-0.1-context", "placed-when-prepared"])
+async def test_an_expired_order_never_seen_by_the_venue_is_not_resubmitted(time_env, scripted, current_rules):
     venue = ScriptedVenue()
     venue.queue("submit", Step(outcome="lost_before"))
     venue.queue("fetch", *[Step(outcome="transient") for _ in range(60)])  # the venue is away past expire_at
     now = await time_env.get_current_time()
-    handle, _ = await scripted(venue, **limit(time_in_force="GTD", expire_at=(now + timedelta(seconds=30)).isoformat()))
+    handle, _ = await scripted(venue, current_rules=current_rules, **limit(time_in_force="GTD", expire_at=(now + timedelta(seconds=30)).isoformat()))
     snap = await finish(time_env, handle)
     assert snap.state == S.EXPIRED
     assert venue.calls["submit"] == 1 and venue.orders == {}
