@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal as signals
 import subprocess
 import sys
 import tempfile
@@ -48,9 +49,10 @@ from activities.venues.simulated import FAULTS_KEY, SimulatedVenue
 from config.settings import Settings, load_settings
 from oms import venue_model
 from oms.markets import simulated_market
-from oms.models import OrderSnapshot, OrderState, Signal
+from oms.models import OrderSnapshot, OrderState, Signal, client_order_id_for
 from oms.venue import VenueFill, VenueOrderRef, VenueOrderReport
-from tests.conftest import REPO, SEARCH_ATTRIBUTES, dev_server_args, direct_settings, free_port, redis_server_binary
+from tests.conftest import (REPO, SEARCH_ATTRIBUTES, dev_server_args, direct_settings, free_port, redis_server_binary,
+                            tom_process)
 from tests.emulators import Emulator, running_emulators
 from tests.test_direct_execution import SIM, future_crossing, resting_price
 from tests.test_workflow_lifecycle import touch
@@ -408,6 +410,38 @@ async def _(st: Stage) -> None:
         st.kept.append((signal.workflow_id, handle))
         snap = await handle.result()
     expect(snap.state == S.CANCELLED and S.SUBMITTED not in states(snap), snap)
+
+
+@scenario("sim-cancel-after-a-crash-during-placement")
+async def _(st: Stage) -> None:
+    """A `tom worker` is SIGKILLed after preparation placed the order, before its first task
+    completed; a cancel arrives before the task runs again. It is seen first, but the order may be
+    at the venue: looked up (unknown), found, and cancelled there."""
+    orders, temporal = st.settings.orders.model_dump(mode="json"), st.settings.temporal.model_dump(mode="json")
+    settings = st.settings.with_overrides(
+        orders={**orders, "execution_timeout_ms": 60_000},
+        temporal={**temporal, "address": st.svc.dev.client.service_client.config.target_host})
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "crash.yaml"
+        config.write_text(settings.to_yaml())
+        await st.redis.hset(FAULTS_KEY, "hang_next", 1)  # placed, then its answer never comes
+        worker = tom_process(config, "worker", "--processes", "1", log_path=Path(tmp) / "worker.log")
+        try:
+            st.client = st.svc.dev.client
+            handle = await st.start(order_type="limit", limit_price="1000.00")
+            venue_key = f"sim:simulation:order:{client_order_id_for(handle.id)}"
+            deadline = time.monotonic() + 60
+            while not (await st.redis.exists(venue_key) and int(await st.redis.hget(FAULTS_KEY, "hang_next")) == 0):
+                expect(worker.poll() is None and time.monotonic() < deadline, None, "the order did not reach the venue")
+                await asyncio.sleep(0.05)
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signals.SIGKILL)
+            worker.wait(10)
+    await handle.signal("cancel", {"reason": "cancelled while its worker was down"})
+    async with st.worker(settings):
+        snap = await asyncio.wait_for(handle.result(), 90)
+    expect(snap.state == S.CANCELLED and S.UNKNOWN in states(snap) and snap.venue_order_id is not None, snap)
 
 
 @scenario("sim-start-at-waits-then-fills")

@@ -8,8 +8,10 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from activities.venues.simulated import FAULTS_KEY
-from oms.models import OrderSnapshot, OrderState
+from oms.models import OrderSnapshot, OrderState, client_order_id_for
 from tests.conftest import stop_process, tom_process
 from tests.helpers import executions, make_signal, start_order
 from tests.test_workflow_lifecycle import wait_for_state
@@ -74,3 +76,41 @@ async def test_sigkill_mid_submission_and_mid_fill(temporal_env, stack_settings,
         assert mine == final.filled_quantity
         venue = json.loads(await redis.get(f"sim:simulation:order:{final.client_order_id}"))
         assert Decimal(str(sum(Decimal(f["quantity"]) for f in venue["fills"]))) == final.filled_quantity
+
+
+@pytest.mark.parametrize("cancel", ["signal", "workflow_cancellation"])
+async def test_a_cancel_after_a_crash_during_placement_finds_the_placed_order(temporal_env, stack_settings, redis,
+                                                                             tmp_path, cancel):
+    """The worker is SIGKILLed after preparation placed an order and before its first workflow task
+    completed, so the placement's answer is not in the history; a cancel arrives before the task
+    runs again, and is seen before anything else. The order is at the venue: it must be found and
+    cancelled there, never left working behind an order the OMS calls cancelled before submission."""
+    orders = stack_settings.orders.model_dump(mode="json")
+    settings = stack_settings.with_overrides(orders={**orders, "execution_timeout_ms": 60_000})
+    config = Path(tmp_path / "crash.yaml")
+    config.write_text(settings.to_yaml())
+    await redis.hset(FAULTS_KEY, "hang_next", 1)  # placed, then its answer never comes
+    worker = tom_process(config, "worker", log_path=tmp_path / "worker-1.log")
+    signal_ = make_signal(quantity="0.5", order_type="limit", limit_price="1000.00")
+    handle = await start_order(temporal_env.client, settings.temporal.task_queue, signal_)
+    venue_key = f"sim:simulation:order:{client_order_id_for(signal_.workflow_id)}"
+    deadline = asyncio.get_running_loop().time() + 60
+    while not (await redis.exists(venue_key) and int(await redis.hget(FAULTS_KEY, "hang_next")) == 0):
+        assert worker.poll() is None, f"the worker exited with {worker.returncode}"
+        assert asyncio.get_running_loop().time() < deadline, "the order did not reach the venue within 60 s"
+        await asyncio.sleep(0.05)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait(10)
+    if cancel == "signal":
+        await handle.signal("cancel", {"reason": "cancelled while its worker was down"})
+    else:
+        await handle.cancel()
+    worker = tom_process(config, "worker", log_path=tmp_path / "worker-2.log")
+    try:
+        final = await asyncio.wait_for(handle.result(), 90)
+    finally:
+        stop_process(worker)
+    venue_order = json.loads(await redis.get(venue_key))
+    assert final.state == OrderState.CANCELLED, final.transitions
+    assert venue_order["status"] == "cancelled", venue_order  # found, and cancelled at the venue
+    assert final.venue_order_id == venue_order["venue_order_id"]

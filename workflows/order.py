@@ -115,6 +115,16 @@ AMEND_IN_DOUBT = "amend-in-doubt"
 # Preparation and the first submission in one local activity where the order goes out at once
 # (activities/placement.py). Recorded instead of v3's marker (which it implies): one marker per run.
 LIFECYCLE_V4 = "order-lifecycle-v4"
+# A cancel that arrives in the very workflow task where the order was due to go out may follow an
+# attempt of that task that sent it and lost the answer with the task (a worker killed mid-task):
+# the order is looked up before it is called unsent (_cancel_unsent). Recorded only where that
+# happens; runs before it ended such orders "cancelled before submission" at once.
+UNSENT_IN_DOUBT = "unsent-in-doubt"
+# The run's first workflow task, on its first attempt, starts with at most this many events: started,
+# task scheduled, task started, and up to two signals that came before it (a signal-with-start's
+# cancel). An attempt after a failed or timed-out one has at least six (started, scheduled, started,
+# failed or timed out, scheduled, started): the first task may have run before.
+FRESH_FIRST_TASK_EVENTS = 5
 BUSY_WAIT_MAX_S = 30.0
 # A cancel that did not take, an `unknown` to reconcile, a cancel-and-replace awaiting its cancel's
 # confirmation: each retry waits on a durable timer, retry_delay_ms doubling up to RETRY_BACKOFF_MAX,
@@ -269,6 +279,8 @@ class OrderWorkflow(Release01Paths):
         # stays far below Temporal's history limit).
         self._cancelled_run = False
         self._local_activity_at = 0  # history length when a local activity last answered
+        self._cancel_arrived_at: int | None = None  # history length of the task a cancel arrived in
+        self._first_task_at = workflow.info().get_current_history_length()
         # What the UI shows as the order's current details (a query answer, no history event).
         workflow.set_current_details(current_details(self._state.snapshot))
 
@@ -289,6 +301,7 @@ class OrderWorkflow(Release01Paths):
             return
         if not self._state.snapshot.is_terminal and self._state.cancel_request is None:
             self._state.cancel_request = request
+            self._cancel_arrived_at = workflow.info().get_current_history_length()
 
     @workflow.signal(name="amend")
     def amend(self, raw: Any) -> None:
@@ -499,9 +512,35 @@ class OrderWorkflow(Release01Paths):
 
     def _goes_out_at_once(self) -> bool:
         """Nothing to wait for between preparation and submission: no start_at ahead, no cancel yet."""
+        return self._state.cancel_request is None and self._start_reached()
+
+    def _start_reached(self) -> bool:
         execution = self._state.signal.execution
         start_at = execution.start_at if execution else None
-        return self._state.cancel_request is None and (start_at is None or start_at <= workflow.now())
+        return start_at is None or start_at <= workflow.now()
+
+    async def _cancel_unsent(self) -> None:
+        """End an order cancelled before this run sent it. Where the cancel arrived in the very task
+        in which the order was due to go out, an earlier attempt of that task may have sent it and
+        lost the answer with the task (a worker killed mid-task; the cancel is then seen first when
+        the task runs again): the outcome is unknown, and reconciled as any other (_reconcile: looked
+        up by client order id and cancelled at the venue if there, ended once the receive window has
+        passed if not). Not where the history shows the task runs for the first time (the run's first
+        task with no failed attempt before it: a cancel sent with the start or just after it)."""
+        reason = self._state.cancel_request.reason or "cancelled before submission"
+        now_at = workflow.info().get_current_history_length()
+        fresh_first_task = now_at == self._first_task_at <= FRESH_FIRST_TASK_EVENTS
+        in_doubt = (self._cancel_arrived_at == now_at and self._start_reached() and not fresh_first_task
+                    and workflow.patched(UNSENT_IN_DOUBT))
+        if not in_doubt:
+            await self._transition(S.CANCELLED, reason)
+            return
+        snap = self._state.snapshot
+        if snap.state == S.CREATED:
+            apply(snap, S.VALIDATED, workflow.now(), None)
+        apply(snap, S.SUBMITTED, workflow.now(), None)
+        await self._transition(S.UNKNOWN, f"{reason}: the cancel arrived in the task that was to send the order, "
+                                          "which may have run before and sent it; looking it up")
 
     async def _prepare_and_place(self) -> PreparedPlacement | None:
         """One local activity prepares and, when the order goes out at once, places it. One attempt:
@@ -596,7 +635,7 @@ class OrderWorkflow(Release01Paths):
                                      context.estimated_slippage_bps)
         self._adopt_instruction(context, instruction)
         if self._state.cancel_request is not None:
-            await self._transition(S.CANCELLED, self._state.cancel_request.reason or "cancelled before submission")
+            await self._cancel_unsent()
             return
         if context.prices is None:  # prepared by release 0.1: that release's rules, so its history replays
             denial = validate_order_v1(instruction, signal.side, context.market, context.limits, workflow.now())
@@ -672,7 +711,7 @@ class OrderWorkflow(Release01Paths):
                 waited = True
                 await self._wait_applying_amends(start_at)
         if self._state.cancel_request is not None:
-            await self._transition(S.CANCELLED, self._state.cancel_request.reason or "cancelled before submission")
+            await self._cancel_unsent()
         elif self._state.snapshot.expire_at is not None and workflow.now() >= self._state.snapshot.expire_at:
             await self._transition(S.EXPIRED, "expire_at reached before submission")
         elif waited:
