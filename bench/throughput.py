@@ -7,12 +7,14 @@ a terminal event on `order_events` marks an order done. orders_per_s = orders th
 terminal state during the offered window / window length; the backlog left at its end shows
 whether the rate was sustainable. CPU and memory are read per process with psutil:
 worker_cpu_ms_per_order and server_cpu_ms_per_order are CPU time spent in the window per order
-finished in it. orders_closed_per_s and *_per_closed_order count runs closed within the window instead
-(an order's terminal event goes out one workflow task before its run closes). Then, on the same Temporal server, `bench.trivial` runs at the same offered rate a
-one-local-activity workflow (trivial_workflows_per_s: the floor the stack itself sets;
-orders_vs_trivial: 1.0 when an order goes as fast) and a workflow of the order's durable shape with no
-work in it (order_shaped_*: two local activities, the 1 ms closing timer, two workflow tasks);
-worker_cpu_vs_order_shaped and server_cpu_vs_order_shaped are the order's own code as a ratio.
+finished in it. orders_closed_per_s and *_per_closed_order count runs closed within the window
+instead (an order's terminal event goes out one workflow task before its run closes). Then, on the
+same Temporal server, `bench.trivial` runs at the same offered rate a one-local-activity workflow
+(trivial_workflows_per_s: the floor the stack itself sets; orders_vs_trivial: 1.0 when an order goes
+as fast), and at the rate the orders reached a workflow of the order's durable shape with no work in
+it (order_shaped_*: two local activities, the 1 ms closing timer, two workflow tasks) and the same
+without the timer (two_local_activities_*); worker_cpu_vs_order_shaped and
+server_cpu_vs_order_shaped are the order's own code as a ratio.
 """
 from __future__ import annotations
 
@@ -28,9 +30,9 @@ import psutil
 import redis.asyncio as aioredis
 from temporalio.client import Client
 
-from bench.trivial import closed_by
 from bench.latency import signal_payload
 from bench.stack import BenchStack, emit, workflow_threads_override
+from bench.trivial import closed_by
 from oms.events import EVENT_FIELD, ORDER_EVENTS_STREAM, SIGNAL_FIELD
 from oms.models import TERMINAL_STATES
 

@@ -5,7 +5,7 @@
 One process, as `tom worker --with-consumer` runs: a worker on its own task queue, the same
 pydantic data converter, the sandbox, slot and activation-thread settings of the order worker
 (`temporal.workflow_threads`), and workflows started eagerly at the offered rate from the same
-client, as the intake starts orders. Two workflows, one after the other:
+client, as the intake starts orders. Three workflows, one after the other:
 
 - trivial: one local activity. The floor any durable step on this stack costs.
 - order_shaped: the durable shape of a market order that goes out at once, with no work in it: two
