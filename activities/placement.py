@@ -8,8 +8,9 @@ pure function of that context, and the workflow runs the same function on the re
 checks the answer (workflows/order.py, `_adopt_placement`). A venue answer never fails this activity:
 once the request may have left, its outcome is returned as data (`VenueCallOutcome`), and an outcome
 not known is reconciled by the workflow, never resubmitted blindly. The activity fails only in
-preparation; the workflow makes one attempt and then prepares with prepare_order's retries. A crash before the workflow task completes re-runs the
-activity, with the same client order id, as it re-ran venue_submit before.
+preparation; the workflow makes one attempt and then prepares with prepare_order's retries. A crash
+before the workflow task completes re-runs the activity, with the same client order id, as it re-ran
+venue_submit before (and a cancel seen first on the re-run looks the order up: _cancel_unsent).
 """
 from __future__ import annotations
 
