@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from temporalio.testing import WorkflowEnvironment
 
 from config.settings import Settings, load_settings
-from tests import contract_coverage
+from tests import contract_coverage, failure_causes
 from tests.contract_coverage import pytest_addoption  # noqa: F401  (a hook: --contract-coverage-strict)
 from workers.runtime import find_binary
 from workflows import search_attributes
@@ -38,6 +38,7 @@ WORKER_DRAIN_S = 20.0
 
 def pytest_configure(config):
     contract_coverage.install(config)
+    failure_causes.install(config)
 
 
 def free_port() -> int:
