@@ -598,6 +598,25 @@ async def _(st: Stage) -> None:
     expect(snap.state == S.CANCELLED, snap)
 
 
+@scenario("sim-amend-update-and-signal-in-one-task")
+async def _(st: Stage) -> None:
+    """With the worker stopped, an amend update and then an amend signal wait for the same workflow
+    task: they are carried out signal first, as a replay meets them (the amends-in-history-order
+    patch), and each once."""
+    async with st.worker():
+        handle = await st.start(order_type="limit", limit_price="1000.00")
+        await wait_for(handle, {S.ACCEPTED})
+    amended = asyncio.create_task(update(handle, "amend_order", {"quantity": "0.3"}))
+    await asyncio.sleep(0.5)
+    await handle.signal("amend", {"limit_price": "1001.00"})
+    async with st.worker():
+        snap = await asyncio.wait_for(amended, 30)
+        expect(snap.quantity == Decimal("0.3"), snap)
+        await wait_for(handle, lambda s: s.limit_price == Decimal("1001.00") and s.state == S.ACCEPTED)
+        snap = await update(handle, "cancel_order", {"reason": "done"})
+    expect(snap.state == S.CANCELLED and states(snap).count(S.PENDING_AMEND) == 2, snap)
+
+
 @scenario("sim-amend-refused-on-arrival-by-signal", attempts=2)
 async def _(st: Stage) -> None:
     """Amend signals the order refuses as they arrive: at or below the filled quantity, off the tick

@@ -70,7 +70,9 @@ async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegi
 
 async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis,
                        registry: VenueRegistry | None = None, max_concurrent: int | None = None,
-                       sink: EventSink | None = None) -> Worker:
+                       sink: EventSink | None = None, **options) -> Worker:
+    """The production worker; `options` are further `Worker` arguments a test sets (a worker without
+    a workflow cache: `max_cached_workflows=0`)."""
     registry = registry or await build_registry(settings, redis)
     routing = RoutingService(registry, settings, redis)  # one book cache per worker process
     execution = ExecutionActivities(registry, settings, DailyOrderLimit(redis), routing)
@@ -94,6 +96,7 @@ async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis
         # load); `temporal.sandbox: false` trades that guard for throughput. Determinism is still
         # checked in CI by replaying recorded histories in the sandbox (tests/test_replay.py).
         **({} if settings.temporal.sandbox else {"workflow_runner": UnsandboxedWorkflowRunner()}),
+        **options,
     ))
 
 

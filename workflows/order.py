@@ -125,6 +125,12 @@ UNSENT_IN_DOUBT = "unsent-in-doubt"
 # cancel). An attempt after a failed or timed-out one has at least six (started, scheduled, started,
 # failed or timed out, scheduled, started): the first task may have run before.
 FRESH_FIRST_TASK_EVENTS = 5
+# An amend signal and an amend update that arrive in one workflow task reach their handlers in the
+# order the SDK delivers them, which can differ between a run and its replay (the test server hands
+# the run the update first, the replay meets the signal first: history order). Amends met together
+# are carried out signals first (_take_amend). Recorded only where both kinds meet; runs before it
+# took them as delivered.
+AMENDS_IN_HISTORY_ORDER = "amends-in-history-order"
 BUSY_WAIT_MAX_S = 30.0
 # A cancel that did not take, an `unknown` to reconcile, a cancel-and-replace awaiting its cancel's
 # confirmation: each retry waits on a durable timer, retry_delay_ms doubling up to RETRY_BACKOFF_MAX,
@@ -160,6 +166,10 @@ LOCAL_RETRY_THRESHOLD = timedelta(seconds=5)
 class PendingAmend(BaseModel):
     request: AmendRequest
     id: str
+    # How and when it arrived (the history length then): amends met in one workflow task are put in
+    # one order whatever order they were delivered in.
+    arrived_at: int = 0
+    by_update: bool = False
 
 
 class OrderWorkflowState(BaseModel):
@@ -312,7 +322,7 @@ class OrderWorkflow(Release01Paths):
             return
         refusal = self._amend_refusal(request)
         if refusal is None:
-            self._state.amend_requests.append(PendingAmend(request=request, id=str(workflow.uuid4())))
+            self._state.amend_requests.append(self._pending_amend(request, by_update=False))
         else:
             workflow.logger.warning("amend signal refused, order unchanged: %s", refusal)
 
@@ -342,7 +352,7 @@ class OrderWorkflow(Release01Paths):
         if self._v2:
             # Queued at once, carried out in order by the main loop (each sees the previous one's
             # outcome); the loop never continues as new with an amend queued, so this always returns.
-            pending = PendingAmend(request=request, id=str(workflow.uuid4()))
+            pending = self._pending_amend(request, by_update=True)
             self._state.amend_requests.append(pending)
             await workflow.wait_condition(
                 lambda: pending.id in self._state.amend_results or self._state.snapshot.is_terminal)
@@ -368,6 +378,21 @@ class OrderWorkflow(Release01Paths):
         refusal = self._amend_refusal(_parse_request(AmendRequest, raw))
         if refusal:
             raise ApplicationError(refusal, type="AmendRefused")
+
+    @staticmethod
+    def _pending_amend(request: AmendRequest, by_update: bool) -> PendingAmend:
+        return PendingAmend(request=request, id=str(workflow.uuid4()), by_update=by_update,
+                            arrived_at=workflow.info().get_current_history_length())
+
+    def _take_amend(self) -> PendingAmend:
+        """The next queued amend. Of the amends that arrived in one workflow task, signals come first,
+        then updates, each kind in its order: the order a replay delivers them in (see
+        AMENDS_IN_HISTORY_ORDER), whichever this run met first."""
+        queue = self._state.amend_requests
+        together = [p for p in queue if p.arrived_at == queue[0].arrived_at]
+        if len({p.by_update for p in together}) == 2 and workflow.patched(AMENDS_IN_HISTORY_ORDER):
+            queue.sort(key=lambda p: (p.arrived_at, p.by_update))  # stable: each kind keeps its order
+        return queue.pop(0)
 
     def _amend_refusal(self, request: AmendRequest, prices: VenuePrices | None = None) -> str | None:
         """Why an amend cannot apply, or None. Validated as the order it would become: without
@@ -731,7 +756,7 @@ class OrderWorkflow(Release01Paths):
         """Whether any amend applied."""
         snap, applied = self._state.snapshot, False
         while self._state.amend_requests:
-            pending = self._state.amend_requests.pop(0)
+            pending = self._take_amend()
             # At the prices read before the wait; all is validated again at current ones after it.
             refusal = self._amend_refusal(pending.request, self._state.context.prices)
             if refusal is None:
@@ -967,7 +992,7 @@ class OrderWorkflow(Release01Paths):
             await self._cancel_at_venue()
             return
         if self._state.amend_requests:
-            await self._amend_at_venue(self._state.amend_requests.pop(0))
+            await self._amend_at_venue(self._take_amend())
             return
         if snap.expire_at is not None and workflow.now() >= snap.expire_at:
             await self._cancel_at_venue()
