@@ -1,12 +1,15 @@
 """Helpers shared by tests: signals, starting orders, reading the streams."""
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
 import uuid
 from decimal import Decimal
 
 from temporalio.client import Client, WorkflowHandle
 
+from activities.venues.simulated import FAULTS_KEY
 from oms.events import EVENT_FIELD, EXECUTION_FIELD, EXECUTIONS_STREAM, ORDER_EVENTS_STREAM
 from oms.models import OrderSnapshot, Signal
 
@@ -25,6 +28,19 @@ async def start_order(client: Client, task_queue: str, signal: Signal) -> Workfl
 
 async def run_order(client: Client, task_queue: str, signal: Signal) -> OrderSnapshot:
     return await (await start_order(client, task_queue, signal)).result()
+
+
+async def until_placed_and_hanging(redis, worker: subprocess.Popen, left: int = 0, venue_key: str | None = None,
+                                   timeout: float = 60) -> None:
+    """Until the simulated venue has placed orders whose answers then hang (its `hang_next` fault
+    counted down to `left`) and, if given, stored `venue_key`: whenever `worker` gets there, with no
+    fixed allowance for its start-up. Fails if the worker exits first or `timeout` passes."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (int(await redis.hget(FAULTS_KEY, "hang_next")) <= left
+               and (venue_key is None or await redis.exists(venue_key))):
+        assert worker.poll() is None, f"the worker exited with {worker.returncode}"
+        assert asyncio.get_running_loop().time() < deadline, f"no placement hung within {timeout} s"
+        await asyncio.sleep(0.05)
 
 
 async def stream_items(redis, stream: str, field: str) -> list[dict]:

@@ -54,6 +54,7 @@ from oms.venue import VenueFill, VenueOrderRef, VenueOrderReport
 from tests.conftest import (REPO, SEARCH_ATTRIBUTES, dev_server_args, direct_settings, free_port, redis_server_binary,
                             tom_process)
 from tests.emulators import Emulator, running_emulators
+from tests.helpers import until_placed_and_hanging
 from tests.test_direct_execution import SIM, future_crossing, resting_price
 from tests.test_workflow_lifecycle import touch
 from workers.poller import AccountPoller
@@ -430,10 +431,7 @@ async def _(st: Stage) -> None:
             st.client = st.svc.dev.client
             handle = await st.start(order_type="limit", limit_price="1000.00")
             venue_key = f"sim:simulation:order:{client_order_id_for(handle.id)}"
-            deadline = time.monotonic() + 60
-            while not (await st.redis.exists(venue_key) and int(await st.redis.hget(FAULTS_KEY, "hang_next")) == 0):
-                expect(worker.poll() is None and time.monotonic() < deadline, None, "the order did not reach the venue")
-                await asyncio.sleep(0.05)
+            await until_placed_and_hanging(st.redis, worker, venue_key=venue_key)
         finally:
             if worker.poll() is None:
                 os.killpg(worker.pid, signals.SIGKILL)

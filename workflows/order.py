@@ -539,9 +539,13 @@ class OrderWorkflow(Release01Paths):
         """Nothing to wait for between preparation and submission: no start_at ahead, no cancel yet."""
         return self._state.cancel_request is None and self._start_reached()
 
-    def _start_reached(self) -> bool:
+    def _start_at(self) -> datetime | None:
+        """`execution.start_at`: when the order is to go out, if not at once."""
         execution = self._state.signal.execution
-        start_at = execution.start_at if execution else None
+        return execution.start_at if execution else None
+
+    def _start_reached(self) -> bool:
+        start_at = self._start_at()
         return start_at is None or start_at <= workflow.now()
 
     async def _cancel_unsent(self) -> None:
@@ -560,10 +564,10 @@ class OrderWorkflow(Release01Paths):
         if not in_doubt:
             await self._transition(S.CANCELLED, reason)
             return
-        snap = self._state.snapshot
+        snap, assumed = self._state.snapshot, "assumed: an earlier attempt of this task may have {}"
         if snap.state == S.CREATED:
-            apply(snap, S.VALIDATED, workflow.now(), None)
-        apply(snap, S.SUBMITTED, workflow.now(), None)
+            apply(snap, S.VALIDATED, workflow.now(), assumed.format("validated the order"))
+        apply(snap, S.SUBMITTED, workflow.now(), assumed.format("sent the order"))
         await self._transition(S.UNKNOWN, f"{reason}: the cancel arrived in the task that was to send the order, "
                                           "which may have run before and sent it; looking it up")
 
@@ -617,8 +621,8 @@ class OrderWorkflow(Release01Paths):
         if context.route is not None:
             snap.routing_reason = _routing_reason(context.route)
         expected = order_to_place(signal, context, snap.client_order_id, workflow.now())
-        instruction = generate_order(signal, context.params, context.exchange, context.market, mid_price(context),
-                                     context.estimated_slippage_bps)
+        instruction = expected.instruction if expected is not None else generate_order(
+            signal, context.params, context.exchange, context.market, mid_price(context), context.estimated_slippage_bps)
         self._adopt_instruction(context, instruction)
         self._state.price_collar = instruction.price_collar
         apply(snap, S.VALIDATED, workflow.now(), self._routed(context))
@@ -724,10 +728,8 @@ class OrderWorkflow(Release01Paths):
         await self._transition(S.DENIED, str(denial))
 
     async def _wait_for_start(self) -> None:
-        signal = self._state.signal
-        start_at = signal.execution.start_at if signal.execution else None
-        waited = False
-        if start_at is not None and start_at > workflow.now():
+        start_at, waited = self._start_at(), False
+        if not self._start_reached():
             await self._publish()
             if self._state.context.prices is None:  # a release-0.1 order waits as it did then
                 await self._wait(lambda: self._state.cancel_request is not None, start_at - workflow.now(),
