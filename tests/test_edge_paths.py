@@ -4,7 +4,9 @@ order it is asked to cancel, and config keys whose effect was never checked (ord
 default_order_type, temporal.sandbox, simulation faults, Temporal TLS and API key)."""
 import asyncio
 import time
+import uuid
 from concurrent import futures
+from datetime import timedelta
 from decimal import Decimal
 
 import grpc
@@ -232,6 +234,31 @@ async def test_sandbox_false_runs_workflows_unsandboxed(temporal_env, fast_setti
     assert snap.state == S.FILLED
     async with running_worker(temporal_env.client, fast_settings, redis) as worker:
         assert not isinstance(worker.config()["workflow_runner"], UnsandboxedWorkflowRunner)
+
+
+async def test_the_sandbox_passes_redis_and_opentelemetry_through(temporal_env, task_queue):
+    """What a finalizer imports during an activation (a Redis connection pool's does) is the
+    process's own module, not a fresh copy run under the workflow restrictions."""
+    import opentelemetry.context
+    import redis.observability.recorder
+    from temporalio.worker import Worker
+
+    from tests.sandbox_probe import ImportProbeWorkflow
+    from workers.worker import workflow_runner
+
+    async with Worker(temporal_env.client, task_queue=task_queue, workflows=[ImportProbeWorkflow],
+                      workflow_runner=workflow_runner(sandbox=True)):
+        for module in (redis.observability.recorder, opentelemetry.context):
+            got = await temporal_env.client.execute_workflow(
+                ImportProbeWorkflow.run, module.__name__, id=f"probe-{uuid.uuid4().hex[:8]}",
+                task_queue=task_queue, execution_timeout=timedelta(seconds=30))
+            assert got == str(id(module)), (module.__name__, got)
+        # The check can fail: a library not passed through is imported again in the sandbox.
+        got = await temporal_env.client.execute_workflow(
+            ImportProbeWorkflow.run, "yaml.composer", id=f"probe-{uuid.uuid4().hex[:8]}",
+            task_queue=task_queue, execution_timeout=timedelta(seconds=30))
+        import yaml.composer
+        assert got != str(id(yaml.composer)), got
 
 
 async def test_simulation_fault_rates_from_config(temporal_env, fast_settings, task_queue, redis):

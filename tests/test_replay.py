@@ -18,6 +18,7 @@ from activities.venues.simulated import FAULTS_KEY
 from oms.models import OrderSnapshot, OrderState
 from tests.helpers import make_signal, start_order
 from tests.replay_mutation import installed_workflows
+from workers.worker import workflow_runner
 
 HISTORIES = Path(__file__).parent / "histories"
 WORKFLOWS = installed_workflows()  # every workflow in workflows/, so any recorded type replays
@@ -38,7 +39,9 @@ async def each(histories):
 
 
 def replayer(**kwargs) -> Replayer:
-    return Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter, **kwargs)
+    """In the sandbox as the worker runs it (workers.worker.workflow_runner)."""
+    return Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter,
+                    workflow_runner=workflow_runner(sandbox=True), **kwargs)
 
 
 async def replay_failures(histories: list[tuple[str, WorkflowHistory]], **kwargs) -> dict[str, str]:

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from temporalio.client import Client
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkerDeploymentConfig
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.execution import ExecutionActivities
 from activities.placement import PlacementActivities
@@ -47,6 +48,12 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=20)  # k8s terminationGracePeriodSeconds m
 # (bench.throughput at 150/s offered). With fewer, the excess waits on the server's task queue,
 # where it is durable and any worker can take it. Eager starts past the limit go through that queue.
 WORKFLOW_TASK_SLOTS = 100
+# Libraries no workflow uses, whose code still runs on the worker's thread while an activation (or
+# the worker's start-up check of its workflows) holds the sandbox: the finalizer of a Redis
+# connection pool that the garbage collector frees then imports redis and opentelemetry modules
+# (seen in CI: 18 such imports in one run). Passed through, such an import is the process's own
+# module, not a fresh copy run under the workflow restrictions.
+SANDBOX_PASSTHROUGH = ("redis", "opentelemetry")
 ACTIVITY_SLOTS = 500  # activities and local activities: waiting on venues and Redis, not on the CPU
 DRAIN_MARGIN_S = 2.0  # past GRACEFUL_SHUTDOWN, for the pollers and the worker's own shutdown
 
@@ -95,9 +102,17 @@ async def build_worker(client: Client, settings: Settings, redis: aioredis.Redis
         # The sandbox re-imports the workflow module for every new order (~60% of worker CPU at
         # load); `temporal.sandbox: false` trades that guard for throughput. Determinism is still
         # checked in CI by replaying recorded histories in the sandbox (tests/test_replay.py).
-        **({} if settings.temporal.sandbox else {"workflow_runner": UnsandboxedWorkflowRunner()}),
+        workflow_runner=workflow_runner(settings.temporal.sandbox),
         **options,
     ))
+
+
+def workflow_runner(sandbox: bool) -> SandboxedWorkflowRunner | UnsandboxedWorkflowRunner:
+    """`temporal.sandbox`: the SDK's sandbox with SANDBOX_PASSTHROUGH passed through, or none."""
+    if not sandbox:
+        return UnsandboxedWorkflowRunner()
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(*SANDBOX_PASSTHROUGH))
 
 
 class InlineExecutor(concurrent.futures.Executor):
