@@ -236,6 +236,7 @@ async def test_sandbox_false_runs_workflows_unsandboxed(temporal_env, fast_setti
         assert not isinstance(worker.config()["workflow_runner"], UnsandboxedWorkflowRunner)
 
 
+@pytest.mark.filterwarnings("ignore:Module yaml:UserWarning")  # the control below: imported in the sandbox
 async def test_the_sandbox_passes_redis_and_opentelemetry_through(temporal_env, task_queue):
     """What a finalizer imports during an activation (a Redis connection pool's does) is the
     process's own module, not a fresh copy run under the workflow restrictions."""
