@@ -48,14 +48,14 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=20)  # k8s terminationGracePeriodSeconds m
 # (bench.throughput at 150/s offered). With fewer, the excess waits on the server's task queue,
 # where it is durable and any worker can take it. Eager starts past the limit go through that queue.
 WORKFLOW_TASK_SLOTS = 100
+ACTIVITY_SLOTS = 500  # activities and local activities: waiting on venues and Redis, not on the CPU
+DRAIN_MARGIN_S = 2.0  # past GRACEFUL_SHUTDOWN, for the pollers and the worker's own shutdown
 # Libraries no workflow uses, whose code still runs on the worker's thread while an activation (or
 # the worker's start-up check of its workflows) holds the sandbox: the finalizer of a Redis
 # connection pool that the garbage collector frees then imports redis and opentelemetry modules
 # (seen in CI: 18 such imports in one run). Passed through, such an import is the process's own
 # module, not a fresh copy run under the workflow restrictions.
 SANDBOX_PASSTHROUGH = ("redis", "opentelemetry")
-ACTIVITY_SLOTS = 500  # activities and local activities: waiting on venues and Redis, not on the CPU
-DRAIN_MARGIN_S = 2.0  # past GRACEFUL_SHUTDOWN, for the pollers and the worker's own shutdown
 
 
 async def build_registry(settings: Settings, redis: aioredis.Redis) -> VenueRegistry:
