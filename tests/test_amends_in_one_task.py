@@ -10,15 +10,14 @@ import asyncio
 from decimal import Decimal
 
 from temporalio.api.enums.v1 import EventType
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer, Worker
+from temporalio.worker import Worker
 
 from oms.models import OrderSnapshot, OrderState
 from tests.helpers import make_signal, start_order
+from tests.test_replay import replayer
 from tests.test_workflow_lifecycle import venue_orders, wait_for_state
 from workers.worker import build_worker
-from workflows.order import AMENDS_IN_HISTORY_ORDER, OrderWorkflow
-from workflows.parent import ParentOrderWorkflow
+from workflows.order import AMENDS_IN_HISTORY_ORDER
 
 
 async def test_on_the_dev_server(temporal_env, fast_settings, redis, task_queue):
@@ -80,6 +79,5 @@ async def amend_signal_and_update_in_one_task(client, fast_settings, redis, task
                if e.marker_recorded_event_attributes.marker_name == "core_patch"]
     assert any(AMENDS_IN_HISTORY_ORDER.encode() in p for p in patches)
 
-    replayer = Replayer(workflows=[OrderWorkflow, ParentOrderWorkflow], data_converter=pydantic_data_converter)
-    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
